@@ -1,0 +1,27 @@
+//! The CIFAR-10 classifier shared by every crate of the workspace.
+//!
+//! One definition of the network ([`Cnn`]) that runs unchanged on every backend the build
+//! enables ([`Backend`]), the ten class names ([`CLASSES`]), the single preprocessing path
+//! from encoded image bytes to a normalised tensor ([`preprocess`]), the record format the
+//! trained weights are saved in ([`record`]) and the helper that turns logits into
+//! predictions ([`predict`]). Training, the HTTP server and the CLI all go through here, so
+//! they see the same pixels and the same weights.
+
+pub mod backend;
+pub mod classes;
+pub mod dataset;
+pub mod eval;
+pub mod error;
+pub mod net;
+pub mod predict;
+pub mod preprocess;
+pub mod record;
+
+pub use backend::Backend;
+pub use classes::{CLASSES, NUM_CLASSES};
+pub use error::{ImageError, RecordError};
+pub use net::{Cnn, CnnConfig, INPUT_SIZE, PARAMETER_COUNT};
+pub use predict::{Prediction, Ranked, predict};
+pub use preprocess::{DEFAULT_MAX_PIXELS, IMAGE_FLOATS, Preprocessor};
+pub use record::{RecordMeta, load_model, load_model_bytes, save_model};
+pub use net::default_config;

@@ -1,0 +1,79 @@
+//! Turning logits into ranked class predictions.
+
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
+use serde::Serialize;
+
+use crate::classes::CLASSES;
+use crate::net::Cnn;
+
+/// One class with its probability.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ranked {
+    /// Class name.
+    #[serde(rename = "class")]
+    pub class: &'static str,
+    /// Label index in [`CLASSES`].
+    pub class_index: usize,
+    /// Softmax probability in [0, 1].
+    pub confidence: f32,
+}
+
+/// The prediction for one image: the most likely class and the `k` best.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Prediction {
+    pub best: Ranked,
+    pub top_k: Vec<Ranked>,
+}
+
+/// Runs `images` (`[n, 3, 64, 64]`, preprocessed) through `model` and ranks each image's
+/// classes, keeping the `k` most likely (at least one).
+pub fn predict(model: &Cnn, images: Tensor<4>, k: usize) -> Vec<Prediction> {
+    let probs = softmax(model.forward(images), 1);
+    let [n, classes] = probs.dims();
+    let values: Vec<f32> = probs
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32");
+    values
+        .chunks_exact(classes)
+        .take(n)
+        .map(|row| rank(row, k))
+        .collect()
+}
+
+/// Ranks one row of probabilities.
+pub fn rank(probs: &[f32], k: usize) -> Prediction {
+    let mut order: Vec<usize> = (0..probs.len()).collect();
+    // Stable sort by descending probability: ties keep label order, so results are deterministic.
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let top_k: Vec<Ranked> = order
+        .iter()
+        .take(k.clamp(1, probs.len()))
+        .map(|&i| Ranked {
+            class: CLASSES.get(i).copied().unwrap_or("unknown"),
+            class_index: i,
+            confidence: probs[i],
+        })
+        .collect();
+    Prediction {
+        best: top_k[0].clone(),
+        top_k,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_descending_with_stable_ties() {
+        let p = rank(&[0.1, 0.3, 0.3, 0.0, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05], 3);
+        let idx: Vec<_> = p.top_k.iter().map(|r| r.class_index).collect();
+        assert_eq!(idx, vec![1, 2, 0]);
+        assert_eq!(p.best.class, "automobile");
+        assert_eq!(rank(&[0.5; 10], 0).top_k.len(), 1);
+        assert_eq!(rank(&[0.5; 10], 99).top_k.len(), 10);
+    }
+}

@@ -1,0 +1,217 @@
+//! The one preprocessing path: encoded bytes → RGB → 64×64 → normalised CHW floats.
+//!
+//! Training, the server and the CLI all call [`Preprocessor::preprocess`] (or the
+//! [`resize`] + [`normalize_into`] pair on already decoded pixels), so a model sees the same
+//! pixels in training and in service.
+
+use std::io::Cursor;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use burn::prelude::*;
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, Limits, RgbImage};
+
+use crate::error::ImageError;
+use crate::net::INPUT_SIZE;
+
+/// Default ceiling on decoded pixels (width × height): 40 megapixels, a large phone photo.
+pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
+
+/// Floats per preprocessed image: 3 × 64 × 64.
+pub const IMAGE_FLOATS: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+
+/// Decodes and prepares images, refusing oversized ones before decoding them.
+#[derive(Debug, Clone, Copy)]
+pub struct Preprocessor {
+    max_pixels: u64,
+}
+
+impl Default for Preprocessor {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_PIXELS)
+    }
+}
+
+impl Preprocessor {
+    /// A preprocessor that refuses images of more than `max_pixels` pixels.
+    pub fn new(max_pixels: u64) -> Self {
+        Self { max_pixels }
+    }
+
+    /// The pixel ceiling in force.
+    pub fn max_pixels(&self) -> u64 {
+        self.max_pixels
+    }
+
+    /// Decodes `bytes` to 8-bit RGB. The dimensions are read from the header and checked
+    /// against the pixel limit first, so a tiny file announcing a huge image costs nothing.
+    pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage, ImageError> {
+        if bytes.is_empty() {
+            return Err(ImageError::Empty);
+        }
+        let reader = || {
+            ImageReader::new(Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| ImageError::Decode(e.to_string()))
+        };
+        let probe = reader()?;
+        if probe.format().is_none() {
+            return Err(ImageError::UnsupportedFormat);
+        }
+        let (width, height) = probe.into_dimensions().map_err(map_image_error)?;
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels == 0 {
+            return Err(ImageError::ZeroSized);
+        }
+        if pixels > self.max_pixels {
+            return Err(ImageError::TooLarge {
+                width,
+                height,
+                pixels,
+                limit: self.max_pixels,
+            });
+        }
+
+        let mut reader = reader()?;
+        // The header was honest so far; the limits hold the decoder to it (animated GIFs and
+        // multi-page TIFFs can still allocate more than one frame).
+        let mut limits = Limits::default();
+        limits.max_image_width = Some(width);
+        limits.max_image_height = Some(height);
+        limits.max_alloc = Some(pixels.saturating_mul(16).saturating_add(1 << 20));
+        reader.limits(limits);
+        // Decoders are third-party code fed untrusted bytes: a panic in one is a bad image,
+        // not a crashed worker.
+        let decoded = catch_unwind(AssertUnwindSafe(|| reader.decode()))
+            .map_err(|_| ImageError::Decode("decoder failed on malformed data".into()))?
+            .map_err(map_image_error)?;
+        Ok(to_rgb(decoded))
+    }
+
+    /// Decodes `bytes` and returns the normalised `3×64×64` CHW floats.
+    pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>, ImageError> {
+        let rgb = self.decode(bytes)?;
+        let mut out = vec![0.0; IMAGE_FLOATS];
+        normalize_into(&resize(&rgb), &mut out);
+        Ok(out)
+    }
+
+    /// Preprocesses several images; each keeps its own result so one bad image spoils nothing.
+    pub fn preprocess_batch<B: AsRef<[u8]>>(
+        &self,
+        images: &[B],
+    ) -> Vec<Result<Vec<f32>, ImageError>> {
+        images.iter().map(|b| self.preprocess(b.as_ref())).collect()
+    }
+}
+
+fn map_image_error(err: image::ImageError) -> ImageError {
+    match err {
+        image::ImageError::Unsupported(_) => ImageError::UnsupportedFormat,
+        image::ImageError::Limits(e) => ImageError::Decode(format!("image exceeds limits: {e}")),
+        other => ImageError::Decode(other.to_string()),
+    }
+}
+
+/// Any colour type (grey, grey+alpha, RGBA, 16-bit, float, palette-expanded) to 8-bit RGB.
+/// Alpha is dropped, as PIL's `convert("RGB")` does in the original service.
+fn to_rgb(img: DynamicImage) -> RgbImage {
+    match img {
+        DynamicImage::ImageRgb8(rgb) => rgb,
+        other => other.to_rgb8(),
+    }
+}
+
+/// The resize used everywhere: bilinear (triangle filter) to exactly 64×64, aspect ratio not
+/// kept, like torchvision's `Resize((64, 64))` in the original.
+pub fn resize(img: &RgbImage) -> RgbImage {
+    let side = INPUT_SIZE as u32;
+    if img.width() == side && img.height() == side {
+        return img.clone();
+    }
+    image::imageops::resize(img, side, side, FilterType::Triangle)
+}
+
+/// Writes a 64×64 RGB image into `out` as CHW floats normalised to [-1, 1]
+/// (mean 0.5, std 0.5 per channel, as the original `Normalize`).
+pub fn normalize_into(img: &RgbImage, out: &mut [f32]) {
+    assert_eq!(img.dimensions(), (INPUT_SIZE as u32, INPUT_SIZE as u32));
+    assert_eq!(out.len(), IMAGE_FLOATS);
+    let plane = INPUT_SIZE * INPUT_SIZE;
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + i] = f32::from(px[c]) / 127.5 - 1.0;
+        }
+    }
+}
+
+/// Stacks `n` preprocessed images (concatenated CHW floats) into a `[n, 3, 64, 64]` tensor.
+pub fn to_tensor(floats: Vec<f32>, n: usize, device: &Device) -> Tensor<4> {
+    assert_eq!(floats.len(), n * IMAGE_FLOATS);
+    Tensor::from_data(
+        TensorData::new(floats, [n, 3, INPUT_SIZE, INPUT_SIZE]),
+        device,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, ImageFormat, Luma, Rgba};
+
+    fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn normalised_range_and_layout() {
+        let img = RgbImage::from_fn(64, 64, |x, _| image::Rgb([255, 0, (x * 4) as u8]));
+        let mut out = vec![0.0; IMAGE_FLOATS];
+        normalize_into(&img, &mut out);
+        assert_eq!(out[0], 1.0); // red plane
+        assert_eq!(out[4096], -1.0); // green plane
+        assert!(out.iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn grayscale_becomes_equal_channels() {
+        let gray = ImageBuffer::from_pixel(10, 7, Luma([200u8]));
+        let bytes = encode(DynamicImage::ImageLuma8(gray), ImageFormat::Png);
+        let v = Preprocessor::default().preprocess(&bytes).unwrap();
+        let expected = 200.0 / 127.5 - 1.0;
+        assert!(v.iter().all(|x| (x - expected).abs() < 1e-6));
+    }
+
+    #[test]
+    fn sixteen_bit_and_alpha_convert() {
+        let img = ImageBuffer::from_pixel(8, 8, Rgba([65535u16, 0, 32768, 0]));
+        let bytes = encode(DynamicImage::ImageRgba16(img), ImageFormat::Png);
+        let rgb = Preprocessor::default().decode(&bytes).unwrap();
+        assert_eq!(rgb.get_pixel(3, 3).0, [255, 0, 128]);
+    }
+
+    #[test]
+    fn refuses_empty_and_garbage() {
+        let p = Preprocessor::default();
+        assert!(matches!(p.preprocess(b""), Err(ImageError::Empty)));
+        assert!(matches!(
+            p.preprocess(b"definitely not an image"),
+            Err(ImageError::UnsupportedFormat)
+        ));
+    }
+
+    #[test]
+    fn limit_is_configurable() {
+        let bytes = encode(
+            DynamicImage::ImageRgb8(RgbImage::new(100, 100)),
+            ImageFormat::Png,
+        );
+        assert!(Preprocessor::new(10_000).decode(&bytes).is_ok());
+        assert!(matches!(
+            Preprocessor::new(9_999).decode(&bytes),
+            Err(ImageError::TooLarge { pixels: 10_000, .. })
+        ));
+    }
+}

@@ -1,0 +1,157 @@
+//! Saving and loading trained weights as a versioned safetensors file.
+//!
+//! Safetensors is a flat header of names, dtypes and shapes followed by raw little-endian
+//! data: loading it runs no code from the file (unlike pickle), any tool can read it, and it
+//! loads with a single read. Before any tensor reaches the network, the header is checked
+//! against the architecture, so a truncated file, a foreign file or weights of another shape
+//! give a [`RecordError`] naming what is wrong.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::store::{ModuleSnapshot, SafetensorsStore};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::RecordError;
+use crate::net::{Cnn, default_config};
+
+/// Metadata key holding [`RecordMeta`] as JSON.
+const META_KEY: &str = "cifar_cnn";
+
+/// Version of the record layout; bumped when tensor names or meanings change.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The tensors the network expects, with Burn's layout (`Linear` weights are `[in, out]`).
+pub const EXPECTED_TENSORS: [(&str, &[usize]); 8] = [
+    ("conv1.weight", &[16, 3, 3, 3]),
+    ("conv1.bias", &[16]),
+    ("conv2.weight", &[32, 16, 3, 3]),
+    ("conv2.bias", &[32]),
+    ("fc1.weight", &[8192, 100]),
+    ("fc1.bias", &[100]),
+    ("fc2.weight", &[100, 10]),
+    ("fc2.bias", &[10]),
+];
+
+/// What a record says about itself, stored inside the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    /// Layout version, [`FORMAT_VERSION`] when written by this crate.
+    pub format_version: u32,
+    /// Top-1 accuracy on the CIFAR-10 test set, if measured.
+    #[serde(default)]
+    pub test_accuracy: Option<f64>,
+    /// Epochs trained.
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    /// RFC 3339 time of training.
+    #[serde(default)]
+    pub created: Option<String>,
+    /// Free-form description of how the weights were produced.
+    #[serde(default)]
+    pub recipe: Option<String>,
+}
+
+impl Default for RecordMeta {
+    fn default() -> Self {
+        Self {
+            format_version: FORMAT_VERSION,
+            test_accuracy: None,
+            epochs: None,
+            created: None,
+            recipe: None,
+        }
+    }
+}
+
+/// Writes `model`'s weights and `meta` to `path` (atomically: a scratch file renamed into place).
+pub fn save_model(model: &Cnn, path: &Path, meta: &RecordMeta) -> Result<(), RecordError> {
+    let meta_json = serde_json::to_string(meta).map_err(|e| RecordError::Save(e.to_string()))?;
+    let mut store = SafetensorsStore::from_file(path)
+        .overwrite(true)
+        .metadata(META_KEY, meta_json);
+    model
+        .save_into(&mut store)
+        .map_err(|e| RecordError::Save(e.to_string()))
+}
+
+/// Reads and checks the record at `path`, returning the network on `device`.
+pub fn load_model(path: &Path, device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
+    let bytes = std::fs::read(path).map_err(|source| RecordError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    load_model_bytes(bytes, device)
+}
+
+/// As [`load_model`], from the file's bytes (for a record embedded in a binary).
+pub fn load_model_bytes(bytes: Vec<u8>, device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
+    let meta = inspect(&bytes)?;
+    let mut model = default_config().init(device);
+    let mut store = SafetensorsStore::from_bytes(Some(bytes));
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| RecordError::Architecture(e.to_string()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(RecordError::Architecture(format!(
+            "errors {:?}, missing {:?}",
+            result.errors, result.missing
+        )));
+    }
+    Ok((model, meta))
+}
+
+/// Checks that `bytes` hold a record of this network and returns its metadata, without
+/// building a model. Every tensor must be present, `f32`, and of the expected shape.
+pub fn inspect(bytes: &[u8]) -> Result<RecordMeta, RecordError> {
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| RecordError::Format(e.to_string()))?;
+    // `deserialize` also checks that every tensor's bytes lie inside the file.
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| RecordError::Format(e.to_string()))?;
+
+    let meta_json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| {
+            RecordError::Metadata(format!(
+                "no '{META_KEY}' entry: this safetensors file was not written by this project"
+            ))
+        })?;
+    let meta: RecordMeta = serde_json::from_str(meta_json)
+        .map_err(|e| RecordError::Metadata(format!("'{META_KEY}' is not valid: {e}")))?;
+    if meta.format_version != FORMAT_VERSION {
+        return Err(RecordError::Metadata(format!(
+            "record format version {} is not supported (this build reads version {FORMAT_VERSION})",
+            meta.format_version
+        )));
+    }
+
+    for (name, shape) in EXPECTED_TENSORS {
+        let view = tensors
+            .tensor(name)
+            .map_err(|_| RecordError::Architecture(format!("tensor '{name}' is missing")))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(RecordError::Architecture(format!(
+                "tensor '{name}' is {:?}, expected F32",
+                view.dtype()
+            )));
+        }
+        if view.shape() != shape {
+            return Err(RecordError::Architecture(format!(
+                "tensor '{name}' has shape {:?}, expected {shape:?}",
+                view.shape()
+            )));
+        }
+    }
+    let extra: Vec<_> = tensors
+        .names()
+        .into_iter()
+        .filter(|n| !EXPECTED_TENSORS.iter().any(|(e, _)| e == n))
+        .collect();
+    if !extra.is_empty() {
+        return Err(RecordError::Architecture(format!("unexpected tensors {extra:?}")));
+    }
+    Ok(meta)
+}

@@ -1,0 +1,110 @@
+//! Turning samples into model batches, with the training augmentation.
+//!
+//! Augmentation (random crop with zero padding of 1/8 of the side, horizontal flip) works on
+//! the stored low-resolution image; the batcher then applies the model crate's [`resize`] and
+//! [`normalize_into`], exactly what the server does to an upload.
+
+use std::sync::{Arc, Mutex};
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::prelude::*;
+use image::RgbImage;
+use model::IMAGE_FLOATS;
+use model::preprocess::{normalize_into, resize, to_tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use model::dataset::Sample;
+
+/// A batch of normalised images and their labels.
+#[derive(Clone, Debug)]
+pub struct CifarBatch {
+    pub images: Tensor<4>,
+    pub targets: Tensor<1, Int>,
+}
+
+/// Builds [`CifarBatch`]es; augments when asked. Clones share one seeded generator, so a run
+/// with one loader worker draws the same augmentations every time.
+#[derive(Clone)]
+pub struct CifarBatcher {
+    augment: bool,
+    rng: Arc<Mutex<StdRng>>,
+}
+
+impl CifarBatcher {
+    pub fn new(augment: bool, seed: u64) -> Self {
+        Self {
+            augment,
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
+        }
+    }
+
+    /// Normalised CHW floats for `items`, concatenated.
+    pub fn pixels(&self, items: &[Sample]) -> Vec<f32> {
+        let mut floats = vec![0.0; items.len() * IMAGE_FLOATS];
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        for (item, out) in items.iter().zip(floats.chunks_exact_mut(IMAGE_FLOATS)) {
+            if self.augment {
+                normalize_into(&resize(&augment(&item.image, &mut *rng)), out);
+            } else {
+                normalize_into(&resize(&item.image), out);
+            }
+        }
+        floats
+    }
+}
+
+impl Batcher<Sample, CifarBatch> for CifarBatcher {
+    fn batch(&self, items: Vec<Sample>, device: &Device) -> CifarBatch {
+        let n = items.len();
+        let images = to_tensor(self.pixels(&items), n, device);
+        let labels: Vec<i64> = items.iter().map(|s| i64::from(s.label)).collect();
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), device);
+        CifarBatch { images, targets }
+    }
+}
+
+/// Random crop from the image padded with black by 1/8 of its side, then a coin-flip mirror.
+pub fn augment(src: &RgbImage, rng: &mut impl Rng) -> RgbImage {
+    let (w, h) = src.dimensions();
+    let pad = (w.min(h) / 8).max(1) as i64;
+    let dx = rng.random_range(-pad..=pad);
+    let dy = rng.random_range(-pad..=pad);
+    let flip = rng.random_bool(0.5);
+    RgbImage::from_fn(w, h, |x, y| {
+        let sx = if flip { w - 1 - x } else { x } as i64 + dx;
+        let sy = y as i64 + dy;
+        if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 {
+            image::Rgb([0, 0, 0])
+        } else {
+            *src.get_pixel(sx as u32, sy as u32)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augment_keeps_size_and_content() {
+        let src = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 100]));
+        let mut rng = StdRng::seed_from_u64(1);
+        for _ in 0..20 {
+            let out = augment(&src, &mut rng);
+            assert_eq!(out.dimensions(), (32, 32));
+            // The crop moves by at most 4 pixels: the centre pixel's blue channel survives.
+            assert_eq!(out.get_pixel(16, 16)[2], 100);
+        }
+    }
+
+    #[test]
+    fn plain_batches_match_the_server_path() {
+        let src = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, 9]));
+        let mut png = std::io::Cursor::new(Vec::new());
+        src.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let served = model::Preprocessor::default().preprocess(png.get_ref()).unwrap();
+        let trained = CifarBatcher::new(false, 0).pixels(&[Sample { image: src, label: 0 }]);
+        assert_eq!(served, trained);
+    }
+}

@@ -1,0 +1,81 @@
+//! The training recipe, saved as `config.json` in every run folder.
+
+use burn::prelude::*;
+use model::CnnConfig;
+
+/// Which optimiser updates the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum OptimizerKind {
+    /// AdamW, decoupled weight decay.
+    Adamw,
+    /// Adam with L2 weight decay, as the original project (which used none).
+    Adam,
+    /// SGD with Nesterov momentum 0.9.
+    Sgd,
+}
+
+/// How the learning rate moves over the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum ScheduleKind {
+    /// Linear warm-up, then cosine decay to the minimum (one-cycle shaped).
+    Cosine,
+    /// The same rate throughout.
+    Constant,
+}
+
+#[derive(Config, Debug)]
+pub struct TrainConfig {
+    pub model: CnnConfig,
+    #[config(default = 20)]
+    pub epochs: usize,
+    #[config(default = 64)]
+    pub batch_size: usize,
+    /// Peak learning rate.
+    #[config(default = 2e-3)]
+    pub learning_rate: f64,
+    /// Final learning rate of the cosine schedule.
+    #[config(default = 1e-5)]
+    pub min_learning_rate: f64,
+    #[config(default = 1)]
+    pub warmup_epochs: usize,
+    #[config(default = "OptimizerKind::Adamw")]
+    pub optimizer: OptimizerKind,
+    #[config(default = 0.05)]
+    pub weight_decay: f32,
+    #[config(default = "ScheduleKind::Cosine")]
+    pub schedule: ScheduleKind,
+    #[config(default = 0.1)]
+    pub label_smoothing: f32,
+    /// Random crop (padding 1/8) and horizontal flip on training images.
+    #[config(default = true)]
+    pub augment: bool,
+    /// Share of the training set held out for validation.
+    #[config(default = 0.05)]
+    pub valid_fraction: f64,
+    #[config(default = 42)]
+    pub seed: u64,
+    /// Data-loader threads preparing batches beside the model.
+    #[config(default = 1)]
+    pub workers: usize,
+}
+
+impl TrainConfig {
+    /// One line describing the recipe, stored in the record's metadata.
+    pub fn recipe(&self) -> String {
+        format!(
+            "{:?} lr {} ({:?}, warm-up {} epoch(s), min {}), weight decay {}, batch {}, {} epochs, \
+             label smoothing {}, augmentation {}, seed {}",
+            self.optimizer,
+            self.learning_rate,
+            self.schedule,
+            self.warmup_epochs,
+            self.min_learning_rate,
+            self.weight_decay,
+            self.batch_size,
+            self.epochs,
+            self.label_smoothing,
+            if self.augment { "crop+flip" } else { "off" },
+            self.seed
+        )
+    }
+}

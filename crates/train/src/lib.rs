@@ -1,0 +1,18 @@
+//! Training the CIFAR-10 CNN with Burn's `Learner`.
+//!
+//! A run reads CIFAR-10 in either layout (see [`model::dataset`]), trains with the recipe in
+//! [`TrainConfig`], checkpoints every epoch atomically so `--resume` survives any kill, then
+//! evaluates the test set once and writes the record the server and CLI load. Everything
+//! lands in one run folder: `config.json`, `metrics.jsonl`, `checkpoint/`,
+//! `model.safetensors`, `test.json`.
+
+pub mod batcher;
+pub mod checkpoint;
+pub mod config;
+pub mod learner;
+pub mod progress;
+pub mod run;
+pub mod time;
+
+pub use config::TrainConfig;
+pub use run::{RunOptions, run};

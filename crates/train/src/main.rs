@@ -1,0 +1,112 @@
+//! `train`: train the CIFAR-10 CNN and write a run folder.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::prelude::Config;
+use clap::Parser;
+use model::dataset::OnCorrupt;
+use model::{Backend, CnnConfig};
+use train::config::{OptimizerKind, ScheduleKind};
+use train::run::{CONFIG_FILE, default_run_dir};
+use train::{RunOptions, TrainConfig};
+
+/// Train the CIFAR-10 CNN (64×64 input) with Burn's Learner.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// CIFAR-10 directory: image folders (train/<class>, test/<class>) or the official
+    /// binary release (cifar-10-batches-bin/*.bin).
+    #[arg(long, env = "CIFAR10_DATA")]
+    data: PathBuf,
+    /// Run folder to write (default: runs/<UTC timestamp>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last complete checkpoint, with its recipe.
+    #[arg(long, conflicts_with = "out")]
+    resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f32,
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
+    schedule: ScheduleKind,
+    #[arg(long, default_value_t = 1)]
+    warmup_epochs: usize,
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f32,
+    /// Turn off random crop and flip.
+    #[arg(long)]
+    no_augment: bool,
+    /// Share of the training images held out for validation.
+    #[arg(long, default_value_t = 0.05)]
+    valid_fraction: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Data-loader threads.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Compute backend (flex, ndarray, wgpu: those compiled in).
+    #[arg(long, default_value_t = Backend::default())]
+    backend: Backend,
+    /// What to do with an unreadable image or a truncated batch file.
+    #[arg(long, default_value = "fail")]
+    on_corrupt: OnCorrupt,
+    /// Plain progress lines even when stdout is a terminal.
+    #[arg(long)]
+    plain: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let (config, out, resume) = match &args.resume {
+        Some(dir) => {
+            let path = dir.join(CONFIG_FILE);
+            let config = TrainConfig::load(&path)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .with_context(|| format!("cannot read the run's recipe {}", path.display()))?;
+            (config, dir.clone(), true)
+        }
+        None => {
+            let config = TrainConfig::new(CnnConfig::new())
+                .with_epochs(args.epochs)
+                .with_batch_size(args.batch_size)
+                .with_learning_rate(args.lr)
+                .with_optimizer(args.optimizer)
+                .with_weight_decay(args.weight_decay)
+                .with_schedule(args.schedule)
+                .with_warmup_epochs(args.warmup_epochs)
+                .with_label_smoothing(args.label_smoothing)
+                .with_augment(!args.no_augment)
+                .with_valid_fraction(args.valid_fraction)
+                .with_seed(args.seed)
+                .with_workers(args.workers);
+            (config, args.out.clone().unwrap_or_else(default_run_dir), false)
+        }
+    };
+    let opts = RunOptions {
+        data: args.data,
+        out: out.clone(),
+        backend: args.backend,
+        on_corrupt: args.on_corrupt,
+        resume,
+        plain: args.plain,
+    };
+    println!("run folder {}; backend {}; {}", out.display(), opts.backend, config.recipe());
+    let eval = train::run(&config, &opts)?;
+    println!(
+        "test accuracy {:.2}% (top-3 {:.2}%) on {} images; record {}",
+        eval.accuracy * 100.0,
+        eval.top3_accuracy * 100.0,
+        eval.images,
+        out.join(train::run::RECORD_FILE).display()
+    );
+    Ok(())
+}

@@ -1,0 +1,234 @@
+//! One training run: data, Learner, checkpoints, final test evaluation and the record.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataset::InMemDataset;
+use burn::lr_scheduler::LrSchedulerConfig;
+use burn::lr_scheduler::constant::ConstantLr;
+use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+use burn::lr_scheduler::linear::LinearLrSchedulerConfig;
+use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+use burn::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, AdamWConfig, ModuleOptimizer, SgdConfig};
+use burn::train::checkpoint::KeepLastNCheckpoints;
+use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
+use burn::train::{Learner, SupervisedTraining};
+use model::dataset::{self, OnCorrupt, Sample};
+use model::eval::{Evaluation, evaluate};
+use model::{Backend, RecordMeta, save_model};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use serde::Serialize;
+
+use crate::batcher::CifarBatcher;
+use crate::checkpoint::{AtomicCheckpointer, latest_complete, write_atomic};
+use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
+use crate::learner::Classifier;
+use crate::progress::RunRenderer;
+
+/// File names inside a run folder.
+pub const CONFIG_FILE: &str = "config.json";
+pub const METRICS_FILE: &str = "metrics.jsonl";
+pub const RECORD_FILE: &str = "model.safetensors";
+pub const TEST_FILE: &str = "test.json";
+pub const CHECKPOINT_DIR: &str = "checkpoint";
+
+/// Everything a run needs besides the recipe.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub backend: Backend,
+    pub on_corrupt: OnCorrupt,
+    /// Continue from the run folder's last complete checkpoint.
+    pub resume: bool,
+    /// Plain progress lines even on a terminal.
+    pub plain: bool,
+}
+
+/// What `test.json` holds.
+#[derive(Debug, Serialize)]
+pub struct TestReport<'a> {
+    pub evaluation: &'a Evaluation,
+    pub skipped_train: usize,
+    pub skipped_test: usize,
+    pub backend: String,
+}
+
+/// Runs training to the end and returns the test-set evaluation.
+pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
+    let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
+    let resume_epoch = if opts.resume {
+        let epoch = latest_complete(&ckpt_dir);
+        match epoch {
+            Some(e) => println!("resuming after epoch {e} from {}", ckpt_dir.display()),
+            None => println!("no complete checkpoint in {}: starting over", ckpt_dir.display()),
+        }
+        epoch
+    } else {
+        write_atomic(
+            &opts.out.join(CONFIG_FILE),
+            serde_json::to_string_pretty(config)?.as_bytes(),
+        )?;
+        // A fresh run starts a fresh metrics log.
+        std::fs::remove_file(opts.out.join(METRICS_FILE)).ok();
+        None
+    };
+
+    let layout = dataset::detect(&opts.data)?;
+    let started = std::time::Instant::now();
+    let train_split = layout.train(opts.on_corrupt)?;
+    let test_split = layout.test(opts.on_corrupt)?;
+    println!(
+        "data: {:?}; {} train and {} test images decoded in {:.1} s ({} train, {} test skipped)",
+        layout,
+        train_split.samples.len(),
+        test_split.samples.len(),
+        started.elapsed().as_secs_f64(),
+        train_split.skipped.len(),
+        test_split.skipped.len()
+    );
+    let (train, valid) = split_valid(train_split.samples, config.valid_fraction, config.seed)?;
+
+    let device = opts.backend.device();
+    device.seed(config.seed);
+    let autodiff = device.clone().autodiff();
+
+    let steps_per_epoch = train.len().div_ceil(config.batch_size);
+    let loader_train = DataLoaderBuilder::new(CifarBatcher::new(config.augment, config.seed))
+        .batch_size(config.batch_size)
+        .shuffle(config.seed)
+        .num_workers(config.workers)
+        .build(InMemDataset::new(train));
+    let loader_valid = DataLoaderBuilder::new(CifarBatcher::new(false, config.seed))
+        .batch_size(config.batch_size.max(256))
+        .num_workers(config.workers)
+        .build(InMemDataset::new(valid));
+
+    let mut training = SupervisedTraining::new(&opts.out, loader_train, loader_valid)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .metric_train_numeric(LearningRateMetric::new())
+        .with_custom_checkpointers(
+            AtomicCheckpointer::new(&ckpt_dir, "model"),
+            AtomicCheckpointer::new(&ckpt_dir, "optim"),
+            AtomicCheckpointer::new(&ckpt_dir, "scheduler"),
+        )
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        .num_epochs(config.epochs)
+        .summary();
+    let renderer = RunRenderer::new(
+        &opts.out.join(METRICS_FILE),
+        training.interrupter(),
+        resume_epoch,
+        opts.plain,
+    );
+    training = training.renderer(Box::new(renderer));
+    if let Some(epoch) = resume_epoch {
+        training = training.checkpoint(epoch);
+    }
+
+    let net = config.model.init(&autodiff);
+    let classifier = Classifier::new(net, config.label_smoothing, &autodiff);
+    let learner = Learner::new(
+        classifier,
+        optimizer(config),
+        scheduler(config, steps_per_epoch)?,
+    );
+    let result = training.launch(learner);
+    let net = result.model.net;
+
+    println!("evaluating on {} test images", test_split.samples.len());
+    let evaluation = evaluate(&net, &test_split.samples, 256, &device, |_| {});
+    let meta = RecordMeta {
+        test_accuracy: Some(evaluation.accuracy),
+        epochs: Some(config.epochs),
+        created: Some(crate::time::rfc3339_now()),
+        recipe: Some(config.recipe()),
+        ..RecordMeta::default()
+    };
+    save_model(&net, &opts.out.join(RECORD_FILE), &meta)?;
+    let report = TestReport {
+        evaluation: &evaluation,
+        skipped_train: train_split.skipped.len(),
+        skipped_test: test_split.skipped.len(),
+        backend: opts.backend.to_string(),
+    };
+    write_atomic(
+        &opts.out.join(TEST_FILE),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    Ok(evaluation)
+}
+
+/// Holds out a seeded random `fraction` of `samples` for validation.
+pub fn split_valid(
+    mut samples: Vec<Sample>,
+    fraction: f64,
+    seed: u64,
+) -> Result<(Vec<Sample>, Vec<Sample>)> {
+    if !(0.0..1.0).contains(&fraction) {
+        bail!("validation fraction must be in [0, 1), got {fraction}");
+    }
+    samples.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed));
+    let n_valid = ((samples.len() as f64 * fraction).round() as usize).max(1);
+    if n_valid >= samples.len() {
+        bail!("{} training images are too few to hold out a validation split", samples.len());
+    }
+    let valid = samples.split_off(samples.len() - n_valid);
+    Ok((samples, valid))
+}
+
+fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    let wd = config.weight_decay;
+    match config.optimizer {
+        OptimizerKind::Adamw => AdamWConfig::new().with_weight_decay(wd).init(),
+        OptimizerKind::Adam => AdamConfig::new()
+            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .init(),
+        OptimizerKind::Sgd => SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(0.9)
+                    .with_nesterov(true),
+            ))
+            .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
+            .init(),
+    }
+}
+
+/// Linear warm-up from a 25th of the peak, then cosine decay; the scheduler steps per batch.
+fn scheduler(config: &TrainConfig, steps_per_epoch: usize) -> Result<ModuleLrScheduler> {
+    let lr = config.learning_rate;
+    let total = (config.epochs * steps_per_epoch).max(2);
+    let warmup = (config.warmup_epochs * steps_per_epoch).min(total - 1);
+    let built = match config.schedule {
+        ScheduleKind::Constant => Ok(ConstantLr::from(lr).into()),
+        ScheduleKind::Cosine if warmup == 0 => CosineAnnealingLrSchedulerConfig::new(lr, total)
+            .with_min_lr(config.min_learning_rate)
+            .init(),
+        ScheduleKind::Cosine => SequentialLrSchedulerConfig::new(
+            vec![
+                LrSchedulerConfig::Linear(LinearLrSchedulerConfig::new(lr / 25.0, lr, warmup)),
+                LrSchedulerConfig::Cosine(
+                    CosineAnnealingLrSchedulerConfig::new(lr, total - warmup)
+                        .with_min_lr(config.min_learning_rate),
+                ),
+            ],
+            vec![warmup],
+        )
+        .init(),
+    };
+    built.map_err(|e| anyhow::anyhow!("invalid learning-rate schedule: {e}"))
+}
+
+/// The default run folder: `runs/<UTC timestamp>`.
+pub fn default_run_dir() -> PathBuf {
+    Path::new("runs").join(crate::time::rfc3339_now().replace(':', "-"))
+}
