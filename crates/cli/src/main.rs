@@ -1,1 +1,243 @@
-fn main() {}
+//! `cnn`: classify images and evaluate records with the CIFAR-10 CNN from a terminal.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use burn::prelude::Device;
+use clap::{CommandFactory, Parser, Subcommand};
+use model::dataset::{self, OnCorrupt};
+use model::eval::evaluate;
+use model::preprocess::{IMAGE_FLOATS, to_tensor};
+use model::{Backend, CLASSES, Cnn, PARAMETER_COUNT, Preprocessor, RecordMeta, predict};
+use serde_json::json;
+
+/// Classify images and evaluate records with the CIFAR-10 CNN.
+#[derive(Parser, Debug)]
+#[command(name = "cnn", version, about)]
+struct Cli {
+    /// Record to use (default: the trained model built into this binary).
+    #[arg(long, global = true, env = "CNN_MODEL")]
+    model: Option<PathBuf>,
+    /// Compute backend (those compiled in: see `cnn info`).
+    #[arg(long, global = true, default_value_t = Backend::default())]
+    backend: Backend,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Classify image files, or every file under directories.
+    Classify {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Classes shown per image.
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        /// One JSON document.
+        #[arg(long, conflicts_with = "jsonl")]
+        json: bool,
+        /// One JSON line per image.
+        #[arg(long)]
+        jsonl: bool,
+        /// Images per model batch.
+        #[arg(long, default_value_t = 64)]
+        batch_size: usize,
+    },
+    /// Accuracy on a labelled CIFAR-10 test set (image folders or the official binary files).
+    Eval {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+    },
+    /// Architecture, parameter count, record metadata and backends.
+    Info,
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load(cli: &Cli, device: &Device) -> Result<(Cnn, RecordMeta, String)> {
+    match &cli.model {
+        Some(p) => {
+            let (m, meta) =
+                model::load_model(p, device).with_context(|| format!("cannot load {}", p.display()))?;
+            Ok((m, meta, p.display().to_string()))
+        }
+        None => {
+            let (m, meta) = model::record::load_shipped(device).context("cannot load the built-in record")?;
+            Ok((m, meta, "built-in".into()))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let device = cli.backend.device();
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "cnn", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info => {
+            let (_, meta, source) = load(&cli, &device)?;
+            println!("architecture  conv(3→16,3×3,p1) ReLU maxpool2 → conv(16→32,3×3,p1) ReLU maxpool2 → fc(8192→100) ReLU → fc(100→10)");
+            println!("input         64×64 RGB, normalised to [-1, 1]");
+            println!("parameters    {PARAMETER_COUNT}");
+            println!("classes       {}", CLASSES.join(", "));
+            println!("record        {source} (format v{})", meta.format_version);
+            if let Some(a) = meta.test_accuracy {
+                println!("test accuracy {:.2}%", a * 100.0);
+            }
+            if let Some(c) = &meta.created {
+                println!("trained       {c}");
+            }
+            if let Some(r) = &meta.recipe {
+                println!("recipe        {r}");
+            }
+            let backends: Vec<_> = Backend::available().iter().map(|b| b.name()).collect();
+            println!("backends      {} (using {})", backends.join(", "), cli.backend);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Classify { paths, top_k, json, jsonl, batch_size } => {
+            let (net, _, _) = load(&cli, &device)?;
+            classify(&net, &device, paths, *top_k, *json, *jsonl, *batch_size)
+        }
+        Command::Eval { data, json, batch_size } => {
+            let (net, meta, source) = load(&cli, &device)?;
+            let layout = dataset::detect(data)?;
+            let split = layout.test(OnCorrupt::Skip)?;
+            let e = evaluate(&net, &split.samples, *batch_size, &device, |_| {});
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&json!({
+                    "record": source, "recorded_accuracy": meta.test_accuracy,
+                    "skipped": split.skipped, "evaluation": e,
+                }))?);
+            } else {
+                println!("{} images ({} skipped) with {source}", e.images, split.skipped.len());
+                println!("top-1 accuracy {:.2}%   top-3 accuracy {:.2}%", e.accuracy * 100.0, e.top3_accuracy * 100.0);
+                println!("\nper class:");
+                for (class, acc) in &e.per_class {
+                    println!("  {class:<11} {}", acc.map_or("-".into(), |a| format!("{:.2}%", a * 100.0)));
+                }
+                println!("\nconfusion matrix (rows: truth, columns: predicted):");
+                print!("{:>11}", "");
+                for c in CLASSES {
+                    print!(" {:>6}", &c[..c.len().min(6)]);
+                }
+                println!();
+                for (i, row) in e.confusion.iter().enumerate() {
+                    print!("{:>11}", CLASSES[i]);
+                    for n in row {
+                        print!(" {n:>6}");
+                    }
+                    println!();
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Files named on the command line, directories walked (sorted, so output is stable).
+fn collect(paths: &[PathBuf], out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<PathBuf> =
+                std::fs::read_dir(p)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            entries.sort();
+            collect(&entries, out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(())
+}
+
+fn classify(
+    net: &Cnn,
+    device: &Device,
+    paths: &[PathBuf],
+    top_k: usize,
+    json: bool,
+    jsonl: bool,
+    batch_size: usize,
+) -> Result<ExitCode> {
+    let mut files = Vec::new();
+    collect(paths, &mut files).context("cannot list input files")?;
+    let pre = Preprocessor::default();
+    let mut results = Vec::new();
+    let mut failed = 0usize;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for chunk in files.chunks(batch_size.max(1)) {
+        let prepared: Vec<(&Path, Result<Vec<f32>, String>)> = chunk
+            .iter()
+            .map(|p| {
+                let r = std::fs::read(p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| pre.preprocess(&b).map_err(|e| e.to_string()));
+                (p.as_path(), r)
+            })
+            .collect();
+        let pixels: Vec<f32> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
+        let n = pixels.len() / IMAGE_FLOATS;
+        let mut preds = if n > 0 { predict(net, to_tensor(pixels, n, device), top_k) } else { Vec::new() }.into_iter();
+        for (path, r) in prepared {
+            let value = match r {
+                Ok(_) => {
+                    let p = preds.next().expect("one prediction per image");
+                    json!({"file": path, "prediction": p.best, "top_k": p.top_k})
+                }
+                Err(e) => {
+                    failed += 1;
+                    json!({"file": path, "error": e})
+                }
+            };
+            if jsonl {
+                writeln!(out, "{value}")?;
+            } else if !json {
+                print_row(&mut out, &value)?;
+            }
+            results.push(value);
+        }
+    }
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&json!({
+            "results": results, "total": files.len(), "failed": failed,
+        }))?)?;
+    } else if !jsonl {
+        writeln!(out, "{} files, {} classified, {failed} failed", files.len(), files.len() - failed)?;
+    }
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn print_row(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()> {
+    let file = v["file"].as_str().unwrap_or("?");
+    match v.get("error") {
+        Some(e) => writeln!(out, "{file}\terror: {}", e.as_str().unwrap_or("?")),
+        None => {
+            let ranked: Vec<String> = v["top_k"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| format!("{} {:.1}%", r["class"].as_str().unwrap_or("?"), r["confidence"].as_f64().unwrap_or(0.0) * 100.0))
+                .collect();
+            writeln!(out, "{file}\t{}", ranked.join("  "))
+        }
+    }
+}

@@ -16,6 +16,8 @@ pub mod net;
 pub mod predict;
 pub mod preprocess;
 pub mod record;
+#[cfg(feature = "testdata")]
+pub mod testdata;
 
 pub use backend::Backend;
 pub use classes::{CLASSES, NUM_CLASSES};

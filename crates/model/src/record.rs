@@ -155,3 +155,22 @@ pub fn inspect(bytes: &[u8]) -> Result<RecordMeta, RecordError> {
     }
     Ok(meta)
 }
+
+/// The trained record shipped in `assets/`, built into every binary (`None` in a checkout
+/// without it).
+#[cfg(shipped_record)]
+pub static SHIPPED: Option<&[u8]> = Some(include_bytes!("../../../assets/model.safetensors"));
+#[cfg(not(shipped_record))]
+pub static SHIPPED: Option<&[u8]> = None;
+
+/// Loads the [`SHIPPED`] record.
+pub fn load_shipped(device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
+    let bytes = SHIPPED.ok_or_else(|| RecordError::Io {
+        path: "assets/model.safetensors".into(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "this build has no shipped record; pass --model <file>",
+        ),
+    })?;
+    load_model_bytes(bytes.to_vec(), device)
+}

@@ -1,1 +1,141 @@
-fn main() {}
+//! `server`: serve the CIFAR-10 CNN over HTTP.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use model::Backend;
+use server::engine::BatchPolicy;
+use server::upload::UploadLimits;
+use server::{Loaded, LogFormat, ServerConfig};
+
+/// Serve the CIFAR-10 CNN over HTTP (the original API, plus batching, metrics and a web page).
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[arg(long, env = "CNN_HOST", default_value = "127.0.0.1")]
+    host: String,
+    #[arg(long, env = "CNN_PORT", default_value_t = 8000)]
+    port: u16,
+    /// Record to serve (default: the trained model built into this binary).
+    #[arg(long, env = "CNN_MODEL")]
+    model: Option<PathBuf>,
+    /// Compute backend.
+    #[arg(long, env = "CNN_BACKEND", default_value_t = Backend::default())]
+    backend: Backend,
+    /// HTTP worker threads.
+    #[arg(long, env = "CNN_WORKERS", default_value_t = 2)]
+    workers: usize,
+    /// Most images per model batch.
+    #[arg(long, env = "CNN_MAX_BATCH", default_value_t = 64)]
+    max_batch: usize,
+    /// Longest wait, in milliseconds, for a batch to fill.
+    #[arg(long, env = "CNN_MAX_WAIT_MS", default_value_t = 2)]
+    max_wait_ms: u64,
+    /// Requests allowed to wait for the model before 503.
+    #[arg(long, env = "CNN_QUEUE", default_value_t = 256)]
+    queue: usize,
+    /// Largest request body, in bytes.
+    #[arg(long, env = "CNN_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
+    max_body: usize,
+    /// Most files in one batch request.
+    #[arg(long, env = "CNN_MAX_FILES", default_value_t = 64)]
+    max_files: usize,
+    /// Largest image accepted, in pixels (width × height), checked before decoding.
+    #[arg(long, env = "CNN_MAX_PIXELS", default_value_t = model::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Seconds allowed to receive a request.
+    #[arg(long, env = "CNN_REQUEST_TIMEOUT", default_value_t = 30)]
+    request_timeout: u64,
+    /// Origins allowed by CORS (comma-separated; `*` for any). None by default.
+    #[arg(long, env = "CNN_CORS_ORIGINS", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Request log format.
+    #[arg(long, env = "CNN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Probe GET /health on the local server; exit 0 when healthy (for container HEALTHCHECK).
+    Healthcheck,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(Command::Healthcheck) = args.command {
+        return healthcheck(&args.host, args.port);
+    }
+
+    let device = args.backend.device();
+    let (model, meta, source) = match &args.model {
+        Some(path) => {
+            let (m, meta) = model::load_model(path, &device)
+                .with_context(|| format!("cannot serve the record {}", path.display()))?;
+            (m, meta, path.display().to_string())
+        }
+        None => {
+            let (m, meta) = model::record::load_shipped(&device)
+                .context("the record built into this binary is damaged")?;
+            (m, meta, "built-in (assets/model.safetensors)".to_string())
+        }
+    };
+    let config = ServerConfig {
+        workers: args.workers,
+        batch: BatchPolicy {
+            max_batch: args.max_batch.max(1),
+            max_wait: Duration::from_millis(args.max_wait_ms),
+            queue: args.queue.max(1),
+            top_k: 3,
+        },
+        upload: UploadLimits {
+            body: args.max_body,
+            files: args.max_files.max(1),
+        },
+        max_pixels: args.max_pixels,
+        request_timeout: Duration::from_secs(args.request_timeout.max(1)),
+        cors_origins: args.cors_origins,
+        log: args.log_format,
+        ..ServerConfig::default()
+    };
+    let listener = TcpListener::bind((args.host.as_str(), args.port))
+        .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
+    eprintln!(
+        "serving {source} (test accuracy {}) on http://{} with backend {}",
+        meta.test_accuracy.map_or("unknown".into(), |a| format!("{:.2}%", a * 100.0)),
+        listener.local_addr()?,
+        args.backend
+    );
+    let loaded = Loaded {
+        model,
+        meta,
+        source,
+        backend: args.backend,
+        device,
+    };
+    actix_web::rt::System::new().block_on(async move {
+        server::serve(listener, loaded, config)?.await
+    })?;
+    Ok(())
+}
+
+/// A dependency-free HTTP/1.0 probe, so container images need no curl.
+fn healthcheck(host: &str, port: u16) -> Result<()> {
+    let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
+    let mut stream = TcpStream::connect((host, port)).with_context(|| format!("cannot connect to {host}:{port}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET /health HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response.split_whitespace().nth(1).unwrap_or("");
+    if status != "200" {
+        bail!("unhealthy: /health answered {status:?}");
+    }
+    println!("healthy");
+    Ok(())
+}

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use burn::prelude::Config;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use model::dataset::OnCorrupt;
 use model::{Backend, CnnConfig};
 use train::config::{OptimizerKind, ScheduleKind};
@@ -13,12 +13,14 @@ use train::{RunOptions, TrainConfig};
 
 /// Train the CIFAR-10 CNN (64×64 input) with Burn's Learner.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// CIFAR-10 directory: image folders (train/<class>, test/<class>) or the official
     /// binary release (cifar-10-batches-bin/*.bin).
-    #[arg(long, env = "CIFAR10_DATA")]
-    data: PathBuf,
+    #[arg(long, env = "CIFAR10_DATA", required = true)]
+    data: Option<PathBuf>,
     /// Run folder to write (default: runs/<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -64,8 +66,20 @@ struct Args {
     plain: bool,
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Redraw a run folder's PNG plots from its metrics.jsonl and test.json.
+    Plot { run: PathBuf },
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(Command::Plot { run }) = &args.command {
+        train::run::plot(run)?;
+        println!("plots written to {}", run.display());
+        return Ok(());
+    }
+    let data = args.data.clone().context("--data is required")?;
     let (config, out, resume) = match &args.resume {
         Some(dir) => {
             let path = dir.join(CONFIG_FILE);
@@ -92,7 +106,7 @@ fn main() -> Result<()> {
         }
     };
     let opts = RunOptions {
-        data: args.data,
+        data,
         out: out.clone(),
         backend: args.backend,
         on_corrupt: args.on_corrupt,

@@ -164,7 +164,21 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         &opts.out.join(TEST_FILE),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
+    plot(&opts.out)?;
     Ok(evaluation)
+}
+
+/// (Re)draws a run folder's plots from its `metrics.jsonl` and `test.json`.
+pub fn plot(run: &Path) -> Result<()> {
+    let epochs = crate::progress::read_metrics(&run.join(METRICS_FILE)).unwrap_or_default();
+    let evaluation: Option<Evaluation> = std::fs::read_to_string(run.join(TEST_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| serde_json::from_value(v["evaluation"].clone()).ok());
+    if epochs.is_empty() && evaluation.is_none() {
+        bail!("{} holds neither {METRICS_FILE} nor {TEST_FILE}", run.display());
+    }
+    crate::plots::write_all(run, &epochs, evaluation.as_ref())
 }
 
 /// Holds out a seeded random `fraction` of `samples` for validation.

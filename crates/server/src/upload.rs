@@ -1,0 +1,111 @@
+//! Reading uploads: multipart fields or a raw image body, within the configured limits.
+
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::{HttpRequest, web};
+use futures_util::StreamExt;
+
+use crate::problem::ApiError;
+
+/// One uploaded file.
+#[derive(Debug)]
+pub struct Upload {
+    pub filename: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// Limits applied while reading.
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// Total body bytes.
+    pub body: usize,
+    /// Files kept from the expected field.
+    pub files: usize,
+}
+
+/// Reads the files sent in multipart field `field`, or a raw `image/*` (or
+/// `application/octet-stream`) body as one file named by the `X-Filename` header.
+pub async fn read(
+    req: &HttpRequest,
+    payload: web::Payload,
+    field: &'static str,
+    limits: UploadLimits,
+) -> Result<Vec<Upload>, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
+    if essence == "multipart/form-data" {
+        read_multipart(Multipart::new(req.headers(), payload), field, limits).await
+    } else if essence.starts_with("image/") || essence == "application/octet-stream" {
+        let filename = req
+            .headers()
+            .get("x-filename")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = read_body(payload, limits.body).await?;
+        if bytes.is_empty() {
+            return Err(ApiError::EmptyFile(filename.unwrap_or_default()));
+        }
+        Ok(vec![Upload { filename, bytes }])
+    } else {
+        Err(ApiError::UnsupportedMediaType(if essence.is_empty() {
+            "(none)".into()
+        } else {
+            essence
+        }))
+    }
+}
+
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::BodyTooLarge { limit });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn read_multipart(
+    mut multipart: Multipart,
+    field: &'static str,
+    limits: UploadLimits,
+) -> Result<Vec<Upload>, ApiError> {
+    let mut total = 0usize;
+    let mut uploads = Vec::new();
+    while let Some(part) = multipart.next().await {
+        let mut part = part.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        let wanted = part.name() == Some(field);
+        if wanted && uploads.len() == limits.files {
+            return Err(ApiError::TooManyFiles { limit: limits.files });
+        }
+        let filename = part
+            .content_disposition()
+            .and_then(|cd| cd.get_filename())
+            .map(str::to_string);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = part.next().await {
+            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+            total += chunk.len();
+            if total > limits.body {
+                return Err(ApiError::BodyTooLarge { limit: limits.body });
+            }
+            if wanted {
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+        if wanted {
+            uploads.push(Upload { filename, bytes });
+        }
+    }
+    if uploads.is_empty() {
+        return Err(ApiError::MissingField(field));
+    }
+    Ok(uploads)
+}

@@ -1,0 +1,248 @@
+//! The HTTP API end to end: a real server on 127.0.0.1, real CIFAR JPEGs, a real client.
+
+mod common;
+
+use std::io::Cursor;
+
+use common::*;
+use image::{DynamicImage, ImageFormat};
+use model::preprocess::to_tensor;
+use model::{Backend, Preprocessor, predict, testdata};
+use server::ServerConfig;
+
+fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+#[test]
+fn info_endpoints() {
+    let s = start(ServerConfig::default());
+    let (status, body) = get(&s, "/");
+    assert_eq!(status, 200);
+    assert!(body.contains("POST /classify/batch"), "{body}");
+    let health: serde_json::Value = serde_json::from_str(&get(&s, "/health").1).unwrap();
+    assert_eq!(health["status"], "healthy");
+    let info: serde_json::Value = serde_json::from_str(&get(&s, "/model/info").1).unwrap();
+    assert_eq!(info["total_parameters"], 825_398);
+    assert_eq!(info["input_size"], serde_json::json!([64, 64, 3]));
+    assert_eq!(info["backend"], Backend::default().name());
+    let classes: serde_json::Value = serde_json::from_str(&get(&s, "/classes").1).unwrap();
+    assert_eq!(classes["num_classes"], 10);
+    assert_eq!(classes["classes"][0], "airplane");
+    assert_eq!(classes["by_index"]["9"], "truck");
+    let (status, ui) = get(&s, "/ui");
+    assert_eq!(status, 200);
+    assert!(ui.contains("type=\"file\""));
+    let missing = get_reply(&s, "/nope", &[]);
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.content_type, "application/problem+json");
+}
+
+/// The server's answer for a real CIFAR image equals the model run in-process on the same bytes.
+#[test]
+fn classify_real_cifar_images_matches_in_process_model() {
+    let s = start(ServerConfig::default());
+    let device = Backend::default().device();
+    for img in testdata::images("test", 1) {
+        let r = post_multipart(&s, "/classify", &[("file", "cat.jpg", &img.bytes)]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        assert_eq!(v["filename"], "cat.jpg");
+        let top3 = v["top_3_predictions"].as_array().unwrap();
+        assert_eq!(top3.len(), 3);
+        let conf: Vec<f64> = top3.iter().map(|p| p["confidence"].as_f64().unwrap()).collect();
+        assert!(conf[0] >= conf[1] && conf[1] >= conf[2]);
+        assert_eq!(v["prediction"], top3[0]);
+
+        let pixels = Preprocessor::default().preprocess(&img.bytes).unwrap();
+        let local = &predict(&s.model, to_tensor(pixels, 1, &device), 3)[0];
+        assert_eq!(v["prediction"]["class_index"], local.best.class_index);
+        assert_eq!(v["prediction"]["class"], local.best.class);
+        assert!((conf[0] - f64::from(local.best.confidence)).abs() < 1e-5);
+    }
+}
+
+#[test]
+fn raw_body_and_every_format() {
+    let s = start(ServerConfig::default());
+    let jpeg = testdata::images("test", 1).remove(0).bytes;
+    let multipart = post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg)]).json();
+    let raw = post(&s, "/classify", "image/jpeg", &jpeg);
+    assert_eq!(raw.status, 200, "{}", raw.body);
+    assert_eq!(raw.json()["prediction"], multipart["prediction"]);
+
+    let rgb = DynamicImage::ImageRgb8(Preprocessor::default().decode(&jpeg).unwrap());
+    for format in [ImageFormat::Png, ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::WebP, ImageFormat::Gif] {
+        let bytes = encode(&rgb, format);
+        let r = post_multipart(&s, "/classify", &[("file", "x", &bytes)]);
+        assert_eq!(r.status, 200, "{format:?}: {}", r.body);
+    }
+}
+
+#[test]
+fn batch_keeps_order_and_isolates_failures() {
+    let s = start(ServerConfig::default());
+    let images = testdata::images("test", 1);
+    let mut parts: Vec<(&str, String, &[u8])> = images
+        .iter()
+        .map(|i| ("files", i.class.clone(), i.bytes.as_slice()))
+        .collect();
+    parts.insert(3, ("files", "notes.txt".into(), b"just text".as_slice()));
+    let parts: Vec<(&str, &str, &[u8])> = parts.iter().map(|(f, n, b)| (*f, n.as_str(), *b)).collect();
+    let r = post_multipart(&s, "/classify/batch", &parts);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["total"], 11);
+    let results = v["results"].as_array().unwrap();
+    for (i, (_, name, _)) in parts.iter().enumerate() {
+        assert_eq!(results[i]["filename"], *name);
+    }
+    assert_eq!(results[3]["problem"]["status"], 422);
+    assert!(results[3]["error"].is_string());
+    assert_eq!(results.iter().filter(|r| r["prediction"].is_object()).count(), 10);
+}
+
+/// A PNG header announcing 20,000 × 20,000 pixels, a few dozen bytes long.
+fn png_bomb() -> Vec<u8> {
+    let img = encode(&DynamicImage::new_rgb8(1, 1), ImageFormat::Png);
+    let mut bomb = img.clone();
+    bomb[16..20].copy_from_slice(&20_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&20_000u32.to_be_bytes());
+    // Fix the IHDR CRC so the header itself is valid.
+    let crc = crc32(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    bomb
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    // CRC-32 (IEEE), bitwise: small and dependency-free.
+    let mut crc = 0xffff_ffffu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+fn assert_problem(r: &Reply, status: u16, kind: &str) {
+    assert_eq!(r.status, status, "{}", r.body);
+    assert_eq!(r.content_type, "application/problem+json", "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["type"], format!("/problems/{kind}"), "{}", r.body);
+    assert_eq!(v["status"], status);
+    assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()));
+}
+
+#[test]
+fn bad_inputs_get_clear_errors_and_the_server_stays_up() {
+    let mut config = ServerConfig::default();
+    config.upload.body = 256 * 1024;
+    config.upload.files = 3;
+    let s = start(config);
+    let jpeg = testdata::images("test", 1).remove(0).bytes;
+
+    assert_problem(&post_multipart(&s, "/classify", &[("image", "a.jpg", &jpeg)]), 400, "missing-field");
+    assert_problem(&post_multipart(&s, "/classify", &[("file", "a.jpg", b"")]), 400, "empty-file");
+    assert_problem(&post_multipart(&s, "/classify", &[("file", "a.txt", b"hello, world")]), 422, "invalid-image");
+    assert_problem(&post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg[..jpeg.len() / 3])]), 422, "invalid-image");
+    assert_problem(&post_multipart(&s, "/classify", &[("file", "bomb.png", &png_bomb())]), 422, "image-too-large");
+    assert_problem(&post(&s, "/classify", "text/plain", b"hi"), 415, "unsupported-media-type");
+    assert_problem(&post(&s, "/classify", "image/png", b""), 400, "empty-file");
+    let big = vec![7u8; 300 * 1024];
+    assert_problem(&post_multipart(&s, "/classify", &[("file", "big.jpg", &big)]), 413, "body-too-large");
+    assert_problem(&post(&s, "/classify", "image/jpeg", &big), 413, "body-too-large");
+    let four: Vec<(&str, &str, &[u8])> = (0..4).map(|_| ("files", "a.jpg", jpeg.as_slice())).collect();
+    assert_problem(&post_multipart(&s, "/classify/batch", &four), 413, "too-many-files");
+    assert_problem(
+        &post(&s, "/classify", &format!("multipart/form-data; boundary={BOUNDARY}"), b"--nonsense\r\n\r\n"),
+        400,
+        "bad-request",
+    );
+    assert_problem(&post(&s, "/classify", "multipart/form-data", b"no boundary"), 400, "bad-request");
+    // Filenames with separators and control characters are echoed as data, never used.
+    let r = post_multipart(&s, "/classify", &[("file", "../../etc/passwd\u{7}", &jpeg)]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["filename"], "../../etc/passwd\u{7}");
+
+    assert_eq!(get(&s, "/health").0, 200);
+    let ok = post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg)]);
+    assert_eq!(ok.status, 200);
+    let (_, metrics) = get(&s, "/metrics");
+    assert!(metrics.contains("errors_total{kind=\"invalid-image\"} 2"), "{metrics}");
+    assert!(metrics.contains("http_requests_total{route=\"/classify\",status=\"413\"} 2"), "{metrics}");
+}
+
+#[test]
+fn request_id_is_echoed_or_generated() {
+    let s = start(ServerConfig::default());
+    let r = get_reply(&s, "/health", &[("X-Request-Id", "abc-123")]);
+    assert_eq!(r.header("x-request-id"), Some("abc-123"));
+    let r = get_reply(&s, "/health", &[]);
+    assert!(r.header("x-request-id").is_some_and(|v| !v.is_empty()));
+}
+
+/// Concurrent single-image requests share model batches (visible in /metrics).
+#[test]
+fn concurrent_requests_are_batched() {
+    let mut config = ServerConfig::default();
+    config.batch.max_wait = std::time::Duration::from_millis(100);
+    config.workers = 4;
+    let s = start(config);
+    let jpeg = testdata::images("test", 1).remove(0).bytes;
+    let n = 16;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| scope.spawn(|| post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg)]).status))
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), 200);
+        }
+    });
+    let (_, metrics) = get(&s, "/metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in {metrics}"))
+    };
+    // The warm-up runs outside the engine's counters.
+    let batches = value("inference_batch_size_count ");
+    let images = value("images_classified_total ");
+    assert_eq!(images, n as f64);
+    assert!(batches < images, "{batches} batches for {images} images: nothing was batched");
+}
+
+/// A full queue answers 503 with Retry-After instead of queueing without limit.
+#[test]
+fn overload_is_refused_with_retry_after() {
+    let mut config = ServerConfig::default();
+    config.batch.queue = 1;
+    config.batch.max_batch = 1;
+    config.workers = 4;
+    let s = start(config);
+    let jpeg = testdata::images("test", 1).remove(0).bytes;
+    let parts: Vec<(&str, &str, &[u8])> = (0..64).map(|_| ("files", "a.jpg", jpeg.as_slice())).collect();
+    let body = multipart(&parts);
+    let replies: Vec<Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..12)
+            .map(|_| {
+                scope.spawn(|| {
+                    post(&s, "/classify/batch", &format!("multipart/form-data; boundary={BOUNDARY}"), &body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: Vec<&Reply> = replies.iter().filter(|r| r.status == 503).collect();
+    assert!(!refused.is_empty(), "no request was refused");
+    assert!(replies.iter().all(|r| r.status == 200 || r.status == 503));
+    for r in refused {
+        assert_eq!(r.header("retry-after"), Some("1"));
+        assert_problem(r, 503, "overloaded");
+    }
+    assert_eq!(get(&s, "/health").0, 200);
+}

@@ -1,0 +1,147 @@
+//! A real server on 127.0.0.1 (ephemeral port) and a real HTTP client for the tests.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::ServerHandle;
+use model::{Backend, Cnn, RecordMeta, default_config};
+use server::{Loaded, LogFormat, ServerConfig};
+
+pub struct TestServer {
+    pub base: String,
+    pub model: Cnn,
+    handle: ServerHandle,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        // Stop without waiting for in-flight requests: the test is over.
+        std::thread::spawn(move || actix_web::rt::System::new().block_on(handle.stop(false)));
+    }
+}
+
+/// Starts a server on weights made here, waits until `/ready`.
+pub fn start(mut config: ServerConfig) -> TestServer {
+    config.log = LogFormat::Off;
+    let backend = Backend::default();
+    let device = backend.device();
+    let model = default_config().init(&device);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let loaded = Loaded {
+        model: model.clone(),
+        meta: RecordMeta::default(),
+        source: "test weights".into(),
+        backend,
+        device,
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            let server = server::serve(listener, loaded, config).unwrap();
+            tx.send(server.handle()).unwrap();
+            server.await.unwrap();
+        })
+    });
+    let handle = rx.recv().unwrap();
+    let server = TestServer { base, model, handle };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&server, "/ready").0 != 200 {
+        assert!(Instant::now() < deadline, "server never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+fn reply(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
+    let mut res = res.expect("request failed");
+    let headers = res
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect::<Vec<_>>();
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    Reply {
+        status: res.status().as_u16(),
+        content_type,
+        headers,
+        body: res.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+pub fn get(server: &TestServer, path: &str) -> (u16, String) {
+    let r = reply(agent().get(format!("{}{path}", server.base)).call());
+    (r.status, r.body)
+}
+
+pub fn get_reply(server: &TestServer, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = agent().get(format!("{}{path}", server.base));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    reply(req.call())
+}
+
+pub fn post(server: &TestServer, path: &str, content_type: &str, body: &[u8]) -> Reply {
+    reply(
+        agent()
+            .post(format!("{}{path}", server.base))
+            .header("Content-Type", content_type)
+            .send(body),
+    )
+}
+
+pub const BOUNDARY: &str = "----cifar-test-boundary-7d1f";
+
+/// A multipart/form-data body of `(field, filename, bytes)` parts.
+pub fn multipart(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (field, filename, bytes) in parts {
+        body.extend(format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        ).bytes());
+        body.extend_from_slice(bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{BOUNDARY}--\r\n").bytes());
+    body
+}
+
+pub fn post_multipart(server: &TestServer, path: &str, parts: &[(&str, &str, &[u8])]) -> Reply {
+    post(
+        server,
+        path,
+        &format!("multipart/form-data; boundary={BOUNDARY}"),
+        &multipart(parts),
+    )
+}

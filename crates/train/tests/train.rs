@@ -1,0 +1,154 @@
+//! Real, short training runs of the `train` binary on real CIFAR-10 images.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use model::dataset::{Sample, to_binary};
+use model::{Backend, Preprocessor, testdata};
+use train::progress::read_metrics;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("train-it-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// 20 training and 5 test images per class, as image folders.
+fn small_folders(name: &str) -> PathBuf {
+    let dir = tmp(name);
+    let mut images = testdata::images("train", 20);
+    images.extend(testdata::images("test", 5));
+    testdata::write_folders(&dir.join("cifar10"), &images);
+    dir
+}
+
+fn train(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
+    cmd.args(["--plain", "--batch-size", "25", "--valid-fraction", "0.1", "--warmup-epochs", "0"])
+        .args(args);
+    cmd
+}
+
+fn ok(out: Output) -> String {
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "train failed:\n{text}");
+    text
+}
+
+fn assert_complete_run(run: &Path, epochs: usize) {
+    for f in ["config.json", "metrics.jsonl", "model.safetensors", "test.json", "curves.png", "confusion.png", "per_class.png"] {
+        assert!(run.join(f).is_file(), "{f} missing in {}", run.display());
+    }
+    let metrics = read_metrics(&run.join("metrics.jsonl")).unwrap();
+    let numbers: Vec<usize> = metrics.iter().map(|m| m.epoch).collect();
+    assert_eq!(numbers, (1..=epochs).collect::<Vec<_>>());
+    for m in &metrics {
+        assert!(m.train_loss.is_finite() && m.valid_loss.is_finite(), "{m:?}");
+        assert!((0.0..=100.0).contains(&m.valid_accuracy), "{m:?}");
+        assert!(m.train_images_per_sec > 0.0);
+    }
+    let (_, meta) = model::load_model(&run.join("model.safetensors"), &Backend::default().device()).unwrap();
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
+    assert_eq!(test["evaluation"]["images"], 50);
+    assert_eq!(meta.test_accuracy, test["evaluation"]["accuracy"].as_f64());
+    assert_eq!(meta.epochs, Some(epochs));
+}
+
+#[test]
+fn short_run_writes_a_complete_run_folder_and_learns() {
+    let data = small_folders("full");
+    let run = data.join("run");
+    let log = ok(train(&["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "4", "--lr", "0.003"])
+        .output()
+        .unwrap());
+    assert!(log.contains("test accuracy"), "{log}");
+    assert_complete_run(&run, 4);
+    let metrics = read_metrics(&run.join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics[3].train_loss < metrics[0].train_loss,
+        "training loss did not fall: {metrics:?}"
+    );
+}
+
+#[test]
+fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
+    let data = small_folders("resume");
+    let run = data.join("run");
+    let args = ["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "4"];
+    let mut child = train(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let ckpt = run.join("checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while train::checkpoint::latest_complete(&ckpt).is_none() {
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = train::checkpoint::latest_complete(&ckpt).unwrap();
+
+    let log = ok(Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--plain", "--data", data.to_str().unwrap(), "--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(log.contains(&format!("resuming after epoch {done}")), "{log}");
+    assert_complete_run(&run, 4);
+}
+
+#[test]
+fn official_binary_layout_trains() {
+    let dir = tmp("binary");
+    let bin = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let p = Preprocessor::default();
+    let to_samples = |split: &str, n: usize| -> Vec<Sample> {
+        testdata::images(split, n)
+            .iter()
+            .map(|i| Sample {
+                image: p.decode(&i.bytes).unwrap(),
+                label: model::CLASSES.iter().position(|c| *c == i.class).unwrap() as u8,
+            })
+            .collect()
+    };
+    let train_samples = to_samples("train", 10);
+    for (k, chunk) in train_samples.chunks(20).enumerate() {
+        std::fs::write(bin.join(format!("data_batch_{}.bin", k + 1)), to_binary(chunk)).unwrap();
+    }
+    std::fs::write(bin.join("test_batch.bin"), to_binary(&to_samples("test", 5))).unwrap();
+    let run = dir.join("run");
+    let log = ok(train(&["--data", dir.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1"])
+        .output()
+        .unwrap());
+    assert!(log.contains("Binary"), "{log}");
+    assert_complete_run(&run, 1);
+}
+
+#[test]
+fn missing_and_corrupt_data_give_clear_errors() {
+    let empty = tmp("nodata");
+    let out = train(&["--data", empty.to_str().unwrap(), "--epochs", "1"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no CIFAR-10 data found") && err.contains("data_batch_1.bin"), "{err}");
+
+    let data = small_folders("corrupt");
+    let bad = data.join("cifar10/train/dog/zz-broken.jpg");
+    std::fs::write(&bad, b"\xff\xd8\xff garbage").unwrap();
+    let run = data.join("run");
+    let out = train(&["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("zz-broken.jpg"), "{err}");
+
+    let log = ok(train(&[
+        "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1", "--on-corrupt", "skip",
+    ])
+    .output()
+    .unwrap());
+    assert!(log.contains("(1 train, 0 test skipped)"), "{log}");
+}
