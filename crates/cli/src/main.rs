@@ -75,12 +75,13 @@ fn main() -> ExitCode {
 fn load(cli: &Cli, device: &Device) -> Result<(Cnn, RecordMeta, String)> {
     match &cli.model {
         Some(p) => {
-            let (m, meta) =
-                model::load_model(p, device).with_context(|| format!("cannot load {}", p.display()))?;
+            let (m, meta) = model::load_model(p, device)
+                .with_context(|| format!("cannot load {}", p.display()))?;
             Ok((m, meta, p.display().to_string()))
         }
         None => {
-            let (m, meta) = model::record::load_shipped(device).context("cannot load the built-in record")?;
+            let (m, meta) =
+                model::record::load_shipped(device).context("cannot load the built-in record")?;
             Ok((m, meta, "built-in".into()))
         }
     }
@@ -95,7 +96,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Info => {
             let (_, meta, source) = load(&cli, &device)?;
-            println!("architecture  conv(3→16,3×3,p1) ReLU maxpool2 → conv(16→32,3×3,p1) ReLU maxpool2 → fc(8192→100) ReLU → fc(100→10)");
+            println!(
+                "architecture  conv(3→16,3×3,p1) ReLU maxpool2 → conv(16→32,3×3,p1) ReLU maxpool2 → fc(8192→100) ReLU → fc(100→10)"
+            );
             println!("input         64×64 RGB, normalised to [-1, 1]");
             println!("parameters    {PARAMETER_COUNT}");
             println!("classes       {}", CLASSES.join(", "));
@@ -110,29 +113,57 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("recipe        {r}");
             }
             let backends: Vec<_> = Backend::available().iter().map(|b| b.name()).collect();
-            println!("backends      {} (using {})", backends.join(", "), cli.backend);
+            println!(
+                "backends      {} (using {})",
+                backends.join(", "),
+                cli.backend
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Classify { paths, top_k, json, jsonl, batch_size } => {
+        Command::Classify {
+            paths,
+            top_k,
+            json,
+            jsonl,
+            batch_size,
+        } => {
             let (net, _, _) = load(&cli, &device)?;
             classify(&net, &device, paths, *top_k, *json, *jsonl, *batch_size)
         }
-        Command::Eval { data, json, batch_size } => {
+        Command::Eval {
+            data,
+            json,
+            batch_size,
+        } => {
             let (net, meta, source) = load(&cli, &device)?;
             let layout = dataset::detect(data)?;
             let split = layout.test(OnCorrupt::Skip)?;
             let e = evaluate(&net, &split.samples, *batch_size, &device, |_| {});
             if *json {
-                println!("{}", serde_json::to_string_pretty(&json!({
-                    "record": source, "recorded_accuracy": meta.test_accuracy,
-                    "skipped": split.skipped, "evaluation": e,
-                }))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "record": source, "recorded_accuracy": meta.test_accuracy,
+                        "skipped": split.skipped, "evaluation": e,
+                    }))?
+                );
             } else {
-                println!("{} images ({} skipped) with {source}", e.images, split.skipped.len());
-                println!("top-1 accuracy {:.2}%   top-3 accuracy {:.2}%", e.accuracy * 100.0, e.top3_accuracy * 100.0);
+                println!(
+                    "{} images ({} skipped) with {source}",
+                    e.images,
+                    split.skipped.len()
+                );
+                println!(
+                    "top-1 accuracy {:.2}%   top-3 accuracy {:.2}%",
+                    e.accuracy * 100.0,
+                    e.top3_accuracy * 100.0
+                );
                 println!("\nper class:");
                 for (class, acc) in &e.per_class {
-                    println!("  {class:<11} {}", acc.map_or("-".into(), |a| format!("{:.2}%", a * 100.0)));
+                    println!(
+                        "  {class:<11} {}",
+                        acc.map_or("-".into(), |a| format!("{:.2}%", a * 100.0))
+                    );
                 }
                 println!("\nconfusion matrix (rows: truth, columns: predicted):");
                 print!("{:>11}", "");
@@ -157,8 +188,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 fn collect(paths: &[PathBuf], out: &mut Vec<PathBuf>) -> std::io::Result<()> {
     for p in paths {
         if p.is_dir() {
-            let mut entries: Vec<PathBuf> =
-                std::fs::read_dir(p)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
             entries.sort();
             collect(&entries, out)?;
         } else {
@@ -194,9 +226,19 @@ fn classify(
                 (p.as_path(), r)
             })
             .collect();
-        let pixels: Vec<f32> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok()).flatten().copied().collect();
+        let pixels: Vec<f32> = prepared
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok())
+            .flatten()
+            .copied()
+            .collect();
         let n = pixels.len() / IMAGE_FLOATS;
-        let mut preds = if n > 0 { predict(net, to_tensor(pixels, n, device), top_k) } else { Vec::new() }.into_iter();
+        let mut preds = if n > 0 {
+            predict(net, to_tensor(pixels, n, device), top_k)
+        } else {
+            Vec::new()
+        }
+        .into_iter();
         for (path, r) in prepared {
             let value = match r {
                 Ok(_) => {
@@ -217,13 +259,26 @@ fn classify(
         }
     }
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&json!({
-            "results": results, "total": files.len(), "failed": failed,
-        }))?)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "results": results, "total": files.len(), "failed": failed,
+            }))?
+        )?;
     } else if !jsonl {
-        writeln!(out, "{} files, {} classified, {failed} failed", files.len(), files.len() - failed)?;
+        writeln!(
+            out,
+            "{} files, {} classified, {failed} failed",
+            files.len(),
+            files.len() - failed
+        )?;
     }
-    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if failed > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_row(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()> {
@@ -235,7 +290,13 @@ fn print_row(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()>
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|r| format!("{} {:.1}%", r["class"].as_str().unwrap_or("?"), r["confidence"].as_f64().unwrap_or(0.0) * 100.0))
+                .map(|r| {
+                    format!(
+                        "{} {:.1}%",
+                        r["class"].as_str().unwrap_or("?"),
+                        r["confidence"].as_f64().unwrap_or(0.0) * 100.0
+                    )
+                })
                 .collect();
             writeln!(out, "{file}\t{}", ranked.join("  "))
         }

@@ -8,9 +8,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use image::RgbImage;
 use crate::preprocess::resize;
 use crate::{CLASSES, NUM_CLASSES, Preprocessor};
+use image::RgbImage;
 use thiserror::Error;
 
 /// Bytes per record in the official binary files: label + 32×32×3.
@@ -137,6 +137,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     }
 }
 
+/// A file, its label, and its pixels or why it could not be read.
+type Decoded = (PathBuf, u8, Result<RgbImage, String>);
+
 /// Reads `dir/<class>/*` for every class, decoding on all cores.
 pub fn read_folders(dir: &Path, on_corrupt: OnCorrupt) -> Result<Split, DataError> {
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -168,7 +171,7 @@ pub fn read_folders(dir: &Path, on_corrupt: OnCorrupt) -> Result<Split, DataErro
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = files.len().div_ceil(threads).max(1);
     let pre = Preprocessor::default();
-    let decoded: Vec<Vec<(PathBuf, u8, Result<RgbImage, String>)>> = std::thread::scope(|s| {
+    let decoded: Vec<Vec<Decoded>> = std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(chunk)
             .map(|part| {
@@ -290,18 +293,21 @@ mod tests {
     #[test]
     fn binary_round_trip() {
         let img = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, 7]));
-        let bytes = to_binary(&[Sample { image: img.clone(), label: 3 }]);
+        let bytes = to_binary(&[Sample {
+            image: img.clone(),
+            label: 3,
+        }]);
         assert_eq!(bytes.len(), BIN_RECORD);
         let dir = std::env::temp_dir().join(format!("bin-rt-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let f = dir.join("b.bin");
         fs::write(&f, &bytes).unwrap();
-        let split = read_binaries(&[f.clone()], OnCorrupt::Fail).unwrap();
+        let split = read_binaries(std::slice::from_ref(&f), OnCorrupt::Fail).unwrap();
         assert_eq!(split.samples[0].label, 3);
         assert_eq!(split.samples[0].image, img);
         fs::write(&f, &bytes[..100]).unwrap();
         assert!(matches!(
-            read_binaries(&[f.clone()], OnCorrupt::Fail),
+            read_binaries(std::slice::from_ref(&f), OnCorrupt::Fail),
             Err(DataError::Corrupt { .. })
         ));
         let skipped = read_binaries(&[f], OnCorrupt::Skip).unwrap();

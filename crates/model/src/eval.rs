@@ -61,7 +61,10 @@ fn summarise(confusion: Vec<Vec<usize>>, top3: usize) -> Evaluation {
         .enumerate()
         .map(|(i, c)| {
             let total: usize = confusion[i].iter().sum();
-            (c.to_string(), (total > 0).then(|| ratio(confusion[i][i], total)))
+            (
+                c.to_string(),
+                (total > 0).then(|| ratio(confusion[i][i], total)),
+            )
         })
         .collect();
     Evaluation {

@@ -108,7 +108,8 @@ pub fn inspect(bytes: &[u8]) -> Result<RecordMeta, RecordError> {
     let (_, header) =
         SafeTensors::read_metadata(bytes).map_err(|e| RecordError::Format(e.to_string()))?;
     // `deserialize` also checks that every tensor's bytes lie inside the file.
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| RecordError::Format(e.to_string()))?;
+    let tensors =
+        SafeTensors::deserialize(bytes).map_err(|e| RecordError::Format(e.to_string()))?;
 
     let meta_json = header
         .metadata()
@@ -151,7 +152,9 @@ pub fn inspect(bytes: &[u8]) -> Result<RecordMeta, RecordError> {
         .filter(|n| !EXPECTED_TENSORS.iter().any(|(e, _)| e == n))
         .collect();
     if !extra.is_empty() {
-        return Err(RecordError::Architecture(format!("unexpected tensors {extra:?}")));
+        return Err(RecordError::Architecture(format!(
+            "unexpected tensors {extra:?}"
+        )));
     }
     Ok(meta)
 }

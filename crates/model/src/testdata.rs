@@ -46,7 +46,11 @@ pub fn images(split: &str, per_class: usize) -> Vec<ArchiveImage> {
     let mut out = Vec::new();
     for entry in tar.entries().expect("read archive") {
         let mut entry = entry.expect("archive entry");
-        let path = entry.path().expect("entry path").to_string_lossy().into_owned();
+        let path = entry
+            .path()
+            .expect("entry path")
+            .to_string_lossy()
+            .into_owned();
         let parts: Vec<&str> = path.split('/').collect();
         let Some(i) = parts.iter().position(|p| *p == split) else {
             continue;

@@ -54,11 +54,17 @@ fn missing_empty_and_unknown_class_folders_are_errors() {
     let layout = dataset::detect(&dir).unwrap();
 
     fs::remove_dir_all(dir.join("train/frog")).unwrap();
-    assert!(matches!(layout.train(OnCorrupt::Skip), Err(DataError::MissingClass(p)) if p.ends_with("frog")));
+    assert!(
+        matches!(layout.train(OnCorrupt::Skip), Err(DataError::MissingClass(p)) if p.ends_with("frog"))
+    );
     fs::create_dir_all(dir.join("train/frog")).unwrap();
-    assert!(matches!(layout.train(OnCorrupt::Skip), Err(DataError::EmptyClass(p)) if p.ends_with("frog")));
+    assert!(
+        matches!(layout.train(OnCorrupt::Skip), Err(DataError::EmptyClass(p)) if p.ends_with("frog"))
+    );
     fs::create_dir_all(dir.join("test/unicorn")).unwrap();
-    assert!(matches!(layout.test(OnCorrupt::Skip), Err(DataError::UnknownClass(p)) if p.ends_with("unicorn")));
+    assert!(
+        matches!(layout.test(OnCorrupt::Skip), Err(DataError::UnknownClass(p)) if p.ends_with("unicorn"))
+    );
 }
 
 #[test]
@@ -76,7 +82,11 @@ fn official_binary_layout_is_detected_and_read() {
         })
         .collect();
     for i in 1..=5 {
-        fs::write(bin.join(format!("data_batch_{i}.bin")), to_binary(&samples[..4])).unwrap();
+        fs::write(
+            bin.join(format!("data_batch_{i}.bin")),
+            to_binary(&samples[..4]),
+        )
+        .unwrap();
     }
     fs::write(bin.join("test_batch.bin"), to_binary(&samples)).unwrap();
     let layout = dataset::detect(&dir).unwrap();
@@ -91,7 +101,10 @@ fn official_binary_layout_is_detected_and_read() {
     let bytes = to_binary(&samples);
     fs::write(bin.join("test_batch.bin"), &bytes[..bytes.len() - 10]).unwrap();
     let err = layout.test(OnCorrupt::Fail).unwrap_err();
-    assert!(err.to_string().contains("test_batch.bin") && err.to_string().contains("truncated"), "{err}");
+    assert!(
+        err.to_string().contains("test_batch.bin") && err.to_string().contains("truncated"),
+        "{err}"
+    );
     let skipped = layout.test(OnCorrupt::Skip).unwrap();
     assert_eq!((skipped.samples.len(), skipped.skipped.len()), (19, 1));
 }
@@ -100,5 +113,8 @@ fn official_binary_layout_is_detected_and_read() {
 fn no_data_names_both_layouts() {
     let dir = tmp("empty");
     let err = dataset::detect(&dir).unwrap_err().to_string();
-    assert!(err.contains("train/<class>") && err.contains("data_batch_1.bin"), "{err}");
+    assert!(
+        err.contains("train/<class>") && err.contains("data_batch_1.bin"),
+        "{err}"
+    );
 }

@@ -25,7 +25,9 @@ fn real_cifar_jpegs_preprocess_to_normalised_tensors() {
         assert_eq!(v.len(), IMAGE_FLOATS);
         assert!(v.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)));
         // Not a constant image: real content survives.
-        let (min, max) = v.iter().fold((1f32, -1f32), |(a, b), &x| (a.min(x), b.max(x)));
+        let (min, max) = v
+            .iter()
+            .fold((1f32, -1f32), |(a, b), &x| (a.min(x), b.max(x)));
         assert!(max - min > 0.2, "{}", img.path);
     }
 }
@@ -42,8 +44,12 @@ fn every_supported_format_decodes_to_the_same_pixels() {
         assert_eq!(v, reference, "{format:?}");
     }
     let gif = p.preprocess(&encode(&rgb, ImageFormat::Gif)).unwrap();
-    let mean_err: f32 =
-        gif.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum::<f32>() / gif.len() as f32;
+    let mean_err: f32 = gif
+        .iter()
+        .zip(&reference)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / gif.len() as f32;
     assert!(mean_err < 0.1, "paletted GIF drifts by {mean_err}");
 }
 
@@ -51,14 +57,32 @@ fn every_supported_format_decodes_to_the_same_pixels() {
 fn grayscale_and_rgba_inputs_convert() {
     let p = Preprocessor::default();
     let gray = DynamicImage::ImageLuma8(image::GrayImage::from_pixel(40, 30, image::Luma([10])));
-    assert_eq!(p.decode(&encode(&gray, ImageFormat::Png)).unwrap().get_pixel(0, 0).0, [10, 10, 10]);
-    let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(5, 5, image::Rgba([1, 2, 3, 0])));
-    assert_eq!(p.decode(&encode(&rgba, ImageFormat::Png)).unwrap().get_pixel(4, 4).0, [1, 2, 3]);
+    assert_eq!(
+        p.decode(&encode(&gray, ImageFormat::Png))
+            .unwrap()
+            .get_pixel(0, 0)
+            .0,
+        [10, 10, 10]
+    );
+    let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(
+        5,
+        5,
+        image::Rgba([1, 2, 3, 0]),
+    ));
+    assert_eq!(
+        p.decode(&encode(&rgba, ImageFormat::Png))
+            .unwrap()
+            .get_pixel(4, 4)
+            .0,
+        [1, 2, 3]
+    );
 }
 
 #[test]
 fn large_images_resize_to_the_input() {
-    let big = RgbImage::from_fn(640, 480, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 0]));
+    let big = RgbImage::from_fn(640, 480, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, 0])
+    });
     let bytes = encode(&DynamicImage::ImageRgb8(big), ImageFormat::Jpeg);
     let rgb = Preprocessor::default().decode(&bytes).unwrap();
     let small = resize(&rgb);
@@ -84,7 +108,11 @@ fn png_bomb(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend(h.to_be_bytes());
     ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
     chunk(&mut png, b"IHDR", &ihdr);
-    chunk(&mut png, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(
+        &mut png,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
     chunk(&mut png, b"IEND", &[]);
     png
 }
@@ -95,7 +123,14 @@ fn decompression_bomb_is_refused_from_the_header() {
     assert!(bomb.len() < 100);
     let err = Preprocessor::default().decode(&bomb).unwrap_err();
     assert!(
-        matches!(err, ImageError::TooLarge { width: 20_000, height: 20_000, .. }),
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 20_000,
+                height: 20_000,
+                ..
+            }
+        ),
         "{err}"
     );
     // Just under the limit the header is accepted and the (tiny) data then fails to decode:
@@ -118,7 +153,10 @@ fn truncated_and_corrupt_images_are_typed_errors() {
     assert!(matches!(err, ImageError::Decode(_)), "{err}");
     // A PNG header with a zero width.
     let err = p.decode(&png_bomb(0, 10)).unwrap_err();
-    assert!(matches!(err, ImageError::Decode(_) | ImageError::ZeroSized), "{err}");
+    assert!(
+        matches!(err, ImageError::Decode(_) | ImageError::ZeroSized),
+        "{err}"
+    );
     // Bytes flipped inside the data: decoding fails or yields an image, never panics.
     let mut flipped = png.clone();
     for b in flipped.iter_mut().skip(60).step_by(7) {

@@ -14,7 +14,9 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn input(device: &Device) -> Tensor<4> {
-    let data: Vec<f32> = (0..2 * 3 * 64 * 64).map(|i| ((i * 37 % 255) as f32) / 127.5 - 1.0).collect();
+    let data: Vec<f32> = (0..2 * 3 * 64 * 64)
+        .map(|i| ((i * 37 % 255) as f32) / 127.5 - 1.0)
+        .collect();
     Tensor::from_data(TensorData::new(data, [2, 3, 64, 64]), device)
 }
 
@@ -32,8 +34,16 @@ fn round_trip_keeps_logits_and_metadata() {
     save_model(&net, &path, &meta).unwrap();
     let (loaded, loaded_meta) = load_model(&path, &device).unwrap();
     assert_eq!(loaded_meta, meta);
-    let a: Vec<f32> = net.forward(input(&device)).into_data().to_vec().unwrap();
-    let b: Vec<f32> = loaded.forward(input(&device)).into_data().to_vec().unwrap();
+    let a: Vec<f32> = net
+        .forward(input(&device))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let b: Vec<f32> = loaded
+        .forward(input(&device))
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
     assert_eq!(a, b);
 }
 
@@ -41,12 +51,20 @@ fn round_trip_keeps_logits_and_metadata() {
 fn saved_tensor_names_and_shapes_are_the_documented_ones() {
     let device = Backend::default().device();
     let path = tmp("names.safetensors");
-    save_model(&default_config().init(&device), &path, &RecordMeta::default()).unwrap();
+    save_model(
+        &default_config().init(&device),
+        &path,
+        &RecordMeta::default(),
+    )
+    .unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<_> = st.names().into_iter().map(String::from).collect();
     names.sort();
-    let mut expected: Vec<_> = EXPECTED_TENSORS.iter().map(|(n, _)| n.to_string()).collect();
+    let mut expected: Vec<_> = EXPECTED_TENSORS
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .collect();
     expected.sort();
     assert_eq!(names, expected);
 }
@@ -54,7 +72,12 @@ fn saved_tensor_names_and_shapes_are_the_documented_ones() {
 fn valid_bytes() -> Vec<u8> {
     let device = Backend::default().device();
     let path = tmp("valid.safetensors");
-    save_model(&default_config().init(&device), &path, &RecordMeta::default()).unwrap();
+    save_model(
+        &default_config().init(&device),
+        &path,
+        &RecordMeta::default(),
+    )
+    .unwrap();
     std::fs::read(path).unwrap()
 }
 
@@ -62,7 +85,8 @@ fn valid_bytes() -> Vec<u8> {
 fn truncated_record_is_a_format_error() {
     let bytes = valid_bytes();
     for cut in [0, 7, 100, bytes.len() / 2, bytes.len() - 1] {
-        let err = load_model_bytes(bytes[..cut].to_vec(), &Backend::default().device()).unwrap_err();
+        let err =
+            load_model_bytes(bytes[..cut].to_vec(), &Backend::default().device()).unwrap_err();
         assert!(matches!(err, RecordError::Format(_)), "cut {cut}: {err}");
     }
 }
@@ -85,7 +109,10 @@ fn foreign_safetensors_is_refused() {
     let device = Backend::default().device();
     let path = tmp("foreign.safetensors");
     let mut store = SafetensorsStore::from_file(&path).overwrite(true);
-    default_config().init(&device).save_into(&mut store).unwrap();
+    default_config()
+        .init(&device)
+        .save_into(&mut store)
+        .unwrap();
     let err = load_model(&path, &device).unwrap_err();
     assert!(matches!(err, RecordError::Metadata(_)), "{err}");
 }

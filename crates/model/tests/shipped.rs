@@ -7,20 +7,32 @@ use model::{Backend, CLASSES, Preprocessor, testdata};
 
 #[test]
 fn shipped_record_meets_its_recorded_accuracy() {
-    let manifest: serde_json::Value = serde_json::from_str(include_str!("../../../assets/model.json"))
-        .expect("assets/model.json is valid JSON");
-    let recorded = manifest["test_accuracy"].as_f64().expect("test_accuracy in assets/model.json");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../assets/model.json");
+    let text =
+        std::fs::read_to_string(path).expect("assets/model.json describes the shipped record");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&text).expect("assets/model.json is valid JSON");
+    let recorded = manifest["test_accuracy"]
+        .as_f64()
+        .expect("test_accuracy in assets/model.json");
 
     let device = Backend::default().device();
     let (net, meta) = model::record::load_shipped(&device).expect("the shipped record loads");
-    assert_eq!(meta.test_accuracy, Some(recorded), "record metadata and model.json agree");
+    assert_eq!(
+        meta.test_accuracy,
+        Some(recorded),
+        "record metadata and model.json agree"
+    );
 
     let pre = Preprocessor::default();
     let samples: Vec<Sample> = testdata::images("test", usize::MAX)
         .iter()
         .map(|img| Sample {
             image: pre.decode(&img.bytes).expect("test image decodes"),
-            label: CLASSES.iter().position(|c| *c == img.class).expect("known class") as u8,
+            label: CLASSES
+                .iter()
+                .position(|c| *c == img.class)
+                .expect("known class") as u8,
         })
         .collect();
     assert_eq!(samples.len(), 10_000);

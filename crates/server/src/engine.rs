@@ -131,7 +131,14 @@ fn run(rx: Receiver<Job>, model: &Cnn, device: &Device, policy: BatchPolicy, met
     }
 }
 
-fn infer(jobs: Vec<Job>, images: usize, model: &Cnn, device: &Device, policy: BatchPolicy, metrics: &Metrics) {
+fn infer(
+    jobs: Vec<Job>,
+    images: usize,
+    model: &Cnn,
+    device: &Device,
+    policy: BatchPolicy,
+    metrics: &Metrics,
+) {
     let now = Instant::now();
     let mut pixels = Vec::with_capacity(images * IMAGE_FLOATS);
     for job in &jobs {

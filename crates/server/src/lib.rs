@@ -94,7 +94,11 @@ pub struct Loaded {
 
 /// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned) and
 /// stops gracefully on SIGINT/SIGTERM.
-pub fn serve(listener: TcpListener, loaded: Loaded, config: ServerConfig) -> std::io::Result<Server> {
+pub fn serve(
+    listener: TcpListener,
+    loaded: Loaded,
+    config: ServerConfig,
+) -> std::io::Result<Server> {
     let metrics = Arc::new(Metrics::default());
     let engine = Engine::start(loaded.model, loaded.device, config.batch, metrics.clone());
     let state = web::Data::new(AppState {
@@ -110,9 +114,15 @@ pub fn serve(listener: TcpListener, loaded: Loaded, config: ServerConfig) -> std
     let server = HttpServer::new(move || {
         let state = state.clone();
         let ids = request_ids.clone();
-        let mut cors = Cors::default().allow_any_header().allowed_methods(["GET", "POST"]);
+        let mut cors = Cors::default()
+            .allow_any_header()
+            .allowed_methods(["GET", "POST"]);
         for origin in &state.config.cors_origins {
-            cors = if origin == "*" { cors.allow_any_origin() } else { cors.allowed_origin(origin) };
+            cors = if origin == "*" {
+                cors.allow_any_origin()
+            } else {
+                cors.allowed_origin(origin)
+            };
         }
         let log = state.config.log;
         let metrics = state.metrics.clone();
@@ -128,9 +138,17 @@ pub fn serve(listener: TcpListener, loaded: Loaded, config: ServerConfig) -> std
                     .headers()
                     .get("x-request-id")
                     .and_then(|v| v.to_str().ok())
-                    .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+                    .filter(|v| {
+                        !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+                    })
                     .map(str::to_string)
-                    .unwrap_or_else(|| format!("{:x}-{}", std::process::id(), ids.fetch_add(1, Ordering::Relaxed)));
+                    .unwrap_or_else(|| {
+                        format!(
+                            "{:x}-{}",
+                            std::process::id(),
+                            ids.fetch_add(1, Ordering::Relaxed)
+                        )
+                    });
                 let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
                 let method = req.method().to_string();
                 let path = req.path().to_string();
@@ -150,7 +168,8 @@ pub fn serve(listener: TcpListener, loaded: Loaded, config: ServerConfig) -> std
                         metrics.error(kind);
                     }
                     if let Ok(v) = HeaderValue::from_str(&id) {
-                        res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+                        res.headers_mut()
+                            .insert(HeaderName::from_static("x-request-id"), v);
                     }
                     log_line(log, &id, &method, &path, status, elapsed, kind.as_deref());
                     Ok(res)
@@ -176,7 +195,15 @@ async fn not_found() -> HttpResponse {
         .json(p)
 }
 
-fn log_line(format: LogFormat, id: &str, method: &str, path: &str, status: u16, elapsed: Duration, error: Option<&str>) {
+fn log_line(
+    format: LogFormat,
+    id: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    elapsed: Duration,
+    error: Option<&str>,
+) {
     let ms = elapsed.as_secs_f64() * 1e3;
     match format {
         LogFormat::Off => {}

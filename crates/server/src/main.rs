@@ -107,7 +107,8 @@ fn main() -> Result<()> {
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     eprintln!(
         "serving {source} (test accuracy {}) on http://{} with backend {}",
-        meta.test_accuracy.map_or("unknown".into(), |a| format!("{:.2}%", a * 100.0)),
+        meta.test_accuracy
+            .map_or("unknown".into(), |a| format!("{:.2}%", a * 100.0)),
         listener.local_addr()?,
         args.backend
     );
@@ -118,16 +119,16 @@ fn main() -> Result<()> {
         backend: args.backend,
         device,
     };
-    actix_web::rt::System::new().block_on(async move {
-        server::serve(listener, loaded, config)?.await
-    })?;
+    actix_web::rt::System::new()
+        .block_on(async move { server::serve(listener, loaded, config)?.await })?;
     Ok(())
 }
 
 /// A dependency-free HTTP/1.0 probe, so container images need no curl.
 fn healthcheck(host: &str, port: u16) -> Result<()> {
     let host = if host == "0.0.0.0" { "127.0.0.1" } else { host };
-    let mut stream = TcpStream::connect((host, port)).with_context(|| format!("cannot connect to {host}:{port}"))?;
+    let mut stream = TcpStream::connect((host, port))
+        .with_context(|| format!("cannot connect to {host}:{port}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(stream, "GET /health HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
     let mut response = String::new();

@@ -38,7 +38,11 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (b, c) in self.bounds.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {}", c.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{b}\"}} {}",
+                c.load(Ordering::Relaxed)
+            );
         }
         let n = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {n}");
@@ -50,7 +54,9 @@ impl Histogram {
     }
 }
 
-const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+const SECONDS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// All server metrics.
@@ -99,16 +105,33 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP http_requests_total Requests by route and status.\n# TYPE http_requests_total counter\n");
-        for ((route, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}");
+        for ((route, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
         }
         out.push_str("# HELP errors_total Failed requests and images by error kind.\n# TYPE errors_total counter\n");
         for (kind, n) in self.errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = writeln!(out, "errors_total{{kind=\"{kind}\"}} {n}");
         }
-        self.latency.render(&mut out, "http_request_duration_seconds", "Request latency.");
-        self.queue_wait.render(&mut out, "inference_queue_wait_seconds", "Time a job waited for the model.");
-        self.batch_size.render(&mut out, "inference_batch_size", "Images per model batch.");
+        self.latency.render(
+            &mut out,
+            "http_request_duration_seconds",
+            "Request latency.",
+        );
+        self.queue_wait.render(
+            &mut out,
+            "inference_queue_wait_seconds",
+            "Time a job waited for the model.",
+        );
+        self.batch_size
+            .render(&mut out, "inference_batch_size", "Images per model batch.");
         let _ = writeln!(
             out,
             "# HELP images_classified_total Images run through the model.\n# TYPE images_classified_total counter\nimages_classified_total {}",

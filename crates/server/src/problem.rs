@@ -55,7 +55,11 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         Problem {
             kind: format!("/problems/{}", self.kind()),
-            title: self.status_code().canonical_reason().unwrap_or("Error").to_string(),
+            title: self
+                .status_code()
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
             status: self.status_code().as_u16(),
             detail: self.to_string(),
         }

@@ -9,9 +9,9 @@ use model::{CLASSES, PARAMETER_COUNT, Prediction, Ranked};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::AppState;
 use crate::problem::ApiError;
 use crate::upload::{self, Upload};
-use crate::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(root))
@@ -82,7 +82,8 @@ async fn classes() -> HttpResponse {
         .enumerate()
         .map(|(i, c)| (i.to_string(), json!(c)))
         .collect();
-    HttpResponse::Ok().json(json!({"classes": CLASSES, "num_classes": CLASSES.len(), "by_index": by_index}))
+    HttpResponse::Ok()
+        .json(json!({"classes": CLASSES, "num_classes": CLASSES.len(), "by_index": by_index}))
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
@@ -162,7 +163,10 @@ async fn classify(
     files.truncate(1);
     let (filename, pixels) = preprocess(&state, files).await?.remove(0);
     let pixels = pixels?;
-    let mut preds = state.engine.classify(pixels, Duration::from_secs(30)).await?;
+    let mut preds = state
+        .engine
+        .classify(pixels, Duration::from_secs(30))
+        .await?;
     Ok(HttpResponse::Ok().json(Classified::new(filename, preds.remove(0))))
 }
 

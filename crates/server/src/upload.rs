@@ -37,7 +37,12 @@ pub async fn read(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if essence == "multipart/form-data" {
         read_multipart(Multipart::new(req.headers(), payload), field, limits).await
     } else if essence.starts_with("image/") || essence == "application/octet-stream" {
@@ -80,10 +85,13 @@ async fn read_multipart(
     let mut total = 0usize;
     let mut uploads = Vec::new();
     while let Some(part) = multipart.next().await {
-        let mut part = part.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+        let mut part =
+            part.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
         let wanted = part.name() == Some(field);
         if wanted && uploads.len() == limits.files {
-            return Err(ApiError::TooManyFiles { limit: limits.files });
+            return Err(ApiError::TooManyFiles {
+                limit: limits.files,
+            });
         }
         let filename = part
             .content_disposition()
@@ -91,7 +99,8 @@ async fn read_multipart(
             .map(str::to_string);
         let mut bytes = Vec::new();
         while let Some(chunk) = part.next().await {
-            let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+            let chunk = chunk
+                .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
             total += chunk.len();
             if total > limits.body {
                 return Err(ApiError::BodyTooLarge { limit: limits.body });

@@ -52,7 +52,10 @@ fn classify_real_cifar_images_matches_in_process_model() {
         assert_eq!(v["filename"], "cat.jpg");
         let top3 = v["top_3_predictions"].as_array().unwrap();
         assert_eq!(top3.len(), 3);
-        let conf: Vec<f64> = top3.iter().map(|p| p["confidence"].as_f64().unwrap()).collect();
+        let conf: Vec<f64> = top3
+            .iter()
+            .map(|p| p["confidence"].as_f64().unwrap())
+            .collect();
         assert!(conf[0] >= conf[1] && conf[1] >= conf[2]);
         assert_eq!(v["prediction"], top3[0]);
 
@@ -74,7 +77,13 @@ fn raw_body_and_every_format() {
     assert_eq!(raw.json()["prediction"], multipart["prediction"]);
 
     let rgb = DynamicImage::ImageRgb8(Preprocessor::default().decode(&jpeg).unwrap());
-    for format in [ImageFormat::Png, ImageFormat::Bmp, ImageFormat::Tiff, ImageFormat::WebP, ImageFormat::Gif] {
+    for format in [
+        ImageFormat::Png,
+        ImageFormat::Bmp,
+        ImageFormat::Tiff,
+        ImageFormat::WebP,
+        ImageFormat::Gif,
+    ] {
         let bytes = encode(&rgb, format);
         let r = post_multipart(&s, "/classify", &[("file", "x", &bytes)]);
         assert_eq!(r.status, 200, "{format:?}: {}", r.body);
@@ -90,7 +99,8 @@ fn batch_keeps_order_and_isolates_failures() {
         .map(|i| ("files", i.class.clone(), i.bytes.as_slice()))
         .collect();
     parts.insert(3, ("files", "notes.txt".into(), b"just text".as_slice()));
-    let parts: Vec<(&str, &str, &[u8])> = parts.iter().map(|(f, n, b)| (*f, n.as_str(), *b)).collect();
+    let parts: Vec<(&str, &str, &[u8])> =
+        parts.iter().map(|(f, n, b)| (*f, n.as_str(), *b)).collect();
     let r = post_multipart(&s, "/classify/batch", &parts);
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
@@ -101,7 +111,13 @@ fn batch_keeps_order_and_isolates_failures() {
     }
     assert_eq!(results[3]["problem"]["status"], 422);
     assert!(results[3]["error"].is_string());
-    assert_eq!(results.iter().filter(|r| r["prediction"].is_object()).count(), 10);
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r["prediction"].is_object())
+            .count(),
+        10
+    );
 }
 
 /// A PNG header announcing 20,000 × 20,000 pixels, a few dozen bytes long.
@@ -122,7 +138,11 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -145,35 +165,99 @@ fn bad_inputs_get_clear_errors_and_the_server_stays_up() {
     let s = start(config);
     let jpeg = testdata::images("test", 1).remove(0).bytes;
 
-    assert_problem(&post_multipart(&s, "/classify", &[("image", "a.jpg", &jpeg)]), 400, "missing-field");
-    assert_problem(&post_multipart(&s, "/classify", &[("file", "a.jpg", b"")]), 400, "empty-file");
-    assert_problem(&post_multipart(&s, "/classify", &[("file", "a.txt", b"hello, world")]), 422, "invalid-image");
-    assert_problem(&post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg[..jpeg.len() / 3])]), 422, "invalid-image");
-    assert_problem(&post_multipart(&s, "/classify", &[("file", "bomb.png", &png_bomb())]), 422, "image-too-large");
-    assert_problem(&post(&s, "/classify", "text/plain", b"hi"), 415, "unsupported-media-type");
+    assert_problem(
+        &post_multipart(&s, "/classify", &[("image", "a.jpg", &jpeg)]),
+        400,
+        "missing-field",
+    );
+    assert_problem(
+        &post_multipart(&s, "/classify", &[("file", "a.jpg", b"")]),
+        400,
+        "empty-file",
+    );
+    assert_problem(
+        &post_multipart(&s, "/classify", &[("file", "a.txt", b"hello, world")]),
+        422,
+        "invalid-image",
+    );
+    assert_problem(
+        &post_multipart(
+            &s,
+            "/classify",
+            &[("file", "a.jpg", &jpeg[..jpeg.len() / 3])],
+        ),
+        422,
+        "invalid-image",
+    );
+    assert_problem(
+        &post_multipart(&s, "/classify", &[("file", "bomb.png", &png_bomb())]),
+        422,
+        "image-too-large",
+    );
+    assert_problem(
+        &post(&s, "/classify", "text/plain", b"hi"),
+        415,
+        "unsupported-media-type",
+    );
     assert_problem(&post(&s, "/classify", "image/png", b""), 400, "empty-file");
     let big = vec![7u8; 300 * 1024];
-    assert_problem(&post_multipart(&s, "/classify", &[("file", "big.jpg", &big)]), 413, "body-too-large");
-    assert_problem(&post(&s, "/classify", "image/jpeg", &big), 413, "body-too-large");
-    let four: Vec<(&str, &str, &[u8])> = (0..4).map(|_| ("files", "a.jpg", jpeg.as_slice())).collect();
-    assert_problem(&post_multipart(&s, "/classify/batch", &four), 413, "too-many-files");
     assert_problem(
-        &post(&s, "/classify", &format!("multipart/form-data; boundary={BOUNDARY}"), b"--nonsense\r\n\r\n"),
+        &post_multipart(&s, "/classify", &[("file", "big.jpg", &big)]),
+        413,
+        "body-too-large",
+    );
+    assert_problem(
+        &post(&s, "/classify", "image/jpeg", &big),
+        413,
+        "body-too-large",
+    );
+    let four: Vec<(&str, &str, &[u8])> = (0..4)
+        .map(|_| ("files", "a.jpg", jpeg.as_slice()))
+        .collect();
+    assert_problem(
+        &post_multipart(&s, "/classify/batch", &four),
+        413,
+        "too-many-files",
+    );
+    assert_problem(
+        &post(
+            &s,
+            "/classify",
+            &format!("multipart/form-data; boundary={BOUNDARY}"),
+            b"--nonsense\r\n\r\n",
+        ),
         400,
         "bad-request",
     );
-    assert_problem(&post(&s, "/classify", "multipart/form-data", b"no boundary"), 400, "bad-request");
-    // Filenames with separators and control characters are echoed as data, never used.
-    let r = post_multipart(&s, "/classify", &[("file", "../../etc/passwd\u{7}", &jpeg)]);
+    assert_problem(
+        &post(&s, "/classify", "multipart/form-data", b"no boundary"),
+        400,
+        "bad-request",
+    );
+    // A filename with path separators is echoed as data, never used as a path.
+    let r = post_multipart(&s, "/classify", &[("file", "../../etc/passwd", &jpeg)]);
     assert_eq!(r.status, 200);
-    assert_eq!(r.json()["filename"], "../../etc/passwd\u{7}");
+    assert_eq!(r.json()["filename"], "../../etc/passwd");
+    // Control characters make the part header malformed: a clear 400.
+    let r = post_multipart(
+        &s,
+        "/classify",
+        &[("file", "evil\u{7}\r\nX-Injected: 1", &jpeg)],
+    );
+    assert_problem(&r, 400, "bad-request");
 
     assert_eq!(get(&s, "/health").0, 200);
     let ok = post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg)]);
     assert_eq!(ok.status, 200);
     let (_, metrics) = get(&s, "/metrics");
-    assert!(metrics.contains("errors_total{kind=\"invalid-image\"} 2"), "{metrics}");
-    assert!(metrics.contains("http_requests_total{route=\"/classify\",status=\"413\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("errors_total{kind=\"invalid-image\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("http_requests_total{route=\"/classify\",status=\"413\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -196,7 +280,9 @@ fn concurrent_requests_are_batched() {
     let n = 16;
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..n)
-            .map(|_| scope.spawn(|| post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg)]).status))
+            .map(|_| {
+                scope.spawn(|| post_multipart(&s, "/classify", &[("file", "a.jpg", &jpeg)]).status)
+            })
             .collect();
         for h in handles {
             assert_eq!(h.join().unwrap(), 200);
@@ -213,7 +299,10 @@ fn concurrent_requests_are_batched() {
     let batches = value("inference_batch_size_count ");
     let images = value("images_classified_total ");
     assert_eq!(images, n as f64);
-    assert!(batches < images, "{batches} batches for {images} images: nothing was batched");
+    assert!(
+        batches < images,
+        "{batches} batches for {images} images: nothing was batched"
+    );
 }
 
 /// A full queue answers 503 with Retry-After instead of queueing without limit.
@@ -225,13 +314,20 @@ fn overload_is_refused_with_retry_after() {
     config.workers = 4;
     let s = start(config);
     let jpeg = testdata::images("test", 1).remove(0).bytes;
-    let parts: Vec<(&str, &str, &[u8])> = (0..64).map(|_| ("files", "a.jpg", jpeg.as_slice())).collect();
+    let parts: Vec<(&str, &str, &[u8])> = (0..64)
+        .map(|_| ("files", "a.jpg", jpeg.as_slice()))
+        .collect();
     let body = multipart(&parts);
     let replies: Vec<Reply> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..12)
             .map(|_| {
                 scope.spawn(|| {
-                    post(&s, "/classify/batch", &format!("multipart/form-data; boundary={BOUNDARY}"), &body)
+                    post(
+                        &s,
+                        "/classify/batch",
+                        &format!("multipart/form-data; boundary={BOUNDARY}"),
+                        &body,
+                    )
                 })
             })
             .collect();

@@ -46,7 +46,11 @@ pub fn start(mut config: ServerConfig) -> TestServer {
         })
     });
     let handle = rx.recv().unwrap();
-    let server = TestServer { base, model, handle };
+    let server = TestServer {
+        base,
+        model,
+        handle,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     while get(&server, "/ready").0 != 200 {
         assert!(Instant::now() < deadline, "server never became ready");
@@ -75,7 +79,10 @@ impl Reply {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -103,8 +103,13 @@ mod tests {
         let src = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8, y as u8, 9]));
         let mut png = std::io::Cursor::new(Vec::new());
         src.write_to(&mut png, image::ImageFormat::Png).unwrap();
-        let served = model::Preprocessor::default().preprocess(png.get_ref()).unwrap();
-        let trained = CifarBatcher::new(false, 0).pixels(&[Sample { image: src, label: 0 }]);
+        let served = model::Preprocessor::default()
+            .preprocess(png.get_ref())
+            .unwrap();
+        let trained = CifarBatcher::new(false, 0).pixels(&[Sample {
+            image: src,
+            label: 0,
+        }]);
         assert_eq!(served, trained);
     }
 }

@@ -53,7 +53,8 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
 
     fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
         let bytes = fs::read(self.path(epoch)).map_err(CheckpointerError::IOError)?;
-        R::checkpoint_from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes)).map_err(CheckpointerError::Record)
+        R::checkpoint_from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
+            .map_err(CheckpointerError::Record)
     }
 }
 
@@ -80,7 +81,10 @@ pub fn latest_complete(dir: &Path) -> Option<usize> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_prefix("model-")?.strip_suffix(".bpk")?.parse().ok()
+            name.strip_prefix("model-")?
+                .strip_suffix(".bpk")?
+                .parse()
+                .ok()
         })
         .filter(|&epoch| PARTS.iter().all(|p| part_path(dir, p, epoch).is_file()))
         .max()

@@ -4,7 +4,9 @@ use burn::prelude::*;
 use model::CnnConfig;
 
 /// Which optimiser updates the weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum OptimizerKind {
     /// AdamW, decoupled weight decay.
     Adamw,
@@ -15,7 +17,9 @@ pub enum OptimizerKind {
 }
 
 /// How the learning rate moves over the run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum ScheduleKind {
     /// Linear warm-up, then cosine decay to the minimum (one-cycle shaped).
     Cosine,

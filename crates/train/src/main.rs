@@ -13,7 +13,12 @@ use train::{RunOptions, TrainConfig};
 
 /// Train the CIFAR-10 CNN (64×64 input) with Burn's Learner.
 #[derive(Parser, Debug)]
-#[command(version, about, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -102,7 +107,11 @@ fn main() -> Result<()> {
                 .with_valid_fraction(args.valid_fraction)
                 .with_seed(args.seed)
                 .with_workers(args.workers);
-            (config, args.out.clone().unwrap_or_else(default_run_dir), false)
+            (
+                config,
+                args.out.clone().unwrap_or_else(default_run_dir),
+                false,
+            )
         }
     };
     let opts = RunOptions {
@@ -113,7 +122,12 @@ fn main() -> Result<()> {
         resume,
         plain: args.plain,
     };
-    println!("run folder {}; backend {}; {}", out.display(), opts.backend, config.recipe());
+    println!(
+        "run folder {}; backend {}; {}",
+        out.display(),
+        opts.backend,
+        config.recipe()
+    );
     let eval = train::run(&config, &opts)?;
     println!(
         "test accuracy {:.2}% (top-3 {:.2}%) on {} images; record {}",

@@ -97,7 +97,11 @@ pub fn curves(path: &Path, epochs: &[EpochRecord]) -> Result<()> {
     Ok(())
 }
 
-type Chart<'a, 'b> = ChartContext<'a, BitMapBackend<'b>, Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>>;
+type Chart<'a, 'b> = ChartContext<
+    'a,
+    BitMapBackend<'b>,
+    Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+>;
 
 fn series(
     chart: &mut Chart<'_, '_>,
@@ -117,12 +121,16 @@ fn series(
         .label(label)
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
     chart
-        .draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 3, color.filled())),
+        )
         .map_err(err)?;
     Ok(())
 }
 
-fn legend(chart: &mut Chart<'_, '_>) -> Result<()> {
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<()> {
     chart
         .configure_series_labels()
         .label_font(("sans-serif", 14))
@@ -148,35 +156,66 @@ pub fn confusion(path: &Path, e: &Evaluation) -> Result<()> {
     );
     root.draw(&Text::new(title, (left as i32, 20), ("sans-serif", 20)))
         .map_err(err)?;
-    let max = e.confusion.iter().flatten().copied().max().unwrap_or(1).max(1) as f64;
+    let max = e
+        .confusion
+        .iter()
+        .flatten()
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
     let label = ("sans-serif", 13).into_font();
     for (i, row) in e.confusion.iter().enumerate() {
         let y = (top + cell * i as u32) as i32;
-        root.draw(&Text::new(CLASSES[i], (8, y + cell as i32 / 2 - 7), label.clone()))
-            .map_err(err)?;
+        root.draw(&Text::new(
+            CLASSES[i],
+            (8, y + cell as i32 / 2 - 7),
+            label.clone(),
+        ))
+        .map_err(err)?;
         for (j, &count) in row.iter().enumerate() {
             let x = (left + cell * j as u32) as i32;
             let t = count as f64 / max;
             let shade = (255.0 * (1.0 - t)) as u8;
-            let fill = if i == j { RGBColor(shade, 255 - (t * 80.0) as u8, shade) } else { RGBColor(255, shade, shade) };
-            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], fill.filled()))
-                .map_err(err)?;
-            root.draw(&Rectangle::new([(x, y), (x + cell as i32, y + cell as i32)], BLACK.mix(0.2)))
-                .map_err(err)?;
+            let fill = if i == j {
+                RGBColor(shade, 255 - (t * 80.0) as u8, shade)
+            } else {
+                RGBColor(255, shade, shade)
+            };
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell as i32, y + cell as i32)],
+                fill.filled(),
+            ))
+            .map_err(err)?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell as i32, y + cell as i32)],
+                BLACK.mix(0.2),
+            ))
+            .map_err(err)?;
             let color = if t > 0.6 { WHITE } else { BLACK };
-            root.draw(&Text::new(count.to_string(), (x + 8, y + cell as i32 / 2 - 7), label.clone().color(&color)))
-                .map_err(err)?;
+            root.draw(&Text::new(
+                count.to_string(),
+                (x + 8, y + cell as i32 / 2 - 7),
+                label.clone().color(&color),
+            ))
+            .map_err(err)?;
         }
     }
     let bottom = (top + cell * n as u32 + 8) as i32;
     for (j, class) in CLASSES.iter().enumerate() {
         let x = (left + cell * j as u32) as i32 + 2;
         let short = &class[..class.len().min(7)];
-        root.draw(&Text::new(short, (x, bottom), label.clone())).map_err(err)?;
+        root.draw(&Text::new(short, (x, bottom), label.clone()))
+            .map_err(err)?;
     }
-    root.draw(&Text::new("predicted →", (left as i32, bottom + 28), label.clone()))
+    root.draw(&Text::new(
+        "predicted →",
+        (left as i32, bottom + 28),
+        label.clone(),
+    ))
+    .map_err(err)?;
+    root.draw(&Text::new("true ↓", (8, top as i32 - 22), label))
         .map_err(err)?;
-    root.draw(&Text::new("true ↓", (8, top as i32 - 22), label)).map_err(err)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -191,7 +230,7 @@ pub fn per_class(path: &Path, e: &Evaluation) -> Result<()> {
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(48)
-        .build_cartesian_2d((0..CLASSES.len()).into_segmented(), 0.0..100.0)
+        .build_cartesian_2d((0..CLASSES.len() - 1).into_segmented(), 0.0..100.0)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -207,7 +246,10 @@ pub fn per_class(path: &Path, e: &Evaluation) -> Result<()> {
         .draw_series(e.per_class.iter().enumerate().map(|(i, (_, acc))| {
             let v = acc.unwrap_or(0.0) * 100.0;
             let mut bar = Rectangle::new(
-                [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), v)],
+                [
+                    (SegmentValue::Exact(i), 0.0),
+                    (SegmentValue::Exact(i + 1), v),
+                ],
                 RGBColor(70, 130, 180).filled(),
             );
             bar.set_margin(0, 0, 8, 8);

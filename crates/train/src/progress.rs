@@ -103,7 +103,12 @@ pub struct RunRenderer {
 impl RunRenderer {
     /// A renderer appending epochs to `metrics_path`; with Burn's dashboard when stdout is a
     /// terminal and `plain` is false.
-    pub fn new(metrics_path: &Path, interrupter: Interrupter, resume_from: Option<usize>, plain: bool) -> Self {
+    pub fn new(
+        metrics_path: &Path,
+        interrupter: Interrupter,
+        resume_from: Option<usize>,
+        plain: bool,
+    ) -> Self {
         let dashboard = (!plain && std::io::stdout().is_terminal())
             .then(|| default_renderer(interrupter, resume_from));
         let log = OpenOptions::new()
@@ -134,7 +139,11 @@ impl RunRenderer {
         if let MetricState::Numeric(entry, Some(value)) = state
             && let Some(name) = self.names.get(&entry.metric_id).cloned()
         {
-            let map = if valid { &mut self.valid } else { &mut self.train };
+            let map = if valid {
+                &mut self.valid
+            } else {
+                &mut self.train
+            };
             map.entry(name).or_default().add(value);
         }
     }
@@ -221,7 +230,13 @@ impl MetricsRendererEvaluation for RunRenderer {
 }
 
 impl TrainingProgressLogger for RunRenderer {
-    fn start(&mut self, total_epochs: usize, starting_epoch: usize, items: Option<usize>, label: Option<&str>) {
+    fn start(
+        &mut self,
+        total_epochs: usize,
+        starting_epoch: usize,
+        items: Option<usize>,
+        label: Option<&str>,
+    ) {
         self.total_epochs = total_epochs;
         self.epoch = starting_epoch.max(1);
         self.epoch_start = Instant::now();

@@ -69,7 +69,10 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         let epoch = latest_complete(&ckpt_dir);
         match epoch {
             Some(e) => println!("resuming after epoch {e} from {}", ckpt_dir.display()),
-            None => println!("no complete checkpoint in {}: starting over", ckpt_dir.display()),
+            None => println!(
+                "no complete checkpoint in {}: starting over",
+                ckpt_dir.display()
+            ),
         }
         epoch
     } else {
@@ -176,7 +179,10 @@ pub fn plot(run: &Path) -> Result<()> {
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .and_then(|v| serde_json::from_value(v["evaluation"].clone()).ok());
     if epochs.is_empty() && evaluation.is_none() {
-        bail!("{} holds neither {METRICS_FILE} nor {TEST_FILE}", run.display());
+        bail!(
+            "{} holds neither {METRICS_FILE} nor {TEST_FILE}",
+            run.display()
+        );
     }
     crate::plots::write_all(run, &epochs, evaluation.as_ref())
 }
@@ -193,7 +199,10 @@ pub fn split_valid(
     samples.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed));
     let n_valid = ((samples.len() as f64 * fraction).round() as usize).max(1);
     if n_valid >= samples.len() {
-        bail!("{} training images are too few to hold out a validation split", samples.len());
+        bail!(
+            "{} training images are too few to hold out a validation split",
+            samples.len()
+        );
     }
     let valid = samples.split_off(samples.len() - n_valid);
     Ok((samples, valid))
@@ -208,9 +217,7 @@ fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
             .init(),
         OptimizerKind::Sgd => SgdConfig::new()
             .with_momentum(Some(
-                MomentumConfig::new()
-                    .with_momentum(0.9)
-                    .with_nesterov(true),
+                MomentumConfig::new().with_momentum(0.9).with_nesterov(true),
             ))
             .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd)))
             .init(),

@@ -26,30 +26,54 @@ fn small_folders(name: &str) -> PathBuf {
 
 fn train(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
-    cmd.args(["--plain", "--batch-size", "25", "--valid-fraction", "0.1", "--warmup-epochs", "0"])
-        .args(args);
+    cmd.args([
+        "--plain",
+        "--batch-size",
+        "25",
+        "--valid-fraction",
+        "0.1",
+        "--warmup-epochs",
+        "0",
+    ])
+    .args(args);
     cmd
 }
 
 fn ok(out: Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "train failed:\n{text}");
     text
 }
 
 fn assert_complete_run(run: &Path, epochs: usize) {
-    for f in ["config.json", "metrics.jsonl", "model.safetensors", "test.json", "curves.png", "confusion.png", "per_class.png"] {
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "model.safetensors",
+        "test.json",
+        "curves.png",
+        "confusion.png",
+        "per_class.png",
+    ] {
         assert!(run.join(f).is_file(), "{f} missing in {}", run.display());
     }
     let metrics = read_metrics(&run.join("metrics.jsonl")).unwrap();
     let numbers: Vec<usize> = metrics.iter().map(|m| m.epoch).collect();
     assert_eq!(numbers, (1..=epochs).collect::<Vec<_>>());
     for m in &metrics {
-        assert!(m.train_loss.is_finite() && m.valid_loss.is_finite(), "{m:?}");
+        assert!(
+            m.train_loss.is_finite() && m.valid_loss.is_finite(),
+            "{m:?}"
+        );
         assert!((0.0..=100.0).contains(&m.valid_accuracy), "{m:?}");
         assert!(m.train_images_per_sec > 0.0);
     }
-    let (_, meta) = model::load_model(&run.join("model.safetensors"), &Backend::default().device()).unwrap();
+    let (_, meta) =
+        model::load_model(&run.join("model.safetensors"), &Backend::default().device()).unwrap();
     let test: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("test.json")).unwrap()).unwrap();
     assert_eq!(test["evaluation"]["images"], 50);
@@ -61,9 +85,18 @@ fn assert_complete_run(run: &Path, epochs: usize) {
 fn short_run_writes_a_complete_run_folder_and_learns() {
     let data = small_folders("full");
     let run = data.join("run");
-    let log = ok(train(&["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "4", "--lr", "0.003"])
-        .output()
-        .unwrap());
+    let log = ok(train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--lr",
+        "0.003",
+    ])
+    .output()
+    .unwrap());
     assert!(log.contains("test accuracy"), "{log}");
     assert_complete_run(&run, 4);
     let metrics = read_metrics(&run.join("metrics.jsonl")).unwrap();
@@ -77,13 +110,27 @@ fn short_run_writes_a_complete_run_folder_and_learns() {
 fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
     let data = small_folders("resume");
     let run = data.join("run");
-    let args = ["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "4"];
-    let mut child = train(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let args = [
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "4",
+    ];
+    let mut child = train(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let ckpt = run.join("checkpoint");
     let deadline = Instant::now() + Duration::from_secs(300);
     while train::checkpoint::latest_complete(&ckpt).is_none() {
         assert!(Instant::now() < deadline, "no checkpoint written");
-        assert!(child.try_wait().unwrap().is_none(), "run ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.kill().unwrap(); // SIGKILL
@@ -91,10 +138,19 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
     let done = train::checkpoint::latest_complete(&ckpt).unwrap();
 
     let log = ok(Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--plain", "--data", data.to_str().unwrap(), "--resume", run.to_str().unwrap()])
+        .args([
+            "--plain",
+            "--data",
+            data.to_str().unwrap(),
+            "--resume",
+            run.to_str().unwrap(),
+        ])
         .output()
         .unwrap());
-    assert!(log.contains(&format!("resuming after epoch {done}")), "{log}");
+    assert!(
+        log.contains(&format!("resuming after epoch {done}")),
+        "{log}"
+    );
     assert_complete_run(&run, 4);
 }
 
@@ -115,13 +171,28 @@ fn official_binary_layout_trains() {
     };
     let train_samples = to_samples("train", 10);
     for (k, chunk) in train_samples.chunks(20).enumerate() {
-        std::fs::write(bin.join(format!("data_batch_{}.bin", k + 1)), to_binary(chunk)).unwrap();
+        std::fs::write(
+            bin.join(format!("data_batch_{}.bin", k + 1)),
+            to_binary(chunk),
+        )
+        .unwrap();
     }
-    std::fs::write(bin.join("test_batch.bin"), to_binary(&to_samples("test", 5))).unwrap();
+    std::fs::write(
+        bin.join("test_batch.bin"),
+        to_binary(&to_samples("test", 5)),
+    )
+    .unwrap();
     let run = dir.join("run");
-    let log = ok(train(&["--data", dir.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1"])
-        .output()
-        .unwrap());
+    let log = ok(train(&[
+        "--data",
+        dir.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ])
+    .output()
+    .unwrap());
     assert!(log.contains("Binary"), "{log}");
     assert_complete_run(&run, 1);
 }
@@ -129,24 +200,43 @@ fn official_binary_layout_trains() {
 #[test]
 fn missing_and_corrupt_data_give_clear_errors() {
     let empty = tmp("nodata");
-    let out = train(&["--data", empty.to_str().unwrap(), "--epochs", "1"]).output().unwrap();
+    let out = train(&["--data", empty.to_str().unwrap(), "--epochs", "1"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no CIFAR-10 data found") && err.contains("data_batch_1.bin"), "{err}");
+    assert!(
+        err.contains("no CIFAR-10 data found") && err.contains("data_batch_1.bin"),
+        "{err}"
+    );
 
     let data = small_folders("corrupt");
     let bad = data.join("cifar10/train/dog/zz-broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff garbage").unwrap();
     let run = data.join("run");
-    let out = train(&["--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1"])
-        .output()
-        .unwrap();
+    let out = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("zz-broken.jpg"), "{err}");
 
     let log = ok(train(&[
-        "--data", data.to_str().unwrap(), "--out", run.to_str().unwrap(), "--epochs", "1", "--on-corrupt", "skip",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--on-corrupt",
+        "skip",
     ])
     .output()
     .unwrap());

@@ -1,0 +1,49 @@
+//! Decode + resize + normalise of JPEGs of three sizes: a CIFAR image (32×32), a 512×512
+//! photo-sized image and a 4000×3000 camera image.
+//!
+//!     cargo bench -p model --bench preprocess
+
+use std::hint::black_box;
+use std::io::Cursor;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use image::{DynamicImage, ImageFormat, RgbImage};
+use model::{Preprocessor, testdata};
+
+/// A smooth synthetic photo (gradients and stripes) encoded as JPEG.
+fn jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([
+            (x * 255 / w) as u8,
+            (y * 255 / h) as u8,
+            (((x / 7) ^ (y / 5)) & 0xff) as u8,
+        ])
+    });
+    let mut out = Cursor::new(Vec::new());
+    DynamicImage::ImageRgb8(img)
+        .write_to(&mut out, ImageFormat::Jpeg)
+        .unwrap();
+    out.into_inner()
+}
+
+fn preprocess(c: &mut Criterion) {
+    let p = Preprocessor::default();
+    let cifar = testdata::images("test", 1).remove(0).bytes;
+    let mut group = c.benchmark_group("preprocess");
+    group.bench_function("jpeg_32x32", |b| {
+        b.iter(|| black_box(p.preprocess(&cifar).unwrap()))
+    });
+    let medium = jpeg(512, 512);
+    group.bench_function("jpeg_512x512", |b| {
+        b.iter(|| black_box(p.preprocess(&medium).unwrap()))
+    });
+    let large = jpeg(4000, 3000);
+    group.sample_size(10);
+    group.bench_function("jpeg_4000x3000", |b| {
+        b.iter(|| black_box(p.preprocess(&large).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, preprocess);
+criterion_main!(benches);

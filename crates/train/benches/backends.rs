@@ -1,0 +1,86 @@
+//! Inference (batch 1, 16, 64) and one Adam training step (batch 64) on every CPU backend
+//! compiled in. Build both CPU backends to compare them:
+//!
+//!     cargo bench -p train --features ndarray --bench backends
+
+use std::hint::black_box;
+
+use burn::optim::AdamConfig;
+use burn::prelude::*;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use model::{Backend, default_config};
+use train::batcher::CifarBatch;
+use train::learner::Classifier;
+
+fn images(n: usize, device: &Device) -> Tensor<4> {
+    let data: Vec<f32> = (0..n * 3 * 64 * 64)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+        .collect();
+    Tensor::from_data(TensorData::new(data, [n, 3, 64, 64]), device)
+}
+
+fn inference(c: &mut Criterion) {
+    let mut group = c.benchmark_group("inference");
+    for backend in Backend::available()
+        .into_iter()
+        .filter(|b| *b != Backend::Wgpu)
+    {
+        let device = backend.device();
+        let net = default_config().init(&device);
+        for batch in [1usize, 16, 64] {
+            let x = images(batch, &device);
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(BenchmarkId::new(backend.name(), batch), &batch, |b, _| {
+                b.iter(|| {
+                    let logits: Vec<f32> = net
+                        .forward(x.clone())
+                        .into_data()
+                        .try_to_vec::<f32>()
+                        .unwrap();
+                    black_box(logits)
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn train_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step");
+    group.sample_size(20);
+    for backend in Backend::available()
+        .into_iter()
+        .filter(|b| *b != Backend::Wgpu)
+    {
+        let device = backend.device().autodiff();
+        let batch = 64;
+        let mut model = Some(Classifier::new(
+            default_config().init(&device),
+            0.1,
+            &device,
+        ));
+        let mut optim = AdamConfig::new().init();
+        let x = images(batch, &device);
+        let targets: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
+        let y = Tensor::<1, Int>::from_data(TensorData::new(targets, [batch]), &device);
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_function(BenchmarkId::new(backend.name(), batch), |b| {
+            b.iter(|| {
+                let m = model.take().unwrap();
+                let out = burn::train::TrainStep::step(
+                    &m,
+                    CifarBatch {
+                        images: x.clone(),
+                        targets: y.clone(),
+                    },
+                );
+                black_box(&out.item.loss);
+                model = Some(optim.step(1e-3, m, out.grads));
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, inference, train_step);
+criterion_main!(benches);
