@@ -55,6 +55,17 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
     },
+    /// Classify through a running server (`/classify`, or `/classify/batch` for several files).
+    Remote {
+        /// Server base URL, e.g. http://127.0.0.1:8000
+        url: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, conflicts_with = "jsonl")]
+        json: bool,
+        #[arg(long)]
+        jsonl: bool,
+    },
     /// Architecture, parameter count, record metadata and backends.
     Info,
     /// Print shell completions.
@@ -88,8 +99,18 @@ fn load(cli: &Cli, device: &Device) -> Result<(Cnn, RecordMeta, String)> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Remote {
+        url,
+        files,
+        json,
+        jsonl,
+    } = &cli.command
+    {
+        return remote::classify(url, files, *json, *jsonl);
+    }
     let device = cli.backend.device();
     match &cli.command {
+        Command::Remote { .. } => unreachable!("handled above"),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "cnn", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
@@ -183,6 +204,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
 }
+
+mod remote;
 
 /// Files named on the command line, directories walked (sorted, so output is stable).
 fn collect(paths: &[PathBuf], out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -281,7 +304,7 @@ fn classify(
     })
 }
 
-fn print_row(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()> {
+pub(crate) fn print_row(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()> {
     let file = v["file"].as_str().unwrap_or("?");
     match v.get("error") {
         Some(e) => writeln!(out, "{file}\terror: {}", e.as_str().unwrap_or("?")),

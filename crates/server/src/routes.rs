@@ -116,6 +116,25 @@ impl Classified {
     }
 }
 
+/// One entry of a batch answer: a result, or why this image failed (the original's
+/// `error` string, plus the problem document).
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchItem {
+    Classified(Classified),
+    Failed {
+        filename: Option<String>,
+        error: String,
+        problem: crate::problem::Problem,
+    },
+}
+
+#[derive(Serialize)]
+struct BatchAnswer {
+    results: Vec<BatchItem>,
+    total: usize,
+}
+
 async fn uploads(
     state: &AppState,
     req: &HttpRequest,
@@ -189,18 +208,22 @@ async fn classify_batch(
         .classify(pixels, Duration::from_secs(30))
         .await?
         .into_iter();
-    let results: Vec<serde_json::Value> = prepared
+    let results: Vec<BatchItem> = prepared
         .into_iter()
         .map(|(filename, r)| match r {
             Ok(_) => {
                 let p = preds.next().expect("one prediction per decoded image");
-                serde_json::to_value(Classified::new(filename, p)).expect("serialisable")
+                BatchItem::Classified(Classified::new(filename, p))
             }
             Err(e) => {
                 state.metrics.error(e.kind());
-                json!({"filename": filename, "error": e.to_string(), "problem": e.problem()})
+                BatchItem::Failed {
+                    filename,
+                    error: e.to_string(),
+                    problem: e.problem(),
+                }
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({"results": results, "total": total})))
+    Ok(HttpResponse::Ok().json(BatchAnswer { results, total }))
 }

@@ -1,0 +1,185 @@
+//! The `cnn` binary on real CIFAR-10 images, broken files and both data layouts.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use model::dataset::{Sample, to_binary};
+use model::{Backend, Preprocessor, RecordMeta, default_config, save_model, testdata};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cnn-cli-{}-{name}", std::process::id()));
+    std::fs::remove_dir_all(&dir).ok();
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A record made here, so results do not depend on the shipped weights.
+fn record(dir: &std::path::Path) -> PathBuf {
+    let path = dir.join("test.safetensors");
+    let device = Backend::default().device();
+    save_model(
+        &default_config().init(&device),
+        &path,
+        &RecordMeta::default(),
+    )
+    .unwrap();
+    path
+}
+
+fn cnn(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cnn"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn classify_a_directory_with_a_broken_file() {
+    let dir = tmp("classify");
+    let images = dir.join("images");
+    std::fs::create_dir_all(images.join("nested")).unwrap();
+    for (i, img) in testdata::images("test", 1).iter().enumerate() {
+        let sub = if i % 2 == 0 {
+            images.clone()
+        } else {
+            images.join("nested")
+        };
+        std::fs::write(sub.join(format!("{}.jpg", img.class)), &img.bytes).unwrap();
+    }
+    std::fs::write(images.join("broken.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
+    let model = record(&dir);
+    let m = model.to_str().unwrap();
+    let d = images.to_str().unwrap();
+
+    let table = cnn(&["--model", m, "classify", d]);
+    assert_eq!(
+        table.status.code(),
+        Some(1),
+        "a failed file makes the exit code 1"
+    );
+    let text = stdout(&table);
+    assert!(text.contains("11 files, 10 classified, 1 failed"), "{text}");
+    assert!(text.contains("broken.jpg\terror:"), "{text}");
+
+    let json = cnn(&["--model", m, "classify", d, "--json", "--top-k", "5"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["total"], 11);
+    assert_eq!(v["failed"], 1);
+    let ok: Vec<_> = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["prediction"].is_object())
+        .collect();
+    assert_eq!(ok.len(), 10);
+    assert!(ok.iter().all(|r| r["top_k"].as_array().unwrap().len() == 5));
+
+    let jsonl = cnn(&["--model", m, "classify", d, "--jsonl"]);
+    let lines: Vec<serde_json::Value> = stdout(&jsonl)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 11);
+
+    // Only good files: exit 0, and the same answer as a batch of one.
+    let cat = images.join("nested/cat.jpg");
+    let single = cnn(&["--model", m, "classify", cat.to_str().unwrap(), "--json"]);
+    assert!(single.status.success());
+    let one: serde_json::Value = serde_json::from_slice(&single.stdout).unwrap();
+    let in_batch = v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["file"].as_str().unwrap().ends_with("/cat.jpg"))
+        .unwrap();
+    assert_eq!(
+        one["results"][0]["prediction"]["class"],
+        in_batch["prediction"]["class"]
+    );
+}
+
+#[test]
+fn eval_on_both_layouts_agrees() {
+    let dir = tmp("eval");
+    let images = testdata::images("test", 3);
+    testdata::write_folders(&dir.join("folders"), &images);
+    std::fs::create_dir_all(dir.join("folders/train")).unwrap();
+    let p = Preprocessor::default();
+    let samples: Vec<Sample> = images
+        .iter()
+        .map(|i| Sample {
+            image: p.decode(&i.bytes).unwrap(),
+            label: model::CLASSES.iter().position(|c| *c == i.class).unwrap() as u8,
+        })
+        .collect();
+    let bin = dir.join("binary/cifar-10-batches-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("test_batch.bin"), to_binary(&samples)).unwrap();
+    let model = record(&dir);
+
+    let mut results = Vec::new();
+    for layout in ["folders", "binary"] {
+        let out = cnn(&[
+            "--model",
+            model.to_str().unwrap(),
+            "eval",
+            "--data",
+            dir.join(layout).to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["evaluation"]["images"], 30);
+        results.push(v["evaluation"].clone());
+    }
+    // The same pixels in both layouts give the same confusion matrix.
+    assert_eq!(results[0]["confusion"], results[1]["confusion"]);
+
+    let table = cnn(&[
+        "--model",
+        model.to_str().unwrap(),
+        "eval",
+        "--data",
+        dir.join("folders").to_str().unwrap(),
+    ]);
+    let text = stdout(&table);
+    assert!(
+        text.contains("top-1 accuracy") && text.contains("confusion matrix"),
+        "{text}"
+    );
+}
+
+#[test]
+fn info_completions_and_errors() {
+    let dir = tmp("info");
+    let model = record(&dir);
+    let info = cnn(&["--model", model.to_str().unwrap(), "info"]);
+    assert!(info.status.success());
+    assert!(stdout(&info).contains("825398"), "{}", stdout(&info));
+    let bash = cnn(&["completions", "bash"]);
+    assert!(bash.status.success() && stdout(&bash).contains("complete"));
+
+    let missing = cnn(&["--model", "/nonexistent/model.safetensors", "info"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("/nonexistent/model.safetensors"), "{err}");
+
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not weights").unwrap();
+    let bad = cnn(&[
+        "--model",
+        garbage.to_str().unwrap(),
+        "classify",
+        garbage.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid record"));
+}
