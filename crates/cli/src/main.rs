@@ -66,6 +66,14 @@ enum Command {
         #[arg(long)]
         jsonl: bool,
     },
+    /// Convert weights saved by the original PyTorch project (state_dict .pth) into a record.
+    ImportPytorch {
+        /// The `.pth` file (`torch.save(model.state_dict(), path)` of the original SimpleCNN).
+        pth: PathBuf,
+        /// Record to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Architecture, parameter count, record metadata and backends.
     Info,
     /// Print shell completions.
@@ -113,6 +121,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Remote { .. } => unreachable!("handled above"),
         Command::Completions { shell } => {
             clap_complete::generate(*shell, &mut Cli::command(), "cnn", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ImportPytorch { pth, out } => {
+            let net = model::import_pytorch(pth, &device)
+                .with_context(|| format!("cannot import {}", pth.display()))?;
+            let meta = RecordMeta {
+                recipe: Some(format!(
+                    "imported from PyTorch state_dict {}",
+                    pth.display()
+                )),
+                ..RecordMeta::default()
+            };
+            model::save_model(&net, out, &meta)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "wrote {} ({PARAMETER_COUNT} parameters) from {}",
+                out.display(),
+                pth.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Info => {

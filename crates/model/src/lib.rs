@@ -26,4 +26,4 @@ pub use net::default_config;
 pub use net::{Cnn, CnnConfig, INPUT_SIZE, PARAMETER_COUNT};
 pub use predict::{Prediction, Ranked, predict};
 pub use preprocess::{DEFAULT_MAX_PIXELS, IMAGE_FLOATS, Preprocessor};
-pub use record::{RecordMeta, load_model, load_model_bytes, save_model};
+pub use record::{RecordMeta, import_pytorch, load_model, load_model_bytes, save_model};

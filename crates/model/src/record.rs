@@ -9,7 +9,7 @@
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::store::{ModuleSnapshot, SafetensorsStore};
+use burn::store::{ModuleSnapshot, PytorchStore, SafetensorsStore};
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
@@ -176,4 +176,32 @@ pub fn load_shipped(device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
         ),
     })?;
     load_model_bytes(bytes.to_vec(), device)
+}
+
+/// Reads weights saved by the original PyTorch project (`torch.save(model.state_dict())` of
+/// its `SimpleCNN`, layers `conv1`, `conv2`, `fc1`, `fc2`). The file is parsed by Burn's
+/// pickle reader, which rebuilds tensors without running code from the file; `Linear`
+/// weights are transposed to Burn's layout.
+pub fn import_pytorch(path: &Path, device: &Device) -> Result<Cnn, RecordError> {
+    if !path.is_file() {
+        return Err(RecordError::Io {
+            path: path.display().to_string(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+        });
+    }
+    let mut model = default_config().init(device);
+    let mut store = PytorchStore::from_file(path).allow_partial(false);
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| RecordError::Format(format!("{}: {e}", path.display())))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() || !result.unused.is_empty() {
+        return Err(RecordError::Architecture(format!(
+            "{}: errors {:?}, missing {:?}, unexpected {:?}",
+            path.display(),
+            result.errors,
+            result.missing,
+            result.unused
+        )));
+    }
+    Ok(model)
 }

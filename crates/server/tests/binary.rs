@@ -1,0 +1,143 @@
+//! The `server` binary itself: start-up on good and bad records, the health-check probe, and
+//! a graceful stop on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use model::{Backend, RecordMeta, default_config, save_model};
+
+fn tmp() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("server-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn good_record() -> PathBuf {
+    let path = tmp().join("good.safetensors");
+    if !path.exists() {
+        let device = Backend::default().device();
+        save_model(
+            &default_config().init(&device),
+            &path,
+            &RecordMeta::default(),
+        )
+        .unwrap();
+    }
+    path
+}
+
+fn server() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
+    cmd.env_remove("CNN_PORT").env_remove("CNN_MODEL");
+    cmd
+}
+
+/// Starts the binary on an ephemeral port and returns it with its address.
+fn spawn(record: &PathBuf) -> (Child, String) {
+    let mut child = server()
+        .args([
+            "--port",
+            "0",
+            "--log-format",
+            "off",
+            "--model",
+            record.to_str().unwrap(),
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    (child, addr)
+}
+
+#[test]
+fn bad_records_fail_at_start_with_a_clear_message() {
+    let dir = tmp();
+    let truncated = dir.join("truncated.safetensors");
+    let bytes = std::fs::read(good_record()).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"hello").unwrap();
+    let wide = dir.join("wide.safetensors");
+    let device = Backend::default().device();
+    // Another architecture under our own metadata.
+    {
+        use burn::store::{ModuleSnapshot, SafetensorsStore};
+        let meta = serde_json::to_string(&RecordMeta::default()).unwrap();
+        let mut store = SafetensorsStore::from_file(&wide)
+            .overwrite(true)
+            .metadata("cifar_cnn", meta);
+        default_config()
+            .with_hidden(64)
+            .init(&device)
+            .save_into(&mut store)
+            .unwrap();
+    }
+    for (path, expect) in [
+        (dir.join("missing.safetensors"), "missing.safetensors"),
+        (truncated, "not a valid record"),
+        (garbage, "not a valid record"),
+        (wide, "fc1.weight"),
+    ] {
+        let out = server()
+            .args(["--port", "0", "--model", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{} started", path.display());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cannot serve the record") && err.contains(expect),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn healthcheck_probe_and_graceful_sigterm() {
+    let (mut child, addr) = spawn(&good_record());
+    let port = addr.rsplit(':').next().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let probe = server()
+            .args(["--port", port, "healthcheck"])
+            .output()
+            .unwrap();
+        if probe.status.success() {
+            assert!(String::from_utf8_lossy(&probe.stdout).contains("healthy"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "never healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    // Nothing listens any more: the probe now fails.
+    let probe = server()
+        .args(["--port", port, "healthcheck"])
+        .output()
+        .unwrap();
+    assert!(!probe.status.success());
+}
