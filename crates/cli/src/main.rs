@@ -1,6 +1,6 @@
 //! `cnn`: classify images and evaluate records with the CIFAR-10 CNN from a terminal.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -186,7 +186,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let (net, meta, source) = load(&cli, &device)?;
             let layout = dataset::detect(data)?;
             let split = layout.test(OnCorrupt::Skip)?;
-            let e = evaluate(&net, &split.samples, *batch_size, &device, |_| {});
+            // A progress bar on a terminal only: scripts and logs get just the result.
+            let bar = if std::io::stderr().is_terminal() {
+                indicatif::ProgressBar::new(split.samples.len() as u64)
+            } else {
+                indicatif::ProgressBar::hidden()
+            };
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} images  {per_sec}  eta {eta}",
+                )
+                .expect("valid template"),
+            );
+            let e = evaluate(&net, &split.samples, *batch_size, &device, |done| {
+                bar.set_position(done as u64)
+            });
+            bar.finish_and_clear();
             if *json {
                 println!(
                     "{}",

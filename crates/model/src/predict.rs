@@ -9,6 +9,7 @@ use crate::net::Cnn;
 
 /// One class with its probability.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Ranked {
     /// Class name.
     #[serde(rename = "class")]

@@ -36,6 +36,7 @@ pub const EXPECTED_TENSORS: [(&str, &[usize]); 8] = [
 
 /// What a record says about itself, stored inside the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecordMeta {
     /// Layout version, [`FORMAT_VERSION`] when written by this crate.
     pub format_version: u32,

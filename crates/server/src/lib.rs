@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod metrics;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod upload;

@@ -72,9 +72,10 @@ impl From<ImageError> for ApiError {
     }
 }
 
-/// The problem document.
-#[derive(Debug, Serialize)]
+/// The problem document (RFC 9457).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Problem {
+    /// Stable error kind, e.g. `/problems/invalid-image`.
     #[serde(rename = "type")]
     pub kind: String,
     pub title: String,

@@ -1,16 +1,17 @@
 //! The HTTP endpoints. Paths, field names and JSON shapes follow the original Python service
 //! so its clients keep working.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
-use model::{CLASSES, PARAMETER_COUNT, Prediction, Ranked};
+use model::{CLASSES, PARAMETER_COUNT, Prediction, Ranked, RecordMeta};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, Problem};
 use crate::upload::{self, Upload};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -21,77 +22,162 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/classes", web::get().to(classes))
         .route("/metrics", web::get().to(metrics))
         .route("/ui", web::get().to(ui))
+        .route("/openapi.json", web::get().to(crate::openapi::spec))
+        .route("/docs", web::get().to(crate::openapi::docs))
+        .route("/docs/{file}", web::get().to(crate::openapi::asset))
         .route("/classify", web::post().to(classify))
         .route("/classify/batch", web::post().to(classify_batch));
 }
 
+/// What `GET /` answers.
+#[derive(Serialize, ToSchema)]
+pub struct ServiceInfo {
+    message: &'static str,
+    name: &'static str,
+    version: &'static str,
+    endpoints: BTreeMap<&'static str, &'static str>,
+}
+
+#[utoipa::path(get, path = "/", tag = "service", responses((status = 200, description = "Service name, version and endpoints", body = ServiceInfo)))]
 async fn root() -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "message": "CIFAR-10 CNN Image Classifier API",
-        "name": env!("CARGO_PKG_NAME"),
-        "version": env!("CARGO_PKG_VERSION"),
-        "endpoints": {
-            "GET /health": "liveness check",
-            "GET /ready": "readiness: model loaded and warmed up",
-            "GET /model/info": "model architecture and parameters",
-            "GET /classes": "list of classes",
-            "GET /metrics": "Prometheus metrics",
-            "GET /ui": "web page to classify an image",
-            "POST /classify": "classify one image (multipart field 'file', or an image/* body)",
-            "POST /classify/batch": "classify several images (multipart field 'files')",
-        },
-    }))
+    let endpoints = BTreeMap::from([
+        ("GET /health", "liveness check"),
+        ("GET /ready", "readiness: model loaded and warmed up"),
+        ("GET /model/info", "model architecture and parameters"),
+        ("GET /classes", "list of classes"),
+        ("GET /metrics", "Prometheus metrics"),
+        ("GET /ui", "web page to classify an image"),
+        ("GET /docs", "API documentation (OpenAPI at /openapi.json)"),
+        (
+            "POST /classify",
+            "classify one image (multipart field 'file', or an image/* body)",
+        ),
+        (
+            "POST /classify/batch",
+            "classify several images (multipart field 'files')",
+        ),
+    ]);
+    HttpResponse::Ok().json(ServiceInfo {
+        message: "CIFAR-10 CNN Image Classifier API",
+        name: env!("CARGO_PKG_NAME"),
+        version: env!("CARGO_PKG_VERSION"),
+        endpoints,
+    })
 }
 
+/// Liveness.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    status: &'static str,
+    model_loaded: bool,
+}
+
+#[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "The process is alive", body = Health)))]
 async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "healthy", "model_loaded": true}))
+    HttpResponse::Ok().json(Health {
+        status: "healthy",
+        model_loaded: true,
+    })
 }
 
+/// Readiness.
+#[derive(Serialize, ToSchema)]
+pub struct Readiness {
+    ready: bool,
+}
+
+#[utoipa::path(get, path = "/ready", tag = "service", responses(
+    (status = 200, description = "Model loaded and warmed up", body = Readiness),
+    (status = 503, description = "Still starting", body = Readiness),
+))]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    if state.engine.is_ready() {
-        HttpResponse::Ok().json(json!({"ready": true}))
+    let ready = state.engine.is_ready();
+    let mut res = if ready {
+        HttpResponse::Ok()
     } else {
-        HttpResponse::ServiceUnavailable().json(json!({"ready": false}))
-    }
+        HttpResponse::ServiceUnavailable()
+    };
+    res.json(Readiness { ready })
 }
 
+/// The network and the record being served.
+#[derive(Serialize, ToSchema)]
+pub struct ModelInfo {
+    architecture: &'static str,
+    /// Height, width, channels.
+    input_size: Vec<usize>,
+    layers: Vec<&'static str>,
+    total_parameters: usize,
+    expected_parameters: usize,
+    num_classes: usize,
+    classes: Vec<&'static str>,
+    dataset: &'static str,
+    /// Top-1 accuracy of the served record on the CIFAR-10 test set, when known.
+    test_accuracy: Option<f64>,
+    record: RecordMeta,
+    model_source: String,
+    backend: &'static str,
+}
+
+#[utoipa::path(get, path = "/model/info", tag = "service", responses((status = 200, description = "Architecture, parameters, record", body = ModelInfo)))]
 async fn model_info(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
-        "architecture": "SimpleCNN",
-        "input_size": [model::INPUT_SIZE, model::INPUT_SIZE, 3],
-        "layers": [
-            "Conv2d(3,16,k=3,s=1,p=1)", "ReLU", "MaxPool2d(2,2)",
-            "Conv2d(16,32,k=3,s=1,p=1)", "ReLU", "MaxPool2d(2,2)",
-            "Flatten", "Linear(8192,100)", "ReLU", "Linear(100,10)",
+    HttpResponse::Ok().json(ModelInfo {
+        architecture: "SimpleCNN",
+        input_size: vec![model::INPUT_SIZE, model::INPUT_SIZE, 3],
+        layers: vec![
+            "Conv2d(3,16,k=3,s=1,p=1)",
+            "ReLU",
+            "MaxPool2d(2,2)",
+            "Conv2d(16,32,k=3,s=1,p=1)",
+            "ReLU",
+            "MaxPool2d(2,2)",
+            "Flatten",
+            "Linear(8192,100)",
+            "ReLU",
+            "Linear(100,10)",
         ],
-        "total_parameters": PARAMETER_COUNT,
-        "expected_parameters": PARAMETER_COUNT,
-        "num_classes": CLASSES.len(),
-        "classes": CLASSES,
-        "dataset": "CIFAR-10",
-        "test_accuracy": state.meta.test_accuracy,
-        "record": state.meta,
-        "model_source": state.model_source,
-        "backend": state.backend.name(),
-    }))
+        total_parameters: PARAMETER_COUNT,
+        expected_parameters: PARAMETER_COUNT,
+        num_classes: CLASSES.len(),
+        classes: CLASSES.to_vec(),
+        dataset: "CIFAR-10",
+        test_accuracy: state.meta.test_accuracy,
+        record: state.meta.clone(),
+        model_source: state.model_source.clone(),
+        backend: state.backend.name(),
+    })
 }
 
+/// The classes in label order.
+#[derive(Serialize, ToSchema)]
+pub struct ClassList {
+    classes: Vec<&'static str>,
+    num_classes: usize,
+    /// Label index (as a string key) to class name.
+    by_index: BTreeMap<String, &'static str>,
+}
+
+#[utoipa::path(get, path = "/classes", tag = "service", responses((status = 200, description = "The ten classes", body = ClassList)))]
 async fn classes() -> HttpResponse {
-    let by_index: serde_json::Map<String, serde_json::Value> = CLASSES
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (i.to_string(), json!(c)))
-        .collect();
-    HttpResponse::Ok()
-        .json(json!({"classes": CLASSES, "num_classes": CLASSES.len(), "by_index": by_index}))
+    HttpResponse::Ok().json(ClassList {
+        classes: CLASSES.to_vec(),
+        num_classes: CLASSES.len(),
+        by_index: CLASSES
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i.to_string(), *c))
+            .collect(),
+    })
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
 }
 
+#[utoipa::path(get, path = "/ui", tag = "service", responses((status = 200, description = "A web page to classify an image", body = String, content_type = "text/html")))]
 async fn ui() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType::html())
@@ -99,8 +185,8 @@ async fn ui() -> HttpResponse {
 }
 
 /// One image's answer, in the original's shape.
-#[derive(Serialize)]
-struct Classified {
+#[derive(Serialize, ToSchema)]
+pub struct Classified {
     filename: Option<String>,
     prediction: Ranked,
     top_3_predictions: Vec<Ranked>,
@@ -118,19 +204,19 @@ impl Classified {
 
 /// One entry of a batch answer: a result, or why this image failed (the original's
 /// `error` string, plus the problem document).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-enum BatchItem {
+pub enum BatchItem {
     Classified(Classified),
     Failed {
         filename: Option<String>,
         error: String,
-        problem: crate::problem::Problem,
+        problem: Problem,
     },
 }
 
-#[derive(Serialize)]
-struct BatchAnswer {
+#[derive(Serialize, ToSchema)]
+pub struct BatchAnswer {
     results: Vec<BatchItem>,
     total: usize,
 }
@@ -173,6 +259,39 @@ async fn preprocess(
     .map_err(|e| ApiError::Internal(format!("preprocessing: {e}")))
 }
 
+/// Multipart form of `POST /classify`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ClassifyForm {
+    /// The image (JPEG, PNG, BMP, TIFF, WebP or GIF).
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
+/// Multipart form of `POST /classify/batch`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct BatchForm {
+    /// The images, in the order the answers come back.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    files: Vec<Vec<u8>>,
+}
+
+#[utoipa::path(post, path = "/classify", tag = "classify",
+    request_body(description = "An image, as multipart field `file` or as the raw body", content(
+        (ClassifyForm = "multipart/form-data"),
+        (String = "image/*"),
+        (String = "application/octet-stream"),
+    )),
+    responses(
+        (status = 200, description = "The prediction and the top 3", body = Classified),
+        (status = 400, description = "Malformed multipart, missing field or empty file", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive in time", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Neither multipart nor image/*", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Not a decodable image, or over the pixel limit", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "At capacity; retry after the Retry-After delay", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn classify(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -189,6 +308,18 @@ async fn classify(
     Ok(HttpResponse::Ok().json(Classified::new(filename, preds.remove(0))))
 }
 
+#[utoipa::path(post, path = "/classify/batch", tag = "classify",
+    request_body(description = "Images as repeated multipart field `files`", content(
+        (BatchForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, description = "One entry per image, in order; failed images carry an error", body = BatchAnswer),
+        (status = 400, description = "Malformed multipart or no `files` field", body = Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive in time", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the limit, or too many files", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not multipart", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "At capacity; retry after the Retry-After delay", body = Problem, content_type = "application/problem+json"),
+    ))]
 async fn classify_batch(
     state: web::Data<AppState>,
     req: HttpRequest,

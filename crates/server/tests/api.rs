@@ -35,6 +35,28 @@ fn info_endpoints() {
     let (status, ui) = get(&s, "/ui");
     assert_eq!(status, 200);
     assert!(ui.contains("type=\"file\""));
+    let spec: serde_json::Value = serde_json::from_str(&get(&s, "/openapi.json").1).unwrap();
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/",
+        "/health",
+        "/ready",
+        "/model/info",
+        "/classes",
+        "/metrics",
+        "/classify",
+        "/classify/batch",
+    ] {
+        assert!(spec["paths"][path].is_object(), "{path} undocumented");
+    }
+    let ok_schema = &spec["paths"]["/classify"]["post"]["responses"]["200"];
+    assert!(ok_schema.to_string().contains("Classified"), "{ok_schema}");
+    let (status, docs) = get(&s, "/docs");
+    assert_eq!(status, 200);
+    assert!(docs.contains("docs/swagger-ui-bundle.js"));
+    let bundle = get_reply(&s, "/docs/swagger-ui-bundle.js", &[]);
+    assert_eq!(bundle.status, 200);
+    assert!(bundle.body.len() > 1_000_000 && bundle.content_type.starts_with("text/javascript"));
     let missing = get_reply(&s, "/nope", &[]);
     assert_eq!(missing.status, 404);
     assert_eq!(missing.content_type, "application/problem+json");

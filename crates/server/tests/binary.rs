@@ -35,7 +35,7 @@ fn server() -> Command {
 }
 
 /// Starts the binary on an ephemeral port and returns it with its address.
-fn spawn(record: &PathBuf) -> (Child, String) {
+fn spawn(record: &std::path::Path) -> (Child, String) {
     let mut child = server()
         .args([
             "--port",

@@ -45,22 +45,12 @@ fn chromedriver(port: u16) -> Driver {
     Driver(child)
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn web_page_classifies_an_uploaded_cifar_image() {
-    let server = start(ServerConfig::default());
-    let image = testdata::images("test", 1)
-        .into_iter()
-        .find(|i| i.class == "ship")
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("browser-{}", std::process::id()));
+/// Headless Chromium driven through a fresh chromedriver; both end with the returned guard.
+async fn browser(name: &str) -> (fantoccini::Client, Driver) {
+    let dir = std::env::temp_dir().join(format!("browser-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("ship.jpg");
-    std::fs::write(&file, &image.bytes).unwrap();
-    let expected =
-        post_multipart(&server, "/classify", &[("file", "ship.jpg", &image.bytes)]).json();
-
     let port = free_port();
-    let _driver = chromedriver(port);
+    let driver = chromedriver(port);
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -79,7 +69,24 @@ async fn web_page_classifies_an_uploaded_cifar_image() {
         .connect(&format!("http://127.0.0.1:{port}"))
         .await
         .expect("start headless Chromium");
+    (client, driver)
+}
 
+#[tokio::test(flavor = "current_thread")]
+async fn web_page_classifies_an_uploaded_cifar_image() {
+    let server = start(ServerConfig::default());
+    let image = testdata::images("test", 1)
+        .into_iter()
+        .find(|i| i.class == "ship")
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("browser-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ship.jpg");
+    std::fs::write(&file, &image.bytes).unwrap();
+    let expected =
+        post_multipart(&server, "/classify", &[("file", "ship.jpg", &image.bytes)]).json();
+
+    let (client, _driver) = browser("ui").await;
     client.goto(&format!("{}/ui", server.base)).await.unwrap();
     let input = client.find(Locator::Css("#file")).await.unwrap();
     input.send_keys(file.to_str().unwrap()).await.unwrap();
@@ -118,5 +125,35 @@ async fn web_page_classifies_an_uploaded_cifar_image() {
         png,
     )
     .unwrap();
+    client.close().await.unwrap();
+}
+
+/// The docs page renders every operation from the server's own assets (the browser has no
+/// network beyond 127.0.0.1 here).
+#[tokio::test(flavor = "current_thread")]
+async fn docs_page_renders_the_api_offline() {
+    let server = start(ServerConfig::default());
+    let (client, _driver) = browser("docs").await;
+    client.goto(&format!("{}/docs", server.base)).await.unwrap();
+    client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::Css(".opblock"))
+        .await
+        .expect("Swagger UI rendered the operations");
+    let ops = client
+        .find_all(Locator::Css(".opblock-summary-path"))
+        .await
+        .unwrap();
+    let mut paths = Vec::new();
+    for op in ops {
+        paths.push(op.text().await.unwrap());
+    }
+    for want in ["/classify", "/classify/batch", "/health", "/model/info"] {
+        assert!(
+            paths.iter().any(|p| p.trim() == want),
+            "{want} not shown in {paths:?}"
+        );
+    }
     client.close().await.unwrap();
 }

@@ -75,7 +75,7 @@ pub fn curves(path: &Path, epochs: &[EpochRecord]) -> Result<()> {
         .map_err(err)?;
     series(&mut chart, epochs, |e| e.train_loss, BLUE, "train")?;
     series(&mut chart, epochs, |e| e.valid_loss, RED, "validation")?;
-    legend(&mut chart)?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
 
     let mut chart = ChartBuilder::on(&right)
         .caption("Accuracy (%)", ("sans-serif", 22))
@@ -92,7 +92,7 @@ pub fn curves(path: &Path, epochs: &[EpochRecord]) -> Result<()> {
         .map_err(err)?;
     series(&mut chart, epochs, |e| e.train_accuracy, BLUE, "train")?;
     series(&mut chart, epochs, |e| e.valid_accuracy, RED, "validation")?;
-    legend(&mut chart)?;
+    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)?;
     Ok(())
 }
@@ -130,9 +130,10 @@ fn series(
     Ok(())
 }
 
-fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<()> {
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> Result<()> {
     chart
         .configure_series_labels()
+        .position(position)
         .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)

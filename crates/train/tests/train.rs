@@ -242,3 +242,46 @@ fn missing_and_corrupt_data_give_clear_errors() {
     .unwrap());
     assert!(log.contains("(1 train, 0 test skipped)"), "{log}");
 }
+
+/// `--seed` makes a run reproducible on the same backend: same losses, same weights.
+#[test]
+fn same_seed_same_run() {
+    let data = small_folders("seed");
+    let runs: Vec<PathBuf> = (0..2)
+        .map(|i| {
+            let run = data.join(format!("run{i}"));
+            ok(train(&[
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                run.to_str().unwrap(),
+                "--epochs",
+                "2",
+                "--seed",
+                "7",
+            ])
+            .output()
+            .unwrap());
+            run
+        })
+        .collect();
+    let losses = |run: &Path| -> Vec<(f64, f64)> {
+        read_metrics(&run.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|m| (m.train_loss, m.valid_loss))
+            .collect()
+    };
+    assert_eq!(losses(&runs[0]), losses(&runs[1]));
+    let weights = |run: &Path| -> Vec<u8> {
+        let bytes = std::fs::read(run.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut names = st.names();
+        names.sort();
+        names
+            .iter()
+            .flat_map(|n| st.tensor(n).unwrap().data().to_vec())
+            .collect()
+    };
+    assert_eq!(weights(&runs[0]), weights(&runs[1]));
+}
