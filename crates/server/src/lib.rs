@@ -129,7 +129,6 @@ pub fn serve(
         let metrics = state.metrics.clone();
         App::new()
             .app_data(state)
-            .app_data(web::PayloadConfig::new(usize::MAX))
             .configure(routes::configure)
             .default_service(web::to(not_found))
             .wrap(cors)
@@ -185,15 +184,8 @@ pub fn serve(
     Ok(server)
 }
 
-async fn not_found() -> HttpResponse {
-    let e = ApiError::BadRequest("no such endpoint".into());
-    let mut p = e.problem();
-    p.kind = "/problems/not-found".into();
-    p.title = "Not Found".into();
-    p.status = 404;
-    HttpResponse::NotFound()
-        .content_type("application/problem+json")
-        .json(p)
+async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(req.path().to_string()))
 }
 
 fn log_line(

@@ -11,6 +11,8 @@ use serde::Serialize;
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("no such endpoint: {0}")]
+    NotFound(String),
     #[error("missing multipart field '{0}'")]
     MissingField(&'static str),
     #[error("the uploaded file '{0}' is empty")]
@@ -38,6 +40,7 @@ impl ApiError {
     pub fn kind(&self) -> &'static str {
         match self {
             ApiError::BadRequest(_) => "bad-request",
+            ApiError::NotFound(_) => "not-found",
             ApiError::MissingField(_) => "missing-field",
             ApiError::EmptyFile(_) => "empty-file",
             ApiError::BodyTooLarge { .. } => "body-too-large",
@@ -89,6 +92,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) | ApiError::MissingField(_) | ApiError::EmptyFile(_) => {
                 StatusCode::BAD_REQUEST
             }
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyFiles { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

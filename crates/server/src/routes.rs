@@ -2,7 +2,6 @@
 //! so its clients keep working.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -303,7 +302,7 @@ async fn classify(
     let pixels = pixels?;
     let mut preds = state
         .engine
-        .classify(pixels, Duration::from_secs(30))
+        .classify(pixels, state.config.request_timeout)
         .await?;
     Ok(HttpResponse::Ok().json(Classified::new(filename, preds.remove(0))))
 }
@@ -336,7 +335,7 @@ async fn classify_batch(
     }
     let mut preds = state
         .engine
-        .classify(pixels, Duration::from_secs(30))
+        .classify(pixels, state.config.request_timeout)
         .await?
         .into_iter();
     let results: Vec<BatchItem> = prepared
