@@ -56,7 +56,7 @@ impl Default for ServerConfig {
             workers: 2,
             batch: BatchPolicy {
                 max_batch: 64,
-                max_wait: Duration::from_millis(2),
+                max_wait: Duration::ZERO,
                 queue: 256,
                 top_k: 3,
             },

@@ -34,8 +34,10 @@ struct Args {
     /// Most images per model batch.
     #[arg(long, env = "CNN_MAX_BATCH", default_value_t = 64)]
     max_batch: usize,
-    /// Longest wait, in milliseconds, for a batch to fill.
-    #[arg(long, env = "CNN_MAX_WAIT_MS", default_value_t = 2)]
+    /// Longest wait, in milliseconds, for more requests to join a batch. 0 (the default)
+    /// sends what is queued as soon as the model is free: batches still form under load,
+    /// while the model is busy, and a lone request never waits.
+    #[arg(long, env = "CNN_MAX_WAIT_MS", default_value_t = 0)]
     max_wait_ms: u64,
     /// Requests allowed to wait for the model before 503.
     #[arg(long, env = "CNN_QUEUE", default_value_t = 256)]

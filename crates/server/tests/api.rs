@@ -364,3 +364,33 @@ fn overload_is_refused_with_retry_after() {
     }
     assert_eq!(get(&s, "/health").0, 200);
 }
+
+/// A body that never finishes (slow loris) is cut off with 408 after the request timeout.
+#[test]
+fn a_body_that_never_ends_times_out() {
+    use std::io::{Read, Write};
+    let config = ServerConfig {
+        request_timeout: std::time::Duration::from_secs(1),
+        ..ServerConfig::default()
+    };
+    let s = start(config);
+    let addr = s.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    stream.write_all(&[0xff, 0xd8, 0xff]).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream
+        .read(&mut answer)
+        .expect("an answer before the client gives up");
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("request-timeout"), "{head}");
+    assert_eq!(get(&s, "/health").0, 200);
+}
