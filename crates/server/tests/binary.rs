@@ -141,3 +141,49 @@ fn healthcheck_probe_and_graceful_sigterm() {
         .unwrap();
     assert!(!probe.status.success());
 }
+
+/// SIGTERM while a request is half-sent: the server stops accepting, still answers that
+/// request in full, then exits 0.
+#[test]
+fn sigterm_drains_an_in_flight_request() {
+    use std::io::{Read, Write};
+    let (mut child, addr) = spawn(&good_record());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let jpeg = model::testdata::images("test", 1).remove(0).bytes;
+    let mut stream = loop {
+        if let Ok(s) = std::net::TcpStream::connect(&addr) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    write!(
+        stream,
+        "POST /classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        jpeg.len()
+    )
+    .unwrap();
+    let (first, rest) = jpeg.split_at(jpeg.len() / 2);
+    stream.write_all(first).unwrap();
+    stream.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(rest).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("top_3_predictions"), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not stop after draining");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "{exit:?}");
+}
