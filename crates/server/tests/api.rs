@@ -394,3 +394,20 @@ fn a_body_that_never_ends_times_out() {
     assert!(head.contains("request-timeout"), "{head}");
     assert_eq!(get(&s, "/health").0, 200);
 }
+
+/// CORS headers only for the configured origins.
+#[test]
+fn cors_allows_only_configured_origins() {
+    let config = ServerConfig {
+        cors_origins: vec!["http://app.example".into()],
+        ..ServerConfig::default()
+    };
+    let s = start(config);
+    let allowed = get_reply(&s, "/health", &[("Origin", "http://app.example")]);
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("http://app.example")
+    );
+    let other = get_reply(&s, "/health", &[("Origin", "http://evil.example")]);
+    assert_eq!(other.header("access-control-allow-origin"), None);
+}
