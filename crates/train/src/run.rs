@@ -62,6 +62,8 @@ pub struct TestReport<'a> {
 
 /// Runs training to the end and returns the test-set evaluation.
 pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
+    // Find the data before touching the run folder: a wrong --data leaves nothing behind.
+    let layout = dataset::detect(&opts.data)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
     let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
@@ -85,7 +87,6 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         None
     };
 
-    let layout = dataset::detect(&opts.data)?;
     let started = std::time::Instant::now();
     let train_split = layout.train(opts.on_corrupt)?;
     let test_split = layout.test(opts.on_corrupt)?;

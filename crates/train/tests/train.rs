@@ -200,10 +200,22 @@ fn official_binary_layout_trains() {
 #[test]
 fn missing_and_corrupt_data_give_clear_errors() {
     let empty = tmp("nodata");
-    let out = train(&["--data", empty.to_str().unwrap(), "--epochs", "1"])
-        .output()
-        .unwrap();
+    let run = empty.join("run");
+    let out = train(&[
+        "--data",
+        empty.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ])
+    .output()
+    .unwrap();
     assert!(!out.status.success());
+    assert!(
+        !run.exists(),
+        "a run that cannot find its data leaves no folder behind"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("no CIFAR-10 data found") && err.contains("data_batch_1.bin"),
