@@ -1,6 +1,6 @@
 //! `cnn`: classify images and evaluate records with the CIFAR-10 CNN from a terminal.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -248,6 +248,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 mod remote;
+mod report;
+
+use report::Report;
 
 /// Files named on the command line, directories walked (sorted, so output is stable).
 fn collect(paths: &[PathBuf], out: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -277,10 +280,7 @@ fn classify(
     let mut files = Vec::new();
     collect(paths, &mut files).context("cannot list input files")?;
     let pre = Preprocessor::default();
-    let mut results = Vec::new();
-    let mut failed = 0usize;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut report = Report::new(std::io::stdout().lock(), json, jsonl);
     for chunk in files.chunks(batch_size.max(1)) {
         let prepared: Vec<(&Path, Result<Vec<f32>, String>)> = chunk
             .iter()
@@ -310,60 +310,10 @@ fn classify(
                     let p = preds.next().expect("one prediction per image");
                     json!({"file": path, "prediction": p.best, "top_k": p.top_k})
                 }
-                Err(e) => {
-                    failed += 1;
-                    json!({"file": path, "error": e})
-                }
+                Err(e) => json!({"file": path, "error": e}),
             };
-            if jsonl {
-                writeln!(out, "{value}")?;
-            } else if !json {
-                print_row(&mut out, &value)?;
-            }
-            results.push(value);
+            report.push(value)?;
         }
     }
-    if json {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "results": results, "total": files.len(), "failed": failed,
-            }))?
-        )?;
-    } else if !jsonl {
-        writeln!(
-            out,
-            "{} files, {} classified, {failed} failed",
-            files.len(),
-            files.len() - failed
-        )?;
-    }
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-pub(crate) fn print_row(out: &mut impl Write, v: &serde_json::Value) -> std::io::Result<()> {
-    let file = v["file"].as_str().unwrap_or("?");
-    match v.get("error") {
-        Some(e) => writeln!(out, "{file}\terror: {}", e.as_str().unwrap_or("?")),
-        None => {
-            let ranked: Vec<String> = v["top_k"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    format!(
-                        "{} {:.1}%",
-                        r["class"].as_str().unwrap_or("?"),
-                        r["confidence"].as_f64().unwrap_or(0.0) * 100.0
-                    )
-                })
-                .collect();
-            writeln!(out, "{file}\t{}", ranked.join("  "))
-        }
-    }
+    Ok(report.finish()?)
 }

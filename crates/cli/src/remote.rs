@@ -1,6 +1,5 @@
 //! `cnn remote`: the same output as `cnn classify`, computed by a running server.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,46 +75,15 @@ pub fn classify(url: &str, paths: &[PathBuf], json_out: bool, jsonl: bool) -> Re
         body["results"].as_array().cloned().unwrap_or_default()
     };
 
-    let mut failed = 0;
-    let mut results = Vec::new();
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    let mut report = crate::Report::new(std::io::stdout().lock(), json_out, jsonl);
     for ((name, _), a) in files.iter().zip(answers) {
         let value = match a.get("error") {
-            Some(e) => {
-                failed += 1;
-                json!({"file": name, "error": e})
-            }
+            Some(e) => json!({"file": name, "error": e}),
             None => {
                 json!({"file": name, "prediction": a["prediction"], "top_k": a["top_3_predictions"]})
             }
         };
-        if jsonl {
-            writeln!(out, "{value}")?;
-        } else if !json_out {
-            crate::print_row(&mut out, &value)?;
-        }
-        results.push(value);
+        report.push(value)?;
     }
-    if json_out {
-        writeln!(
-            out,
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({"results": results, "total": files.len(), "failed": failed})
-            )?
-        )?;
-    } else if !jsonl {
-        writeln!(
-            out,
-            "{} files, {} classified, {failed} failed",
-            files.len(),
-            files.len() - failed
-        )?;
-    }
-    Ok(if failed > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report.finish()?)
 }
