@@ -9,8 +9,7 @@ use burn::prelude::Device;
 use clap::{CommandFactory, Parser, Subcommand};
 use model::dataset::{self, OnCorrupt};
 use model::eval::evaluate;
-use model::preprocess::{IMAGE_FLOATS, to_tensor};
-use model::{Backend, CLASSES, Cnn, PARAMETER_COUNT, Preprocessor, RecordMeta, predict};
+use model::{Backend, CLASSES, Cnn, Inference, PARAMETER_COUNT, Preprocessor, RecordMeta};
 use serde_json::json;
 
 /// Classify images and evaluate records with the CIFAR-10 CNN.
@@ -20,8 +19,8 @@ struct Cli {
     /// Record to use (default: the trained model built into this binary).
     #[arg(long, global = true, env = "CNN_MODEL")]
     model: Option<PathBuf>,
-    /// Compute backend (those compiled in: see `cnn info`).
-    #[arg(long, global = true, default_value_t = Backend::default())]
+    /// Compute backend (those compiled in: see `cnn info`; `fast` is the CPU fast path).
+    #[arg(long, global = true, default_value_t = Backend::default_inference())]
     backend: Backend,
     #[command(subcommand)]
     command: Command,
@@ -176,7 +175,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             batch_size,
         } => {
             let (net, _, _) = load(&cli, &device)?;
-            classify(&net, &device, paths, *top_k, *json, *jsonl, *batch_size)
+            let net = Inference::new(net, cli.backend)?;
+            classify(&net, paths, *top_k, *json, *jsonl, *batch_size)
         }
         Command::Eval {
             data,
@@ -184,6 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             batch_size,
         } => {
             let (net, meta, source) = load(&cli, &device)?;
+            let net = Inference::new(net, cli.backend)?;
             let layout = dataset::detect(data)?;
             let split = layout.test(OnCorrupt::Skip)?;
             // A progress bar on a terminal only: scripts and logs get just the result.
@@ -198,7 +199,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 )
                 .expect("valid template"),
             );
-            let e = evaluate(&net, &split.samples, *batch_size, &device, |done| {
+            let e = evaluate(&net, &split.samples, *batch_size, |done| {
                 bar.set_position(done as u64)
             });
             bar.finish_and_clear();
@@ -269,8 +270,7 @@ fn collect(paths: &[PathBuf], out: &mut Vec<PathBuf>) -> std::io::Result<()> {
 }
 
 fn classify(
-    net: &Cnn,
-    device: &Device,
+    net: &Inference,
     paths: &[PathBuf],
     top_k: usize,
     json: bool,
@@ -297,13 +297,7 @@ fn classify(
             .flatten()
             .copied()
             .collect();
-        let n = pixels.len() / IMAGE_FLOATS;
-        let mut preds = if n > 0 {
-            predict(net, to_tensor(pixels, n, device), top_k)
-        } else {
-            Vec::new()
-        }
-        .into_iter();
+        let mut preds = net.predict(&pixels, top_k).into_iter();
         for (path, r) in prepared {
             let value = match r {
                 Ok(_) => {

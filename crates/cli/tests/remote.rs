@@ -3,20 +3,18 @@
 use std::net::TcpListener;
 use std::process::Command;
 
-use model::{Backend, RecordMeta, default_config, testdata};
+use model::{Backend, Inference, RecordMeta, default_config, testdata};
 use server::{Loaded, LogFormat, ServerConfig};
 
 fn start_server() -> String {
-    let backend = Backend::default();
+    let backend = Backend::default_inference();
     let device = backend.device();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let loaded = Loaded {
-        model: default_config().init(&device),
+        inference: Inference::new(default_config().init(&device), backend).unwrap(),
         meta: RecordMeta::default(),
         source: "test".into(),
-        backend,
-        device,
     };
     let config = ServerConfig {
         log: LogFormat::Off,

@@ -15,10 +15,13 @@ pub enum Backend {
     Ndarray,
     /// wgpu: Vulkan/Metal/DX12 GPUs (or Mesa's lavapipe on a CPU).
     Wgpu,
+    /// The CPU inference fast path ([`fastcnn`]), built from the same Burn module's weights.
+    /// Inference only: its Burn device (for loading and training) is the CPU backend.
+    Fast,
 }
 
 impl Backend {
-    /// Every backend compiled into this build, default first.
+    /// Every backend compiled into this build, the training default first.
     pub fn available() -> Vec<Backend> {
         let mut all = Vec::new();
         if cfg!(feature = "flex") {
@@ -30,7 +33,25 @@ impl Backend {
         if cfg!(feature = "wgpu") {
             all.push(Backend::Wgpu);
         }
+        if cfg!(any(feature = "flex", feature = "ndarray")) {
+            all.push(Backend::Fast);
+        }
         all
+    }
+
+    /// The backend that serves predictions fastest on a CPU: the fast path where a CPU
+    /// backend is built (measured: `cargo bench -p fastcnn` against `cargo bench -p train`).
+    pub fn default_inference() -> Backend {
+        if Backend::available().contains(&Backend::Fast) {
+            Backend::Fast
+        } else {
+            Backend::default()
+        }
+    }
+
+    /// Whether this backend can train (every Burn backend; not the inference fast path).
+    pub fn trains(self) -> bool {
+        self != Backend::Fast
     }
 
     /// Lower-case name, as accepted by [`FromStr`].
@@ -39,6 +60,7 @@ impl Backend {
             Backend::Flex => "flex",
             Backend::Ndarray => "ndarray",
             Backend::Wgpu => "wgpu",
+            Backend::Fast => "fast",
         }
     }
 
@@ -53,6 +75,11 @@ impl Backend {
             Backend::Ndarray => Device::ndarray(),
             #[cfg(feature = "wgpu")]
             Backend::Wgpu => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+            #[cfg(feature = "flex")]
+            Backend::Fast => Device::flex(),
+            #[cfg(all(feature = "ndarray", not(feature = "flex")))]
+            #[allow(deprecated)]
+            Backend::Fast => Device::ndarray(),
             #[allow(unreachable_patterns)]
             other => panic!("backend {other} is not compiled into this build"),
         }
@@ -111,5 +138,12 @@ mod tests {
         }
         let err = "tpu".parse::<Backend>().unwrap_err().to_string();
         assert!(err.contains("tpu") && err.contains("available"), "{err}");
+    }
+
+    #[test]
+    fn training_default_trains_and_inference_default_is_the_fast_path() {
+        assert!(Backend::default().trains());
+        assert!(!Backend::Fast.trains());
+        assert_eq!(Backend::default_inference(), Backend::Fast);
     }
 }

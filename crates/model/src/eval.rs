@@ -1,13 +1,11 @@
 //! Accuracy of a network on a labelled set: top-1, top-3, per class, confusion matrix.
 
-use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::classes::{CLASSES, NUM_CLASSES};
 use crate::dataset::Sample;
-use crate::net::Cnn;
-use crate::predict::predict;
-use crate::preprocess::{IMAGE_FLOATS, normalize_into, resize, to_tensor};
+use crate::inference::Inference;
+use crate::preprocess::{IMAGE_FLOATS, normalize_into, resize};
 
 /// The result of [`evaluate`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -26,10 +24,9 @@ pub struct Evaluation {
 /// Evaluates `model` on `samples` in batches of `batch_size`, calling `progress` with the
 /// number of images done after each batch.
 pub fn evaluate(
-    model: &Cnn,
+    model: &Inference,
     samples: &[Sample],
     batch_size: usize,
-    device: &Device,
     mut progress: impl FnMut(usize),
 ) -> Evaluation {
     let mut confusion = vec![vec![0usize; NUM_CLASSES]; NUM_CLASSES];
@@ -40,7 +37,7 @@ pub fn evaluate(
         for (s, out) in chunk.iter().zip(floats.chunks_exact_mut(IMAGE_FLOATS)) {
             normalize_into(&resize(&s.image), out);
         }
-        let preds = predict(model, to_tensor(floats, chunk.len(), device), 3);
+        let preds = model.predict(&floats, 3);
         for (s, p) in chunk.iter().zip(preds) {
             let truth = usize::from(s.label);
             confusion[truth][p.best.class_index] += 1;

@@ -1,17 +1,19 @@
 //! The CIFAR-10 classifier shared by every crate of the workspace.
 //!
 //! One definition of the network ([`Cnn`]) that runs unchanged on every backend the build
-//! enables ([`Backend`]), the ten class names ([`CLASSES`]), the single preprocessing path
-//! from encoded image bytes to a normalised tensor ([`preprocess`]), the record format the
-//! trained weights are saved in ([`record`]) and the helper that turns logits into
-//! predictions ([`predict`]). Training, the HTTP server and the CLI all go through here, so
-//! they see the same pixels and the same weights.
+//! enables ([`Backend`]); the [`Inference`] wrapper that runs it for predictions, on Burn or on
+//! the `fastcnn` CPU fast path built from the same weights; the ten class names ([`CLASSES`]);
+//! the single preprocessing path from encoded image bytes to a normalised tensor
+//! ([`preprocess`]); the record format the trained weights are saved in ([`record`]) and the
+//! helpers that turn logits into predictions ([`predict`]). Training, the HTTP server and the
+//! CLI all go through here, so they see the same pixels and the same weights.
 
 pub mod backend;
 pub mod classes;
 pub mod dataset;
 pub mod error;
 pub mod eval;
+pub mod inference;
 pub mod net;
 pub mod predict;
 pub mod preprocess;
@@ -22,8 +24,9 @@ pub mod testdata;
 pub use backend::Backend;
 pub use classes::{CLASSES, NUM_CLASSES};
 pub use error::{ImageError, RecordError};
+pub use inference::Inference;
 pub use net::default_config;
 pub use net::{Cnn, CnnConfig, INPUT_SIZE, PARAMETER_COUNT};
-pub use predict::{Prediction, Ranked, predict};
+pub use predict::{Prediction, Ranked, predict, rank_logits};
 pub use preprocess::{DEFAULT_MAX_PIXELS, IMAGE_FLOATS, Preprocessor};
 pub use record::{RecordMeta, import_pytorch, load_model, load_model_bytes, save_model};

@@ -1,7 +1,6 @@
 //! Turning logits into ranked class predictions.
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use serde::Serialize;
 
 use crate::classes::CLASSES;
@@ -30,17 +29,32 @@ pub struct Prediction {
 /// Runs `images` (`[n, 3, 64, 64]`, preprocessed) through `model` and ranks each image's
 /// classes, keeping the `k` most likely (at least one).
 pub fn predict(model: &Cnn, images: Tensor<4>, k: usize) -> Vec<Prediction> {
-    let probs = softmax(model.forward(images), 1);
-    let [n, classes] = probs.dims();
-    let values: Vec<f32> = probs
+    let logits = model.forward(images);
+    let [_, classes] = logits.dims();
+    let values: Vec<f32> = logits
         .into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
         .expect("converted to f32");
-    values
-        .chunks_exact(classes)
-        .take(n)
-        .map(|row| rank(row, k))
+    rank_logits(&values, classes, k)
+}
+
+/// Softmax of each row of `logits` (`classes` wide), ranked.
+pub fn rank_logits(logits: &[f32], classes: usize, k: usize) -> Vec<Prediction> {
+    let mut probs = vec![0.0f32; classes];
+    logits
+        .chunks_exact(classes.max(1))
+        .map(|row| {
+            // Shift by the maximum so that exp never overflows.
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for (p, &l) in probs.iter_mut().zip(row) {
+                *p = (l - max).exp();
+                sum += *p;
+            }
+            probs.iter_mut().for_each(|p| *p /= sum);
+            rank(&probs, k)
+        })
         .collect()
 }
 
@@ -76,5 +90,22 @@ mod tests {
         assert_eq!(p.best.class, "automobile");
         assert_eq!(rank(&[0.5; 10], 0).top_k.len(), 1);
         assert_eq!(rank(&[0.5; 10], 99).top_k.len(), 10);
+    }
+
+    #[test]
+    fn softmax_of_logits_sums_to_one_and_survives_large_values() {
+        let preds = rank_logits(
+            &[1000.0, 0.0, 999.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+            10,
+            10,
+        );
+        assert_eq!(preds.len(), 1);
+        let p = &preds[0];
+        let sum: f32 = p.top_k.iter().map(|r| r.confidence).sum();
+        assert!((sum - 1.0).abs() < 1e-5, "{sum}");
+        assert_eq!(p.best.class_index, 0);
+        let e = std::f32::consts::E;
+        assert!((p.best.confidence - e / (e + 1.0)).abs() < 1e-5);
+        assert_eq!(p.top_k[1].class_index, 2);
     }
 }

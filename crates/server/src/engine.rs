@@ -7,9 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use burn::prelude::*;
-use model::preprocess::{IMAGE_FLOATS, to_tensor};
-use model::{Cnn, Prediction, predict};
+use model::preprocess::IMAGE_FLOATS;
+use model::{Inference, Prediction};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -43,8 +42,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the inference thread with `model` on `device`, warms it up, then marks ready.
-    pub fn start(model: Cnn, device: Device, policy: BatchPolicy, metrics: Arc<Metrics>) -> Self {
+    /// Starts the inference thread with `model`, warms it up, then marks ready.
+    pub fn start(model: Inference, policy: BatchPolicy, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = sync_channel(policy.queue.max(1));
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
@@ -52,9 +51,9 @@ impl Engine {
             .name("inference".into())
             .spawn(move || {
                 // Warm-up: the first call allocates and picks kernels.
-                let _ = predict(&model, Tensor::zeros([1, 3, 64, 64], &device), 1);
+                let _ = model.predict(&[0.0; IMAGE_FLOATS], 1);
                 flag.store(true, Ordering::Release);
-                run(rx, &model, &device, policy, &metrics);
+                run(rx, &model, policy, &metrics);
             })
             .expect("spawn inference thread");
         Self { tx, ready }
@@ -94,7 +93,7 @@ impl Engine {
     }
 }
 
-fn run(rx: Receiver<Job>, model: &Cnn, device: &Device, policy: BatchPolicy, metrics: &Metrics) {
+fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metrics) {
     let mut pending: Option<Job> = None;
     loop {
         let first = match pending.take() {
@@ -127,18 +126,11 @@ fn run(rx: Receiver<Job>, model: &Cnn, device: &Device, policy: BatchPolicy, met
                 Err(_) => break,
             }
         }
-        infer(jobs, images, model, device, policy, metrics);
+        infer(jobs, images, model, policy, metrics);
     }
 }
 
-fn infer(
-    jobs: Vec<Job>,
-    images: usize,
-    model: &Cnn,
-    device: &Device,
-    policy: BatchPolicy,
-    metrics: &Metrics,
-) {
+fn infer(jobs: Vec<Job>, images: usize, model: &Inference, policy: BatchPolicy, metrics: &Metrics) {
     let now = Instant::now();
     let mut pixels = Vec::with_capacity(images * IMAGE_FLOATS);
     for job in &jobs {
@@ -147,7 +139,7 @@ fn infer(
     }
     metrics.batch_size.observe(images as f64);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        predict(model, to_tensor(pixels, images, device), policy.top_k)
+        model.predict(&pixels, policy.top_k)
     }));
     match result {
         Ok(mut preds) => {

@@ -21,8 +21,7 @@ use actix_cors::Cors;
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
-use burn::prelude::Device;
-use model::{Backend, Cnn, Preprocessor, RecordMeta};
+use model::{Backend, Inference, Preprocessor, RecordMeta};
 
 use crate::engine::{BatchPolicy, Engine};
 use crate::metrics::Metrics;
@@ -86,11 +85,9 @@ pub struct AppState {
 
 /// The model to serve and where it came from.
 pub struct Loaded {
-    pub model: Cnn,
+    pub inference: Inference,
     pub meta: RecordMeta,
     pub source: String,
-    pub backend: Backend,
-    pub device: Device,
 }
 
 /// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned) and
@@ -101,13 +98,14 @@ pub fn serve(
     config: ServerConfig,
 ) -> std::io::Result<Server> {
     let metrics = Arc::new(Metrics::default());
-    let engine = Engine::start(loaded.model, loaded.device, config.batch, metrics.clone());
+    let backend = loaded.inference.backend();
+    let engine = Engine::start(loaded.inference, config.batch, metrics.clone());
     let state = web::Data::new(AppState {
         engine,
         metrics,
         meta: loaded.meta,
         model_source: loaded.source,
-        backend: loaded.backend,
+        backend,
         preprocessor: Preprocessor::new(config.max_pixels),
         config: config.clone(),
     });

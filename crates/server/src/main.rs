@@ -25,8 +25,8 @@ struct Args {
     /// Record to serve (default: the trained model built into this binary).
     #[arg(long, env = "CNN_MODEL")]
     model: Option<PathBuf>,
-    /// Compute backend.
-    #[arg(long, env = "CNN_BACKEND", default_value_t = Backend::default())]
+    /// Compute backend: `fast` (CPU fast path, the default), or a Burn backend compiled in.
+    #[arg(long, env = "CNN_BACKEND", default_value_t = Backend::default_inference())]
     backend: Backend,
     /// HTTP worker threads.
     #[arg(long, env = "CNN_WORKERS", default_value_t = 2)]
@@ -115,11 +115,9 @@ fn main() -> Result<()> {
         args.backend
     );
     let loaded = Loaded {
-        model,
+        inference: model::Inference::new(model, args.backend)?,
         meta,
         source,
-        backend: args.backend,
-        device,
     };
     actix_web::rt::System::new()
         .block_on(async move { server::serve(listener, loaded, config)?.await })?;

@@ -27,7 +27,7 @@ fn info_endpoints() {
     let info: serde_json::Value = serde_json::from_str(&get(&s, "/model/info").1).unwrap();
     assert_eq!(info["total_parameters"], 825_398);
     assert_eq!(info["input_size"], serde_json::json!([64, 64, 3]));
-    assert_eq!(info["backend"], Backend::default().name());
+    assert_eq!(info["backend"], Backend::default_inference().name());
     let classes: serde_json::Value = serde_json::from_str(&get(&s, "/classes").1).unwrap();
     assert_eq!(classes["num_classes"], 10);
     assert_eq!(classes["classes"][0], "airplane");
@@ -62,7 +62,8 @@ fn info_endpoints() {
     assert_eq!(missing.content_type, "application/problem+json");
 }
 
-/// The server's answer for a real CIFAR image equals the model run in-process on the same bytes.
+/// The server's answer for a real CIFAR image equals the model run in-process on the same
+/// bytes by the reference Burn backend (the server runs the fast path).
 #[test]
 fn classify_real_cifar_images_matches_in_process_model() {
     let s = start(ServerConfig::default());

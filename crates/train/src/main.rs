@@ -60,7 +60,7 @@ struct Args {
     /// Data-loader threads.
     #[arg(long, default_value_t = 1)]
     workers: usize,
-    /// Compute backend (flex, ndarray, wgpu: those compiled in).
+    /// Compute backend (flex, ndarray, wgpu: those compiled in; not the inference-only `fast`).
     #[arg(long, default_value_t = Backend::default())]
     backend: Backend,
     /// What to do with an unreadable image or a truncated batch file.

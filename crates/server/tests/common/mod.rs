@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
-use model::{Backend, Cnn, RecordMeta, default_config};
+use model::{Backend, Cnn, Inference, RecordMeta, default_config};
 use server::{Loaded, LogFormat, ServerConfig};
 
 pub struct TestServer {
@@ -22,20 +22,19 @@ impl Drop for TestServer {
     }
 }
 
-/// Starts a server on weights made here, waits until `/ready`.
+/// Starts a server on weights made here, with the default (production) inference backend;
+/// waits until `/ready`.
 pub fn start(mut config: ServerConfig) -> TestServer {
     config.log = LogFormat::Off;
-    let backend = Backend::default();
+    let backend = Backend::default_inference();
     let device = backend.device();
     let model = default_config().init(&device);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let loaded = Loaded {
-        model: model.clone(),
+        inference: Inference::new(model.clone(), backend).unwrap(),
         meta: RecordMeta::default(),
         source: "test weights".into(),
-        backend,
-        device,
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -1,0 +1,41 @@
+//! Forward pass of the fast path at batch 1, 16 and 64 (random weights: speed does not depend
+//! on their values). The same batches through Burn are in `cargo bench -p model --bench inference`.
+//!
+//!     cargo bench -p fastcnn
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use fastcnn::{FastCnn, IMAGE_FLOATS, Weights};
+
+fn filled(n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 255) as f32 / 127.5 * scale - scale)
+        .collect()
+}
+
+fn forward(c: &mut Criterion) {
+    let net = FastCnn::new(Weights {
+        conv1_weight: filled(16 * 3 * 9, 0.3),
+        conv1_bias: filled(16, 0.1),
+        conv2_weight: filled(32 * 16 * 9, 0.1),
+        conv2_bias: filled(32, 0.1),
+        fc1_weight: filled(8192 * 100, 0.01),
+        fc1_bias: filled(100, 0.1),
+        fc2_weight: filled(100 * 10, 0.1),
+        fc2_bias: filled(10, 0.1),
+    })
+    .expect("weights sized for the architecture");
+    let mut group = c.benchmark_group("fastcnn");
+    for batch in [1usize, 16, 64] {
+        let images = filled(batch * IMAGE_FLOATS, 1.0);
+        group.throughput(Throughput::Elements(batch as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(batch), &images, |b, x| {
+            b.iter(|| black_box(net.forward(x)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, forward);
+criterion_main!(benches);

@@ -1,0 +1,453 @@
+//! A CPU fast path for the forward pass of the CIFAR-10 CNN
+//! (conv 3→16 → ReLU → pool → conv 16→32 → ReLU → pool → fc 8192→hidden → ReLU → fc → classes).
+//!
+//! Burn's CPU backend spends most of this small network's time outside matrix multiplication
+//! (layout conversions, per-tile dispatch, separate passes for bias, ReLU and pooling). Here each
+//! convolution is one im2col copy plus one GEMM per image, bias + ReLU + 2×2 max-pool run as a
+//! single pass, the images of a batch are spread over rayon's threads, and the fully connected
+//! layers run once for the whole batch so that fc1's 3.3 MB of weights are read once per batch.
+//!
+//! The crate knows nothing about Burn: it takes plain weight arrays in Burn's (and PyTorch's)
+//! layouts. The `model` crate builds it from the one network definition and tests its logits
+//! against the reference backend; the tests here check each kernel against naive loops.
+
+use std::cell::RefCell;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Side of the square input image.
+pub const INPUT_SIZE: usize = 64;
+/// Floats in one preprocessed image (3 × 64 × 64, channel-major).
+pub const IMAGE_FLOATS: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+
+const C0: usize = 3;
+const C1: usize = 16;
+const C2: usize = 32;
+const S1: usize = INPUT_SIZE; // conv1 works at 64×64
+const S2: usize = INPUT_SIZE / 2; // conv2 at 32×32
+const FEATURES: usize = C2 * (INPUT_SIZE / 4) * (INPUT_SIZE / 4);
+
+/// The network's parameters, each flattened row-major in Burn's layout: conv weights
+/// `[out, in, 3, 3]`, linear weights `[in, out]` (the transpose of PyTorch's), biases `[out]`.
+#[derive(Debug, Clone)]
+pub struct Weights {
+    pub conv1_weight: Vec<f32>,
+    pub conv1_bias: Vec<f32>,
+    pub conv2_weight: Vec<f32>,
+    pub conv2_bias: Vec<f32>,
+    pub fc1_weight: Vec<f32>,
+    pub fc1_bias: Vec<f32>,
+    pub fc2_weight: Vec<f32>,
+    pub fc2_bias: Vec<f32>,
+}
+
+/// A weight array does not have the size the architecture needs.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name} has {got} values, the architecture needs {expected}")]
+pub struct ShapeError {
+    pub name: &'static str,
+    pub expected: usize,
+    pub got: usize,
+}
+
+/// The network, ready to run.
+#[derive(Debug, Clone)]
+pub struct FastCnn {
+    w: Weights,
+    hidden: usize,
+    classes: usize,
+}
+
+impl FastCnn {
+    /// Checks every array's size; the hidden width and class count come from the biases.
+    pub fn new(w: Weights) -> Result<Self, ShapeError> {
+        let hidden = w.fc1_bias.len();
+        let classes = w.fc2_bias.len();
+        let check = |name, got: usize, expected| {
+            if got == expected && expected > 0 {
+                Ok(())
+            } else {
+                Err(ShapeError {
+                    name,
+                    expected,
+                    got,
+                })
+            }
+        };
+        check("conv1.weight", w.conv1_weight.len(), C1 * C0 * 9)?;
+        check("conv1.bias", w.conv1_bias.len(), C1)?;
+        check("conv2.weight", w.conv2_weight.len(), C2 * C1 * 9)?;
+        check("conv2.bias", w.conv2_bias.len(), C2)?;
+        check("fc1.bias", hidden, hidden.max(1))?;
+        check("fc1.weight", w.fc1_weight.len(), FEATURES * hidden)?;
+        check("fc2.bias", classes, classes.max(1))?;
+        check("fc2.weight", w.fc2_weight.len(), hidden * classes)?;
+        Ok(Self { w, hidden, classes })
+    }
+
+    /// Number of logits per image.
+    pub fn num_classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Logits (`n × classes`, row-major) for `images`: `n` preprocessed images of
+    /// [`IMAGE_FLOATS`] values each, back to back. A trailing partial image is ignored.
+    pub fn forward(&self, images: &[f32]) -> Vec<f32> {
+        let n = images.len() / IMAGE_FLOATS;
+        let mut features = vec![0.0f32; n * FEATURES];
+        // One image alone: let the GEMMs use both cores. Several: one image per thread.
+        let inner = if n == 1 {
+            Parallelism::Rayon(0)
+        } else {
+            Parallelism::None
+        };
+        features
+            .par_chunks_mut(FEATURES)
+            .zip(images.par_chunks_exact(IMAGE_FLOATS))
+            .for_each(|(out, image)| {
+                SCRATCH.with_borrow_mut(|s| self.conv_features(image, s, out, inner))
+            });
+
+        let mut hidden = vec![0.0f32; n * self.hidden];
+        matmul(
+            n,
+            self.hidden,
+            FEATURES,
+            &features,
+            &self.w.fc1_weight,
+            &mut hidden,
+            Parallelism::Rayon(0),
+        );
+        for row in hidden.chunks_exact_mut(self.hidden) {
+            for (h, b) in row.iter_mut().zip(&self.w.fc1_bias) {
+                *h = (*h + b).max(0.0);
+            }
+        }
+        let mut logits = vec![0.0f32; n * self.classes];
+        matmul(
+            n,
+            self.classes,
+            self.hidden,
+            &hidden,
+            &self.w.fc2_weight,
+            &mut logits,
+            Parallelism::None,
+        );
+        for row in logits.chunks_exact_mut(self.classes) {
+            for (l, b) in row.iter_mut().zip(&self.w.fc2_bias) {
+                *l += b;
+            }
+        }
+        logits
+    }
+
+    /// Both convolution blocks for one image, writing its 8,192 flattened features.
+    fn conv_features(&self, image: &[f32], s: &mut Scratch, out: &mut [f32], par: Parallelism) {
+        im2col_3x3(image, C0, S1, S1, &mut s.cols1);
+        matmul(
+            C1,
+            S1 * S1,
+            C0 * 9,
+            &self.w.conv1_weight,
+            &s.cols1,
+            &mut s.conv1,
+            par,
+        );
+        bias_relu_pool(&s.conv1, C1, S1, S1, &self.w.conv1_bias, &mut s.pooled1);
+        im2col_3x3(&s.pooled1, C1, S2, S2, &mut s.cols2);
+        matmul(
+            C2,
+            S2 * S2,
+            C1 * 9,
+            &self.w.conv2_weight,
+            &s.cols2,
+            &mut s.conv2,
+            par,
+        );
+        bias_relu_pool(&s.conv2, C2, S2, S2, &self.w.conv2_bias, out);
+    }
+}
+
+/// Per-thread buffers, allocated once per thread rather than once per image.
+struct Scratch {
+    cols1: Vec<f32>,
+    conv1: Vec<f32>,
+    pooled1: Vec<f32>,
+    cols2: Vec<f32>,
+    conv2: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        cols1: vec![0.0; C0 * 9 * S1 * S1],
+        conv1: vec![0.0; C1 * S1 * S1],
+        pooled1: vec![0.0; C1 * S2 * S2],
+        cols2: vec![0.0; C1 * 9 * S2 * S2],
+        conv2: vec![0.0; C2 * S2 * S2],
+    });
+}
+
+/// `c = a · b` for row-major `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`).
+fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above keep every index the strides describe inside the three slices,
+    // `c` is borrowed mutably so it aliases neither input, and `read_dst = false` means `c`'s
+    // old contents are never read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        )
+    }
+}
+
+/// Unfolds a `c × h × w` image for a 3×3 convolution with stride 1 and padding 1:
+/// row `ci·9 + kh·3 + kw` holds the input shifted by `(kh - 1, kw - 1)`, zeros outside.
+fn im2col_3x3(input: &[f32], c: usize, h: usize, w: usize, cols: &mut [f32]) {
+    let hw = h * w;
+    for ci in 0..c {
+        let plane = &input[ci * hw..(ci + 1) * hw];
+        for kh in 0..3 {
+            for kw in 0..3 {
+                let row = &mut cols[(ci * 9 + kh * 3 + kw) * hw..][..hw];
+                for y in 0..h {
+                    let dst = &mut row[y * w..(y + 1) * w];
+                    let Some(sy) = (y + kh).checked_sub(1).filter(|&sy| sy < h) else {
+                        dst.fill(0.0);
+                        continue;
+                    };
+                    let src = &plane[sy * w..(sy + 1) * w];
+                    match kw {
+                        0 => {
+                            dst[0] = 0.0;
+                            dst[1..].copy_from_slice(&src[..w - 1]);
+                        }
+                        1 => dst.copy_from_slice(src),
+                        _ => {
+                            dst[..w - 1].copy_from_slice(&src[1..]);
+                            dst[w - 1] = 0.0;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the channel bias, applies ReLU and 2×2 max-pooling (stride 2) in one pass.
+/// Pooling first is exact: adding the same bias and ReLU are both monotonic, so they commute
+/// with `max`.
+fn bias_relu_pool(input: &[f32], c: usize, h: usize, w: usize, bias: &[f32], out: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    for ch in 0..c {
+        let plane = &input[ch * h * w..(ch + 1) * h * w];
+        let dst = &mut out[ch * oh * ow..(ch + 1) * oh * ow];
+        for y in 0..oh {
+            let r0 = &plane[2 * y * w..(2 * y + 1) * w];
+            let r1 = &plane[(2 * y + 1) * w..(2 * y + 2) * w];
+            for (x, d) in dst[y * ow..(y + 1) * ow].iter_mut().enumerate() {
+                let m = r0[2 * x]
+                    .max(r0[2 * x + 1])
+                    .max(r1[2 * x])
+                    .max(r1[2 * x + 1]);
+                *d = (m + bias[ch]).max(0.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn weights(hidden: usize, classes: usize) -> Weights {
+        Weights {
+            conv1_weight: values(C1 * C0 * 9, 1),
+            conv1_bias: values(C1, 2),
+            conv2_weight: values(C2 * C1 * 9, 3).iter().map(|v| v * 0.3).collect(),
+            conv2_bias: values(C2, 4),
+            fc1_weight: values(FEATURES * hidden, 5)
+                .iter()
+                .map(|v| v * 0.02)
+                .collect(),
+            fc1_bias: values(hidden, 6),
+            fc2_weight: values(hidden * classes, 7),
+            fc2_bias: values(classes, 8),
+        }
+    }
+
+    /// Direct 3×3 convolution, padding 1, then ReLU, then 2×2 max-pool: the textbook loops.
+    fn naive_conv_block(
+        x: &[f32],
+        cin: usize,
+        cout: usize,
+        s: usize,
+        w: &[f32],
+        b: &[f32],
+    ) -> Vec<f32> {
+        let mut conv = vec![0.0f32; cout * s * s];
+        for co in 0..cout {
+            for y in 0..s {
+                for xx in 0..s {
+                    let mut acc = b[co] as f64;
+                    for ci in 0..cin {
+                        for kh in 0..3 {
+                            for kw in 0..3 {
+                                let (sy, sx) =
+                                    (y as isize + kh as isize - 1, xx as isize + kw as isize - 1);
+                                if sy >= 0 && sx >= 0 && (sy as usize) < s && (sx as usize) < s {
+                                    acc += (w[((co * cin + ci) * 3 + kh) * 3 + kw]
+                                        * x[(ci * s + sy as usize) * s + sx as usize])
+                                        as f64;
+                                }
+                            }
+                        }
+                    }
+                    conv[(co * s + y) * s + xx] = (acc as f32).max(0.0);
+                }
+            }
+        }
+        let h = s / 2;
+        let mut out = vec![0.0f32; cout * h * h];
+        for co in 0..cout {
+            for y in 0..h {
+                for xx in 0..h {
+                    let at = |dy: usize, dx: usize| conv[(co * s + 2 * y + dy) * s + 2 * xx + dx];
+                    out[(co * h + y) * h + xx] = at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1));
+                }
+            }
+        }
+        out
+    }
+
+    fn naive_forward(w: &Weights, image: &[f32]) -> Vec<f32> {
+        let hidden = w.fc1_bias.len();
+        let classes = w.fc2_bias.len();
+        let p1 = naive_conv_block(image, C0, C1, S1, &w.conv1_weight, &w.conv1_bias);
+        let f = naive_conv_block(&p1, C1, C2, S2, &w.conv2_weight, &w.conv2_bias);
+        let h: Vec<f32> = (0..hidden)
+            .map(|j| {
+                let s: f64 = (0..FEATURES)
+                    .map(|i| (f[i] * w.fc1_weight[i * hidden + j]) as f64)
+                    .sum();
+                ((s + w.fc1_bias[j] as f64) as f32).max(0.0)
+            })
+            .collect();
+        (0..classes)
+            .map(|j| {
+                let s: f64 = (0..hidden)
+                    .map(|i| (h[i] * w.fc2_weight[i * classes + j]) as f64)
+                    .sum();
+                (s + w.fc2_bias[j] as f64) as f32
+            })
+            .collect()
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], tol: f32) {
+        assert_eq!(got.len(), want.len());
+        let worst = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= tol, "max |difference| {worst} > {tol}");
+    }
+
+    #[test]
+    fn matches_naive_loops_for_single_images_and_batches() {
+        let w = weights(100, 10);
+        let net = FastCnn::new(w.clone()).unwrap();
+        for n in [1usize, 2, 5] {
+            let images = values(n * IMAGE_FLOATS, 100 + n as u64);
+            let got = net.forward(&images);
+            let want: Vec<f32> = images
+                .chunks_exact(IMAGE_FLOATS)
+                .flat_map(|img| naive_forward(&w, img))
+                .collect();
+            assert_close(&got, &want, 1e-3);
+        }
+    }
+
+    #[test]
+    fn hidden_width_and_class_count_follow_the_weights() {
+        let w = weights(7, 3);
+        let net = FastCnn::new(w.clone()).unwrap();
+        assert_eq!(net.num_classes(), 3);
+        let image = values(IMAGE_FLOATS, 9);
+        assert_close(&net.forward(&image), &naive_forward(&w, &image), 1e-3);
+    }
+
+    #[test]
+    fn empty_input_gives_no_logits_and_partial_images_are_ignored() {
+        let net = FastCnn::new(weights(100, 10)).unwrap();
+        assert!(net.forward(&[]).is_empty());
+        assert_eq!(net.forward(&values(IMAGE_FLOATS + 5, 1)).len(), 10);
+    }
+
+    #[test]
+    fn rejects_weights_of_the_wrong_size() {
+        let mut w = weights(100, 10);
+        w.conv2_weight.pop();
+        assert_eq!(
+            FastCnn::new(w).unwrap_err(),
+            ShapeError {
+                name: "conv2.weight",
+                expected: C2 * C1 * 9,
+                got: C2 * C1 * 9 - 1
+            }
+        );
+        let mut w = weights(100, 10);
+        w.fc1_weight.truncate(10);
+        assert_eq!(FastCnn::new(w).unwrap_err().name, "fc1.weight");
+    }
+
+    #[test]
+    fn im2col_shifts_with_zero_padding() {
+        // One 3×3 channel holding 1..=9.
+        let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
+        let mut cols = vec![f32::NAN; 9 * 9];
+        im2col_3x3(&input, 1, 3, 3, &mut cols);
+        // Row (kh=0, kw=0) reads (y-1, x-1).
+        assert_eq!(&cols[0..9], &[0., 0., 0., 0., 1., 2., 0., 4., 5.]);
+        // Row (kh=1, kw=1) is the image itself.
+        assert_eq!(&cols[4 * 9..5 * 9], input.as_slice());
+        // Row (kh=2, kw=2) reads (y+1, x+1).
+        assert_eq!(&cols[8 * 9..9 * 9], &[5., 6., 0., 8., 9., 0., 0., 0., 0.]);
+    }
+}
