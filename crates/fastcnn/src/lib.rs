@@ -12,6 +12,7 @@
 //! against the reference backend; the tests here check each kernel against naive loops.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -54,7 +55,12 @@ pub struct ShapeError {
 /// The network, ready to run.
 #[derive(Debug, Clone)]
 pub struct FastCnn {
-    w: Weights,
+    conv1: ConvBlock,
+    conv2: ConvBlock,
+    fc1_weight: Vec<f32>,
+    fc1_bias: Vec<f32>,
+    fc2_weight: Vec<f32>,
+    fc2_bias: Vec<f32>,
     hidden: usize,
     classes: usize,
 }
@@ -83,7 +89,28 @@ impl FastCnn {
         check("fc1.weight", w.fc1_weight.len(), FEATURES * hidden)?;
         check("fc2.bias", classes, classes.max(1))?;
         check("fc2.weight", w.fc2_weight.len(), hidden * classes)?;
-        Ok(Self { w, hidden, classes })
+        Ok(Self {
+            conv1: ConvBlock {
+                cin: C0,
+                cout: C1,
+                size: S1,
+                weight: w.conv1_weight,
+                bias: w.conv1_bias,
+            },
+            conv2: ConvBlock {
+                cin: C1,
+                cout: C2,
+                size: S2,
+                weight: w.conv2_weight,
+                bias: w.conv2_bias,
+            },
+            fc1_weight: w.fc1_weight,
+            fc1_bias: w.fc1_bias,
+            fc2_weight: w.fc2_weight,
+            fc2_bias: w.fc2_bias,
+            hidden,
+            classes,
+        })
     }
 
     /// Number of logits per image.
@@ -96,18 +123,20 @@ impl FastCnn {
     pub fn forward(&self, images: &[f32]) -> Vec<f32> {
         let n = images.len() / IMAGE_FLOATS;
         let mut features = vec![0.0f32; n * FEATURES];
-        // One image alone: let the GEMMs use both cores. Several: one image per thread.
-        let inner = if n == 1 {
-            Parallelism::Rayon(0)
+        if n == 1 {
+            // One image alone: split each convolution into a top and a bottom half, one per
+            // core. (gemm's own threading measured slower than one thread at these sizes.)
+            self.conv_features_split(images, &mut features);
         } else {
-            Parallelism::None
-        };
-        features
-            .par_chunks_mut(FEATURES)
-            .zip(images.par_chunks_exact(IMAGE_FLOATS))
-            .for_each(|(out, image)| {
-                SCRATCH.with_borrow_mut(|s| self.conv_features(image, s, out, inner))
-            });
+            features
+                .par_chunks_mut(FEATURES)
+                .zip(images.par_chunks_exact(IMAGE_FLOATS))
+                .for_each(|(out, image)| {
+                    let p1 = &mut [0.0f32; C1 * S2 * S2][..];
+                    self.conv1.run(image, 0..S1, p1);
+                    self.conv2.run(p1, 0..S2, out);
+                });
+        }
 
         let mut hidden = vec![0.0f32; n * self.hidden];
         matmul(
@@ -115,12 +144,17 @@ impl FastCnn {
             self.hidden,
             FEATURES,
             &features,
-            &self.w.fc1_weight,
+            &self.fc1_weight,
             &mut hidden,
-            Parallelism::Rayon(0),
+            // Worth both cores for a batch; for one image it measured the same either way.
+            if n > 1 {
+                Parallelism::Rayon(0)
+            } else {
+                Parallelism::None
+            },
         );
         for row in hidden.chunks_exact_mut(self.hidden) {
-            for (h, b) in row.iter_mut().zip(&self.w.fc1_bias) {
+            for (h, b) in row.iter_mut().zip(&self.fc1_bias) {
                 *h = (*h + b).max(0.0);
             }
         }
@@ -130,61 +164,92 @@ impl FastCnn {
             self.classes,
             self.hidden,
             &hidden,
-            &self.w.fc2_weight,
+            &self.fc2_weight,
             &mut logits,
             Parallelism::None,
         );
         for row in logits.chunks_exact_mut(self.classes) {
-            for (l, b) in row.iter_mut().zip(&self.w.fc2_bias) {
+            for (l, b) in row.iter_mut().zip(&self.fc2_bias) {
                 *l += b;
             }
         }
         logits
     }
 
-    /// Both convolution blocks for one image, writing its 8,192 flattened features.
-    fn conv_features(&self, image: &[f32], s: &mut Scratch, out: &mut [f32], par: Parallelism) {
-        im2col_3x3(image, C0, S1, S1, &mut s.cols1);
-        matmul(
-            C1,
-            S1 * S1,
-            C0 * 9,
-            &self.w.conv1_weight,
-            &s.cols1,
-            &mut s.conv1,
-            par,
-        );
-        bias_relu_pool(&s.conv1, C1, S1, S1, &self.w.conv1_bias, &mut s.pooled1);
-        im2col_3x3(&s.pooled1, C1, S2, S2, &mut s.cols2);
-        matmul(
-            C2,
-            S2 * S2,
-            C1 * 9,
-            &self.w.conv2_weight,
-            &s.cols2,
-            &mut s.conv2,
-            par,
-        );
-        bias_relu_pool(&s.conv2, C2, S2, S2, &self.w.conv2_bias, out);
+    /// Both convolution blocks of one image, each computed as two bands of output rows in
+    /// parallel; the second block needs all of the first's output, hence two joins.
+    fn conv_features_split(&self, image: &[f32], features: &mut [f32]) {
+        let p1 = self.conv1.run_halves(image);
+        let f = self.conv2.run_halves(&p1);
+        features.copy_from_slice(&f);
     }
 }
 
-/// Per-thread buffers, allocated once per thread rather than once per image.
+/// A 3×3 convolution (stride 1, padding 1) followed by bias, ReLU and 2×2 max-pooling, on a
+/// square `cin × size × size` input.
+#[derive(Debug, Clone)]
+struct ConvBlock {
+    cin: usize,
+    cout: usize,
+    size: usize,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl ConvBlock {
+    /// Computes the pooled output for the conv output rows `rows` (an even-aligned band) and
+    /// writes it to `out`, laid out `cout × rows.len()/2 × size/2`.
+    fn run(&self, input: &[f32], rows: Range<usize>, out: &mut [f32]) {
+        let band = rows.len() * self.size;
+        SCRATCH.with_borrow_mut(|s| {
+            let cols = &mut s.cols[..self.cin * 9 * band];
+            let conv = &mut s.conv[..self.cout * band];
+            im2col_3x3(input, self.cin, self.size, rows.clone(), cols);
+            matmul(
+                self.cout,
+                band,
+                self.cin * 9,
+                &self.weight,
+                cols,
+                conv,
+                Parallelism::None,
+            );
+            bias_relu_pool(conv, self.cout, rows.len(), self.size, &self.bias, out);
+        });
+    }
+
+    /// [`ConvBlock::run`] over the whole input as two halves on two threads.
+    fn run_halves(&self, input: &[f32]) -> Vec<f32> {
+        let half = self.size / 2;
+        let band_out = self.cout * (half / 2) * (self.size / 2);
+        let mut top = vec![0.0f32; band_out];
+        let mut bottom = vec![0.0f32; band_out];
+        rayon::join(
+            || self.run(input, 0..half, &mut top),
+            || self.run(input, half..self.size, &mut bottom),
+        );
+        // Interleave the bands back into channel-major planes.
+        let plane = band_out / self.cout;
+        let mut out = Vec::with_capacity(2 * band_out);
+        for ch in 0..self.cout {
+            out.extend_from_slice(&top[ch * plane..(ch + 1) * plane]);
+            out.extend_from_slice(&bottom[ch * plane..(ch + 1) * plane]);
+        }
+        out
+    }
+}
+
+/// Per-thread buffers, allocated once per thread rather than once per image; sized for the
+/// larger of the two blocks.
 struct Scratch {
-    cols1: Vec<f32>,
-    conv1: Vec<f32>,
-    pooled1: Vec<f32>,
-    cols2: Vec<f32>,
-    conv2: Vec<f32>,
+    cols: Vec<f32>,
+    conv: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        cols1: vec![0.0; C0 * 9 * S1 * S1],
-        conv1: vec![0.0; C1 * S1 * S1],
-        pooled1: vec![0.0; C1 * S2 * S2],
-        cols2: vec![0.0; C1 * 9 * S2 * S2],
-        conv2: vec![0.0; C2 * S2 * S2],
+        cols: vec![0.0; (C0 * 9 * S1 * S1).max(C1 * 9 * S2 * S2)],
+        conv: vec![0.0; (C1 * S1 * S1).max(C2 * S2 * S2)],
     });
 }
 
@@ -222,18 +287,20 @@ fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], par
     }
 }
 
-/// Unfolds a `c × h × w` image for a 3×3 convolution with stride 1 and padding 1:
-/// row `ci·9 + kh·3 + kw` holds the input shifted by `(kh - 1, kw - 1)`, zeros outside.
-fn im2col_3x3(input: &[f32], c: usize, h: usize, w: usize, cols: &mut [f32]) {
-    let hw = h * w;
+/// Unfolds the output rows `rows` of a `c × size × size` image for a 3×3 convolution with
+/// stride 1 and padding 1: row `ci·9 + kh·3 + kw` holds the input shifted by
+/// `(kh - 1, kw - 1)`, zeros outside the image.
+fn im2col_3x3(input: &[f32], c: usize, size: usize, rows: Range<usize>, cols: &mut [f32]) {
+    let (w, plane_len) = (size, size * size);
+    let band = rows.len() * w;
     for ci in 0..c {
-        let plane = &input[ci * hw..(ci + 1) * hw];
+        let plane = &input[ci * plane_len..(ci + 1) * plane_len];
         for kh in 0..3 {
             for kw in 0..3 {
-                let row = &mut cols[(ci * 9 + kh * 3 + kw) * hw..][..hw];
-                for y in 0..h {
-                    let dst = &mut row[y * w..(y + 1) * w];
-                    let Some(sy) = (y + kh).checked_sub(1).filter(|&sy| sy < h) else {
+                let row = &mut cols[(ci * 9 + kh * 3 + kw) * band..][..band];
+                for (i, y) in rows.clone().enumerate() {
+                    let dst = &mut row[i * w..(i + 1) * w];
+                    let Some(sy) = (y + kh).checked_sub(1).filter(|&sy| sy < size) else {
                         dst.fill(0.0);
                         continue;
                     };
@@ -442,12 +509,17 @@ mod tests {
         // One 3×3 channel holding 1..=9.
         let input: Vec<f32> = (1..=9).map(|v| v as f32).collect();
         let mut cols = vec![f32::NAN; 9 * 9];
-        im2col_3x3(&input, 1, 3, 3, &mut cols);
+        im2col_3x3(&input, 1, 3, 0..3, &mut cols);
         // Row (kh=0, kw=0) reads (y-1, x-1).
         assert_eq!(&cols[0..9], &[0., 0., 0., 0., 1., 2., 0., 4., 5.]);
         // Row (kh=1, kw=1) is the image itself.
         assert_eq!(&cols[4 * 9..5 * 9], input.as_slice());
         // Row (kh=2, kw=2) reads (y+1, x+1).
         assert_eq!(&cols[8 * 9..9 * 9], &[5., 6., 0., 8., 9., 0., 0., 0., 0.]);
+        // A band of output rows 1..3 sees the rows above it, not zeros.
+        let mut band = vec![f32::NAN; 9 * 6];
+        im2col_3x3(&input, 1, 3, 1..3, &mut band);
+        assert_eq!(&band[0..6], &[0., 1., 2., 0., 4., 5.]);
+        assert_eq!(&band[8 * 6..9 * 6], &[8., 9., 0., 0., 0., 0.]);
     }
 }
