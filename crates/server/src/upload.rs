@@ -1,9 +1,11 @@
 //! Reading uploads: multipart fields or a raw image body, within the configured limits.
 
 use actix_multipart::Multipart;
+use actix_web::HttpRequest;
+use actix_web::error::PayloadError;
 use actix_web::http::header;
-use actix_web::{HttpRequest, web};
-use futures_util::StreamExt;
+use actix_web::web::Bytes;
+use futures_util::{Stream, StreamExt};
 
 use crate::problem::ApiError;
 
@@ -25,12 +27,16 @@ pub struct UploadLimits {
 
 /// Reads the files sent in multipart field `field`, or a raw `image/*` (or
 /// `application/octet-stream`) body as one file named by the `X-Filename` header.
-pub async fn read(
+/// `payload` is the request body (`web::Payload` in a handler; any byte stream in the fuzzer).
+pub async fn read<S>(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: S,
     field: &'static str,
     limits: UploadLimits,
-) -> Result<Vec<Upload>, ApiError> {
+) -> Result<Vec<Upload>, ApiError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+{
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -65,7 +71,10 @@ pub async fn read(
     }
 }
 
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
+async fn read_body<S>(mut payload: S, limit: usize) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
