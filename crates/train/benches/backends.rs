@@ -1,5 +1,6 @@
 //! Inference (batch 1, 16, 64) and one Adam training step (batch 64) on every CPU backend
-//! compiled in. Build both CPU backends to compare them:
+//! compiled in, the inference-only fast path included. Build both Burn CPU backends to
+//! compare them:
 //!
 //!     cargo bench -p train --features ndarray --bench backends
 
@@ -8,7 +9,7 @@ use std::hint::black_box;
 use burn::optim::AdamConfig;
 use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use model::{Backend, default_config};
+use model::{Backend, IMAGE_FLOATS, Inference, default_config};
 use train::batcher::CifarBatch;
 use train::learner::Classifier;
 
@@ -26,19 +27,16 @@ fn inference(c: &mut Criterion) {
         .filter(|b| *b != Backend::Wgpu)
     {
         let device = backend.device();
-        let net = default_config().init(&device);
+        let net = Inference::new(default_config().init(&device), backend).unwrap();
         for batch in [1usize, 16, 64] {
-            let x = images(batch, &device);
+            let pixels = images(batch, &device)
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            assert_eq!(pixels.len(), batch * IMAGE_FLOATS);
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new(backend.name(), batch), &batch, |b, _| {
-                b.iter(|| {
-                    let logits: Vec<f32> = net
-                        .forward(x.clone())
-                        .into_data()
-                        .try_to_vec::<f32>()
-                        .unwrap();
-                    black_box(logits)
-                })
+                b.iter(|| black_box(net.logits(&pixels)))
             });
         }
     }
@@ -50,7 +48,7 @@ fn train_step(c: &mut Criterion) {
     group.sample_size(20);
     for backend in Backend::available()
         .into_iter()
-        .filter(|b| *b != Backend::Wgpu)
+        .filter(|b| *b != Backend::Wgpu && b.trains())
     {
         let device = backend.device().autodiff();
         let batch = 64;
