@@ -1,6 +1,6 @@
 //! Arbitrary request bodies through the server's upload reader (multipart parsing with its
 //! field, file-count and size limits, or a raw image body), delivered in chunks of arbitrary
-//! sizes. The first input byte picks the content type and the chunking.
+//! sizes. The first input byte picks the content type, the chunk size and the field.
 #![no_main]
 
 use actix_web::error::PayloadError;
@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         body: 4096,
         files: 3,
     };
-    let field = if selector & 1 == 0 { "file" } else { "files" };
+    let field = if selector & 0x80 == 0 { "file" } else { "files" };
     if let Ok(files) = futures::executor::block_on(read(&req, stream::iter(chunks), field, limits)) {
         assert!(!files.is_empty() && files.len() <= limits.files);
         assert!(files.iter().map(|f| f.bytes.len()).sum::<usize>() <= limits.body);
