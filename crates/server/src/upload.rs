@@ -5,7 +5,10 @@ use actix_web::HttpRequest;
 use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::web::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::{Stream, StreamExt, future, stream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 
 use crate::problem::ApiError;
 
@@ -50,7 +53,20 @@ where
         .trim()
         .to_string();
     if essence == "multipart/form-data" {
-        read_multipart(Multipart::new(req.headers(), payload), field, limits).await
+        // Notes when the body has ended: see `next_or_cut`.
+        let ended = Arc::new(AtomicBool::new(false));
+        let flag = ended.clone();
+        let payload = payload.chain(stream::poll_fn(move |_| {
+            flag.store(true, Ordering::Release);
+            Poll::Ready(None)
+        }));
+        read_multipart(
+            Multipart::new(req.headers(), payload),
+            field,
+            limits,
+            &ended,
+        )
+        .await
     } else if essence.starts_with("image/") || essence == "application/octet-stream" {
         let filename = req
             .headers()
@@ -86,14 +102,33 @@ where
     Ok(body)
 }
 
+/// The next item of a multipart stream, or an error when the body has ended but the parser
+/// still waits for bytes. actix-multipart 0.7 waits forever on a body cut inside a part (found
+/// by `fuzz/fuzz_targets/upload.rs`): nothing would ever wake it, and the request would hold
+/// its connection until the request timeout.
+async fn next_or_cut<S: Stream + Unpin>(
+    items: &mut S,
+    ended: &AtomicBool,
+) -> Result<Option<S::Item>, ApiError> {
+    future::poll_fn(|cx| match items.poll_next_unpin(cx) {
+        Poll::Ready(item) => Poll::Ready(Ok(item)),
+        Poll::Pending if ended.load(Ordering::Acquire) => Poll::Ready(Err(ApiError::BadRequest(
+            "malformed multipart body: it ends before its closing boundary".into(),
+        ))),
+        Poll::Pending => Poll::Pending,
+    })
+    .await
+}
+
 async fn read_multipart(
     mut multipart: Multipart,
     field: &'static str,
     limits: UploadLimits,
+    ended: &AtomicBool,
 ) -> Result<Vec<Upload>, ApiError> {
     let mut total = 0usize;
     let mut uploads = Vec::new();
-    while let Some(part) = multipart.next().await {
+    while let Some(part) = next_or_cut(&mut multipart, ended).await? {
         let mut part =
             part.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
         let wanted = part.name() == Some(field);
@@ -107,7 +142,7 @@ async fn read_multipart(
             .and_then(|cd| cd.get_filename())
             .map(str::to_string);
         let mut bytes = Vec::new();
-        while let Some(chunk) = part.next().await {
+        while let Some(chunk) = next_or_cut(&mut part, ended).await? {
             let chunk = chunk
                 .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
             total += chunk.len();

@@ -159,3 +159,31 @@ fn hundreds_of_files_in_one_batch_are_refused() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["results"].as_array().unwrap().len(), 64);
 }
+
+/// Found by the upload fuzzer: a body that ends inside a part, without its closing boundary,
+/// used to wait for bytes that never come until the request timeout (408 after 30 s).
+#[test]
+fn multipart_body_cut_inside_a_part_is_a_bad_request() {
+    let s = start(ServerConfig::default());
+    let seed = include_bytes!("../../../fuzz/seeds/upload/body-cut-inside-a-part.bin");
+    // The fuzzer's first byte picks the content type (boundary `XyZ`); the rest is the body.
+    let r = post(
+        &s,
+        "/classify",
+        "multipart/form-data; boundary=XyZ",
+        &seed[1..],
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(problem_type(&r), "/problems/bad-request");
+    assert!(r.body.contains("closing boundary"), "{}", r.body);
+    let jpeg = testdata::images("test", 1).remove(0).bytes;
+    let mut cut = multipart(&[("file", "a.jpg", &jpeg)]);
+    cut.truncate(cut.len() - 10);
+    let r = post(
+        &s,
+        "/classify",
+        &format!("multipart/form-data; boundary={BOUNDARY}"),
+        &cut,
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+}
