@@ -21,6 +21,12 @@ const CONTENT_TYPES: [&str; 6] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
+    // libfuzzer-sys aborts on every panic, even one the code under test catches by design
+    // (decoders and the multipart parser are third-party code fed hostile bytes; a panic there
+    // is turned into an error). Restore the default hook: such panics are printed and the run
+    // goes on; a panic that escapes the code under test still aborts and is reported.
+    static DEFAULT_HOOK: std::sync::Once = std::sync::Once::new();
+    DEFAULT_HOOK.call_once(|| drop(std::panic::take_hook()));
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
