@@ -90,6 +90,24 @@ pub fn latest_complete(dir: &Path) -> Option<usize> {
         .max()
 }
 
+/// Deletes the temporary files of writes that a crash interrupted (`*.tmp-<pid>`); returns
+/// how many there were. They are never read, but would otherwise pile up across crashes.
+pub fn remove_partial(dir: &Path) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.rsplit_once('.')
+                    .is_some_and(|(_, ext)| ext.starts_with("tmp-"))
+            })
+        })
+        .filter(|e| fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +122,9 @@ mod tests {
         write_atomic(&part_path(&dir, "model", 2), b"x").unwrap();
         // A scratch file left by a kill mid-write does not count.
         fs::write(dir.join("optim-2.tmp-99"), b"partial").unwrap();
+        assert_eq!(latest_complete(&dir), Some(1));
+        assert_eq!(remove_partial(&dir), 1);
+        assert!(!dir.join("optim-2.tmp-99").exists());
         assert_eq!(latest_complete(&dir), Some(1));
         fs::remove_dir_all(dir).ok();
     }

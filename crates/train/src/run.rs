@@ -26,7 +26,7 @@ use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::batcher::CifarBatcher;
-use crate::checkpoint::{AtomicCheckpointer, latest_complete, write_atomic};
+use crate::checkpoint::{AtomicCheckpointer, latest_complete, remove_partial, write_atomic};
 use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
 use crate::learner::Classifier;
 use crate::progress::RunRenderer;
@@ -80,6 +80,10 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
     let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
     let resume_epoch = if opts.resume {
+        let partial = remove_partial(&ckpt_dir);
+        if partial > 0 {
+            println!("removed {partial} partly written checkpoint file(s)");
+        }
         let epoch = latest_complete(&ckpt_dir);
         match epoch {
             Some(e) => println!("resuming after epoch {e} from {}", ckpt_dir.display()),
