@@ -8,7 +8,7 @@ use fastcnn::FastCnn;
 use crate::backend::Backend;
 use crate::error::RecordError;
 use crate::net::Cnn;
-use crate::predict::{Prediction, rank_logits};
+use crate::predict::{Prediction, rank_logits, values};
 use crate::preprocess::{IMAGE_FLOATS, to_tensor};
 
 /// A loaded network ready to classify.
@@ -52,19 +52,13 @@ impl Inference {
         if n == 0 {
             return Vec::new();
         }
+        let pixels = &pixels[..n * IMAGE_FLOATS];
         match &self.fast {
-            Some(fast) => fast.forward(&pixels[..n * IMAGE_FLOATS]),
-            None => self
-                .model
-                .forward(to_tensor(
-                    pixels[..n * IMAGE_FLOATS].to_vec(),
-                    n,
-                    &self.device,
-                ))
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("converted to f32"),
+            Some(fast) => fast.forward(pixels),
+            None => values(
+                self.model
+                    .forward(to_tensor(pixels.to_vec(), n, &self.device)),
+            ),
         }
     }
 
@@ -78,12 +72,6 @@ impl Inference {
 
 /// Copies `model`'s weights into the CPU fast path.
 pub fn fast_path(model: &Cnn) -> Result<FastCnn, RecordError> {
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("converted to f32")
-    }
     let bias = |b: Option<Tensor<1>>, len: usize| b.map(values).unwrap_or_else(|| vec![0.0; len]);
     let [c1, ..] = model.conv1.weight.dims();
     let [c2, ..] = model.conv2.weight.dims();

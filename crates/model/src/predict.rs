@@ -31,12 +31,15 @@ pub struct Prediction {
 pub fn predict(model: &Cnn, images: Tensor<4>, k: usize) -> Vec<Prediction> {
     let logits = model.forward(images);
     let [_, classes] = logits.dims();
-    let values: Vec<f32> = logits
-        .into_data()
+    rank_logits(&values(logits), classes, k)
+}
+
+/// A tensor's values as `f32`, row-major, whatever the backend's float type.
+pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .expect("converted to f32");
-    rank_logits(&values, classes, k)
+        .expect("converted to f32")
 }
 
 /// Softmax of each row of `logits` (`classes` wide), ranked.
