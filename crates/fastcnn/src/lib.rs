@@ -122,12 +122,13 @@ impl FastCnn {
     /// [`IMAGE_FLOATS`] values each, back to back. A trailing partial image is ignored.
     pub fn forward(&self, images: &[f32]) -> Vec<f32> {
         let n = images.len() / IMAGE_FLOATS;
-        let mut features = vec![0.0f32; n * FEATURES];
-        if n == 1 {
+        let features = if n == 1 {
             // One image alone: split each convolution into a top and a bottom half, one per
-            // core. (gemm's own threading measured slower than one thread at these sizes.)
-            self.conv_features_split(images, &mut features);
+            // core (gemm's own threading measured slower than one thread at these sizes). The
+            // second block needs all of the first's output, hence two joins.
+            self.conv2.run_halves(&self.conv1.run_halves(images))
         } else {
+            let mut features = vec![0.0f32; n * FEATURES];
             features
                 .par_chunks_mut(FEATURES)
                 .zip(images.par_chunks_exact(IMAGE_FLOATS))
@@ -136,7 +137,8 @@ impl FastCnn {
                     self.conv1.run(image, 0..S1, p1);
                     self.conv2.run(p1, 0..S2, out);
                 });
-        }
+            features
+        };
 
         let mut hidden = vec![0.0f32; n * self.hidden];
         matmul(
@@ -174,14 +176,6 @@ impl FastCnn {
             }
         }
         logits
-    }
-
-    /// Both convolution blocks of one image, each computed as two bands of output rows in
-    /// parallel; the second block needs all of the first's output, hence two joins.
-    fn conv_features_split(&self, image: &[f32], features: &mut [f32]) {
-        let p1 = self.conv1.run_halves(image);
-        let f = self.conv2.run_halves(&p1);
-        features.copy_from_slice(&f);
     }
 }
 
