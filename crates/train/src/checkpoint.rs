@@ -58,9 +58,12 @@ impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
     }
 }
 
+/// Extension prefix of the temporary file a write goes to before its rename (`*.tmp-<pid>`).
+const TMP_PREFIX: &str = "tmp-";
+
 /// Writes `bytes` to `path` through a synced scratch file and a rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let tmp = path.with_extension(format!("{TMP_PREFIX}{}", std::process::id()));
     let mut f = fs::File::create(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
@@ -101,7 +104,7 @@ pub fn remove_partial(dir: &Path) -> usize {
         .filter(|e| {
             e.file_name().to_str().is_some_and(|n| {
                 n.rsplit_once('.')
-                    .is_some_and(|(_, ext)| ext.starts_with("tmp-"))
+                    .is_some_and(|(_, ext)| ext.starts_with(TMP_PREFIX))
             })
         })
         .filter(|e| fs::remove_file(e.path()).is_ok())
