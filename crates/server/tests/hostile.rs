@@ -160,19 +160,24 @@ fn hundreds_of_files_in_one_batch_are_refused() {
     assert_eq!(r.json()["results"].as_array().unwrap().len(), 64);
 }
 
+/// Posts an upload-fuzzer seed to /classify: its first byte chose the content type (boundary
+/// `XyZ` for these seeds); the rest is the body.
+fn post_upload_seed(s: &TestServer, seed: &[u8]) -> Reply {
+    post(
+        s,
+        "/classify",
+        "multipart/form-data; boundary=XyZ",
+        &seed[1..],
+    )
+}
+
 /// Found by the upload fuzzer: a body that ends inside a part, without its closing boundary,
 /// used to wait for bytes that never come until the request timeout (408 after 30 s).
 #[test]
 fn multipart_body_cut_inside_a_part_is_a_bad_request() {
     let s = start(ServerConfig::default());
     let seed = include_bytes!("../../../fuzz/seeds/upload/body-cut-inside-a-part.bin");
-    // The fuzzer's first byte picks the content type (boundary `XyZ`); the rest is the body.
-    let r = post(
-        &s,
-        "/classify",
-        "multipart/form-data; boundary=XyZ",
-        &seed[1..],
-    );
+    let r = post_upload_seed(&s, seed);
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(problem_type(&r), "/problems/bad-request");
     assert!(r.body.contains("closing boundary"), "{}", r.body);
@@ -196,12 +201,7 @@ fn multipart_parser_panic_is_a_bad_request() {
     let s = start(ServerConfig::default());
     let seed = include_bytes!("../../../fuzz/seeds/upload/multipart-parser-panic.bin");
     for _ in 0..5 {
-        let r = post(
-            &s,
-            "/classify",
-            "multipart/form-data; boundary=XyZ",
-            &seed[1..],
-        );
+        let r = post_upload_seed(&s, seed);
         assert_eq!(r.status, 400, "{}", r.body);
         assert_eq!(problem_type(&r), "/problems/bad-request");
     }
