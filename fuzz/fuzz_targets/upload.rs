@@ -9,7 +9,7 @@ use actix_web::test::TestRequest;
 use actix_web::web::Bytes;
 use futures::stream;
 use libfuzzer_sys::fuzz_target;
-use server::upload::{UploadLimits, read};
+use server::upload::{BodyBudget, UploadLimits, read};
 
 const CONTENT_TYPES: [&str; 6] = [
     "multipart/form-data; boundary=XyZ",
@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
         files: 3,
     };
     let field = if selector & 0x80 == 0 { "file" } else { "files" };
-    if let Ok(files) = futures::executor::block_on(read(&req, stream::iter(chunks), field, limits)) {
+    let budget = BodyBudget::new(1 << 20);
+    let read = read(&req, stream::iter(chunks), field, limits, &budget);
+    if let Ok(uploads) = futures::executor::block_on(read) {
+        let files = &uploads.files;
         assert!(!files.is_empty() && files.len() <= limits.files);
         assert!(files.iter().map(|f| f.bytes.len()).sum::<usize>() <= limits.body);
     }

@@ -28,5 +28,5 @@ pub use inference::Inference;
 pub use net::default_config;
 pub use net::{Cnn, CnnConfig, INPUT_SIZE, PARAMETER_COUNT};
 pub use predict::{Prediction, Ranked, predict, rank_logits};
-pub use preprocess::{DEFAULT_MAX_PIXELS, IMAGE_FLOATS, Preprocessor};
+pub use preprocess::{DEFAULT_MAX_PIXELS, Header, IMAGE_BYTES, IMAGE_FLOATS, Preprocessor};
 pub use record::{RecordMeta, import_pytorch, load_model, load_model_bytes, save_model};

@@ -2,14 +2,16 @@
 //!
 //! Training, the server and the CLI all call [`Preprocessor::preprocess`] (or the
 //! [`resize`] + [`normalize_into`] pair on already decoded pixels), so a model sees the same
-//! pixels in training and in service.
+//! pixels in training and in service. The server splits the path in two:
+//! [`Preprocessor::prepare`] gives the 64×64 RGB bytes (12 KiB, what waits in its queue) and
+//! [`normalize_bytes_into`] turns them into floats on the inference thread.
 
 use std::io::Cursor;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::prelude::*;
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, Limits, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbImage};
 
 use crate::error::ImageError;
 use crate::net::INPUT_SIZE;
@@ -19,6 +21,9 @@ pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 
 /// Floats per preprocessed image: 3 × 64 × 64.
 pub const IMAGE_FLOATS: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+
+/// Bytes per prepared image: 64 × 64 RGB, 8 bits per channel.
+pub const IMAGE_BYTES: usize = 3 * INPUT_SIZE * INPUT_SIZE;
 
 /// Decodes and prepares images, refusing oversized ones before decoding them.
 #[derive(Debug, Clone, Copy)]
@@ -43,18 +48,63 @@ impl Preprocessor {
         self.max_pixels
     }
 
+    /// Reads the image's header only: its dimensions, checked against the pixel limit, and
+    /// the memory that decoding it takes ([`Header::decode_bytes`]).
+    pub fn header(&self, bytes: &[u8]) -> Result<Header, ImageError> {
+        if bytes.is_empty() {
+            return Err(ImageError::Empty);
+        }
+        let probe = reader(bytes)?;
+        let Some(format) = probe.format() else {
+            return Err(ImageError::UnsupportedFormat);
+        };
+        let decoder = probe.into_decoder().map_err(map_image_error)?;
+        let (width, height) = decoder.dimensions();
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels == 0 {
+            return Err(ImageError::ZeroSized);
+        }
+        if pixels > self.max_pixels {
+            return Err(ImageError::TooLarge {
+                width,
+                height,
+                pixels,
+                limit: self.max_pixels,
+            });
+        }
+        // The decoded frame, its 8-bit RGB copy when the image is stored otherwise, and the
+        // resize's intermediate rows (RGBA f32, 64 of them along the longer pass).
+        let rgb_copy = if decoder.color_type() == image::ColorType::Rgb8 {
+            0
+        } else {
+            pixels * 3
+        };
+        let scratch = (u64::from(width) + u64::from(height)) * INPUT_SIZE as u64 * 16;
+        // What some decoders hold besides the frame they return (read from their sources in
+        // image 0.25): TIFF reads the whole image into a buffer of its own, WebP keeps an RGBA
+        // canvas (or YUV planes), GIF a frame canvas, and the JPEG decoder copies the file and,
+        // for a progressive image, keeps every coefficient (2 bytes a component).
+        let frame = decoder.total_bytes();
+        let working = match format {
+            ImageFormat::Tiff => frame,
+            ImageFormat::WebP | ImageFormat::Gif => pixels * 4,
+            ImageFormat::Jpeg => pixels * 6 + bytes.len() as u64,
+            _ => 0,
+        };
+        Ok(Header {
+            width,
+            height,
+            decode_bytes: frame + working + rgb_copy + scratch,
+        })
+    }
+
     /// Decodes `bytes` to 8-bit RGB. The dimensions are read from the header and checked
     /// against the pixel limit first, so a tiny file announcing a huge image costs nothing.
     pub fn decode(&self, bytes: &[u8]) -> Result<RgbImage, ImageError> {
         if bytes.is_empty() {
             return Err(ImageError::Empty);
         }
-        let reader = || {
-            ImageReader::new(Cursor::new(bytes))
-                .with_guessed_format()
-                .map_err(|e| ImageError::Decode(e.to_string()))
-        };
-        let probe = reader()?;
+        let probe = reader(bytes)?;
         if probe.format().is_none() {
             return Err(ImageError::UnsupportedFormat);
         }
@@ -72,7 +122,7 @@ impl Preprocessor {
             });
         }
 
-        let mut reader = reader()?;
+        let mut reader = reader(bytes)?;
         // The header was honest so far; the limits hold the decoder to it (animated GIFs and
         // multi-page TIFFs can still allocate more than one frame).
         let mut limits = Limits::default();
@@ -90,10 +140,15 @@ impl Preprocessor {
 
     /// Decodes `bytes` and returns the normalised `3×64×64` CHW floats.
     pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>, ImageError> {
-        let rgb = self.decode(bytes)?;
         let mut out = vec![0.0; IMAGE_FLOATS];
-        normalize_into(&resize(&rgb), &mut out);
+        normalize_bytes_into(&self.prepare(bytes)?, &mut out);
         Ok(out)
+    }
+
+    /// Decodes `bytes` and returns the 64×64 RGB image as [`IMAGE_BYTES`] bytes (row-major,
+    /// channels interleaved): the model's input before [`normalize_bytes_into`].
+    pub fn prepare(&self, bytes: &[u8]) -> Result<Vec<u8>, ImageError> {
+        Ok(resize(&self.decode(bytes)?).into_raw())
     }
 
     /// Preprocesses several images; each keeps its own result so one bad image spoils nothing.
@@ -103,6 +158,22 @@ impl Preprocessor {
     ) -> Vec<Result<Vec<f32>, ImageError>> {
         images.iter().map(|b| self.preprocess(b.as_ref())).collect()
     }
+}
+
+/// What an image's header says, before anything is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub width: u32,
+    pub height: u32,
+    /// Bytes that decoding and resizing it allocate at their peak (an upper estimate from
+    /// the header's dimensions and colour type).
+    pub decode_bytes: u64,
+}
+
+fn reader(bytes: &[u8]) -> Result<ImageReader<Cursor<&[u8]>>, ImageError> {
+    ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::Decode(e.to_string()))
 }
 
 fn map_image_error(err: image::ImageError) -> ImageError {
@@ -136,9 +207,15 @@ pub fn resize(img: &RgbImage) -> RgbImage {
 /// (mean 0.5, std 0.5 per channel, as the original `Normalize`).
 pub fn normalize_into(img: &RgbImage, out: &mut [f32]) {
     assert_eq!(img.dimensions(), (INPUT_SIZE as u32, INPUT_SIZE as u32));
+    normalize_bytes_into(img.as_raw(), out);
+}
+
+/// [`normalize_into`] on the raw bytes of a 64×64 RGB image ([`IMAGE_BYTES`] of them).
+pub fn normalize_bytes_into(rgb: &[u8], out: &mut [f32]) {
+    assert_eq!(rgb.len(), IMAGE_BYTES);
     assert_eq!(out.len(), IMAGE_FLOATS);
     let plane = INPUT_SIZE * INPUT_SIZE;
-    for (i, px) in img.pixels().enumerate() {
+    for (i, px) in rgb.chunks_exact(3).enumerate() {
         for c in 0..3 {
             out[c * plane + i] = f32::from(px[c]) / 127.5 - 1.0;
         }
@@ -200,6 +277,38 @@ mod tests {
             p.preprocess(b"definitely not an image"),
             Err(ImageError::UnsupportedFormat)
         ));
+    }
+
+    #[test]
+    fn header_reads_dimensions_and_decode_cost_without_decoding() {
+        let rgb = encode(
+            DynamicImage::ImageRgb8(RgbImage::new(100, 50)),
+            ImageFormat::Png,
+        );
+        let h = Preprocessor::default().header(&rgb).unwrap();
+        assert_eq!((h.width, h.height), (100, 50));
+        assert_eq!(h.decode_bytes, 100 * 50 * 3 + 150 * 64 * 16);
+        // RGBA16 needs its own frame (8 bytes a pixel) and the 8-bit RGB copy.
+        let img = ImageBuffer::from_pixel(100, 50, Rgba([1u16, 2, 3, 4]));
+        let rgba = encode(DynamicImage::ImageRgba16(img), ImageFormat::Png);
+        let h = Preprocessor::default().header(&rgba).unwrap();
+        assert_eq!(h.decode_bytes, 100 * 50 * (8 + 3) + 150 * 64 * 16);
+        assert!(matches!(
+            Preprocessor::new(4_999).header(&rgb),
+            Err(ImageError::TooLarge { pixels: 5_000, .. })
+        ));
+    }
+
+    #[test]
+    fn prepared_bytes_normalise_to_the_same_floats() {
+        let img = RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 77]));
+        let png = encode(DynamicImage::ImageRgb8(img), ImageFormat::Png);
+        let p = Preprocessor::default();
+        let bytes = p.prepare(&png).unwrap();
+        assert_eq!(bytes.len(), IMAGE_BYTES);
+        let mut floats = vec![0.0; IMAGE_FLOATS];
+        normalize_bytes_into(&bytes, &mut floats);
+        assert_eq!(floats, p.preprocess(&png).unwrap());
     }
 
     #[test]

@@ -1,15 +1,21 @@
-//! Dynamic batching: requests queue their preprocessed images, one inference thread gathers
+//! Dynamic batching: requests queue their prepared images, one inference thread gathers
 //! what has arrived (up to a maximum batch, waiting at most a short while) and runs the
 //! model once for all of them, off the async workers.
+//!
+//! Admission is counted in images, not requests: [`Engine::admit`] takes one permit per image
+//! before anything is decoded, and the permits travel with the job until its answer is sent or
+//! the job is dropped. Images wait as 64×64 RGB bytes (12 KiB) and become floats only on the
+//! inference thread, in a buffer it reuses. A job whose requester has gone (disconnected, timed
+//! out) is dropped before it reaches the model.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
-use model::preprocess::IMAGE_FLOATS;
+use model::preprocess::{IMAGE_BYTES, IMAGE_FLOATS, normalize_bytes_into};
 use model::{Inference, Prediction};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::metrics::Metrics;
 use crate::problem::ApiError;
@@ -21,30 +27,41 @@ pub struct BatchPolicy {
     pub max_batch: usize,
     /// Longest a first request waits for others to join its batch.
     pub max_wait: Duration,
-    /// Jobs allowed to wait; beyond that requests are refused with 503.
-    pub queue: usize,
+    /// Images admitted at once (being decoded, waiting, or in the model); beyond that
+    /// requests are refused with 503.
+    pub max_images: usize,
     /// Classes kept per prediction.
     pub top_k: usize,
 }
 
 struct Job {
-    pixels: Vec<f32>,
+    /// `images` prepared images back to back, [`IMAGE_BYTES`] each.
+    pixels: Vec<u8>,
     images: usize,
     queued: Instant,
     reply: oneshot::Sender<Result<Vec<Prediction>, String>>,
+    _admitted: Admission,
 }
+
+/// Permits for some images, from [`Engine::admit`]; returned when dropped.
+#[derive(Debug)]
+pub struct Admission(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 /// Handle to the inference thread.
 #[derive(Clone)]
 pub struct Engine {
     tx: SyncSender<Job>,
     ready: Arc<AtomicBool>,
+    images: Arc<Semaphore>,
 }
 
 impl Engine {
     /// Starts the inference thread with `model`, warms it up, then marks ready.
     pub fn start(model: Inference, policy: BatchPolicy, metrics: Arc<Metrics>) -> Self {
-        let (tx, rx) = sync_channel(policy.queue.max(1));
+        // Every job holds at least one image permit, so the channel never fills before the
+        // permits run out.
+        let max_images = policy.max_images.clamp(1, Semaphore::MAX_PERMITS);
+        let (tx, rx) = sync_channel(max_images);
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
         std::thread::Builder::new()
@@ -68,7 +85,23 @@ impl Engine {
                 }
             })
             .expect("spawn inference thread");
-        Self { tx, ready }
+        Self {
+            tx,
+            ready,
+            images: Arc::new(Semaphore::new(max_images)),
+        }
+    }
+
+    /// Admits `images` images, or refuses at once (503) when that many are not free.
+    pub fn admit(&self, images: usize) -> Result<Admission, ApiError> {
+        if images == 0 {
+            return Ok(Admission(None));
+        }
+        u32::try_from(images)
+            .ok()
+            .and_then(|n| self.images.clone().try_acquire_many_owned(n).ok())
+            .map(|permit| Admission(Some(permit)))
+            .ok_or(ApiError::Overloaded)
     }
 
     /// True once the model is loaded and has run once.
@@ -76,13 +109,15 @@ impl Engine {
         self.ready.load(Ordering::Acquire)
     }
 
-    /// Queues `images` preprocessed images (concatenated) and waits for their predictions.
+    /// Queues prepared images ([`IMAGE_BYTES`] each, concatenated) under their admission and
+    /// waits for their predictions.
     pub async fn classify(
         &self,
-        pixels: Vec<f32>,
+        pixels: Vec<u8>,
+        admitted: Admission,
         timeout: Duration,
     ) -> Result<Vec<Prediction>, ApiError> {
-        let images = pixels.len() / IMAGE_FLOATS;
+        let images = pixels.len() / IMAGE_BYTES;
         if images == 0 {
             return Ok(Vec::new());
         }
@@ -92,6 +127,7 @@ impl Engine {
             images,
             queued: Instant::now(),
             reply,
+            _admitted: admitted,
         };
         self.tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => ApiError::Overloaded,
@@ -107,6 +143,7 @@ impl Engine {
 
 fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metrics) {
     let mut pending: Option<Job> = None;
+    let mut floats = Vec::new();
     loop {
         let first = match pending.take() {
             Some(job) => job,
@@ -115,6 +152,10 @@ fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metr
                 Err(_) => return, // every sender dropped: the server is gone
             },
         };
+        if first.reply.is_closed() {
+            metrics.error("abandoned");
+            continue;
+        }
         let deadline = Instant::now() + policy.max_wait;
         let mut images = first.images;
         let mut jobs = vec![first];
@@ -126,6 +167,7 @@ fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metr
                 rx.recv_timeout(left)
             };
             match next {
+                Ok(job) if job.reply.is_closed() => metrics.error("abandoned"),
                 Ok(job) if images + job.images <= policy.max_batch => {
                     images += job.images;
                     jobs.push(job);
@@ -138,20 +180,41 @@ fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metr
                 Err(_) => break,
             }
         }
-        infer(jobs, images, model, policy, metrics);
+        // A client may have gone while the batch was gathering (with `--max-wait-ms`).
+        jobs.retain(|job| {
+            let gone = job.reply.is_closed();
+            if gone {
+                metrics.error("abandoned");
+            }
+            !gone
+        });
+        let images = jobs.iter().map(|job| job.images).sum();
+        if images > 0 {
+            infer(jobs, images, &mut floats, model, policy, metrics);
+        }
     }
 }
 
-fn infer(jobs: Vec<Job>, images: usize, model: &Inference, policy: BatchPolicy, metrics: &Metrics) {
+fn infer(
+    jobs: Vec<Job>,
+    images: usize,
+    floats: &mut Vec<f32>,
+    model: &Inference,
+    policy: BatchPolicy,
+    metrics: &Metrics,
+) {
     let now = Instant::now();
-    let mut pixels = Vec::with_capacity(images * IMAGE_FLOATS);
+    floats.resize(images * IMAGE_FLOATS, 0.0);
+    let mut out = floats.chunks_exact_mut(IMAGE_FLOATS);
     for job in &jobs {
         metrics.queue_wait.observe((now - job.queued).as_secs_f64());
-        pixels.extend_from_slice(&job.pixels);
+        for (image, dst) in job.pixels.chunks_exact(IMAGE_BYTES).zip(&mut out) {
+            normalize_bytes_into(image, dst);
+        }
     }
     metrics.batch_size.observe(images as f64);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        model.predict(&pixels, policy.top_k)
+        model.predict(floats, policy.top_k)
     }));
     match result {
         Ok(mut preds) => {

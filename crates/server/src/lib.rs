@@ -4,14 +4,19 @@
 //! pool, gathered into model batches by the [`engine`], and answered in the original Python
 //! service's JSON shapes. Errors are RFC 9457 problem documents ([`problem`]); every request
 //! is counted in [`metrics`] and logged on one line.
+//!
+//! Memory is bounded by the settings, whatever clients send: see [`memory`].
 
+pub mod decode;
 pub mod engine;
+pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod upload;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,11 +27,14 @@ use actix_web::dev::{Server, Service};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use model::{Backend, Inference, Preprocessor, RecordMeta};
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
+use crate::decode::DecodeBudget;
 use crate::engine::{BatchPolicy, Engine};
+use crate::memory::{BLOCKING_THREADS_PER_WORKER, LOG_LINES, LOG_METHOD_BYTES, LOG_PATH_BYTES};
 use crate::metrics::Metrics;
 use crate::problem::ApiError;
-use crate::upload::UploadLimits;
+use crate::upload::{BodyBudget, UploadLimits};
 
 /// How request lines are logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,8 +48,14 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub workers: usize,
+    /// Open connections, all workers together; more wait in the kernel's accept queue.
+    pub max_connections: usize,
     pub batch: BatchPolicy,
     pub upload: UploadLimits,
+    /// Request-body bytes all requests may hold in memory at once.
+    pub body_memory: usize,
+    /// Bytes all image decodes may take at once.
+    pub decode_memory: u64,
     pub max_pixels: u64,
     pub request_timeout: Duration,
     pub cors_origins: Vec<String>,
@@ -53,16 +67,19 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             workers: 2,
+            max_connections: 128,
             batch: BatchPolicy {
                 max_batch: 64,
                 max_wait: Duration::ZERO,
-                queue: 256,
+                max_images: 512,
                 top_k: 3,
             },
             upload: UploadLimits {
                 body: 10 * 1024 * 1024,
                 files: 64,
             },
+            body_memory: 32 * 1024 * 1024,
+            decode_memory: 192 * 1024 * 1024,
             max_pixels: model::DEFAULT_MAX_PIXELS,
             request_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
@@ -75,6 +92,8 @@ impl Default for ServerConfig {
 /// Shared by every handler.
 pub struct AppState {
     pub engine: Engine,
+    pub body_budget: BodyBudget,
+    pub decode_budget: DecodeBudget,
     pub metrics: Arc<Metrics>,
     pub meta: RecordMeta,
     pub model_source: String,
@@ -100,8 +119,17 @@ pub fn serve(
     let metrics = Arc::new(Metrics::default());
     let backend = loaded.inference.backend();
     let engine = Engine::start(loaded.inference, config.batch, metrics.clone());
+    // Request lines go to a writer thread through a bounded queue: a slow or blocked stderr
+    // never stalls an async worker, and a flood of lines cannot grow memory.
+    let (log_writer, log_guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_LINES)
+        .finish(std::io::stderr());
+    let workers = config.workers.max(1);
     let state = web::Data::new(AppState {
         engine,
+        body_budget: BodyBudget::new(config.body_memory),
+        decode_budget: DecodeBudget::new(config.decode_memory),
         metrics,
         meta: loaded.meta,
         model_source: loaded.source,
@@ -110,9 +138,13 @@ pub fn serve(
         config: config.clone(),
     });
     let request_ids = Arc::new(AtomicU64::new(0));
+    let served = Arc::new(AtomicU64::new(0));
+    memory::give_back_when_idle(served.clone(), Duration::from_secs(2));
+    let log_guard = Arc::new(log_guard);
     let server = HttpServer::new(move || {
         let state = state.clone();
         let ids = request_ids.clone();
+        let served = served.clone();
         let mut cors = Cors::default()
             .allow_any_header()
             .allowed_methods(["GET", "POST"]);
@@ -123,7 +155,11 @@ pub fn serve(
                 cors.allowed_origin(origin)
             };
         }
-        let log = state.config.log;
+        let log = Log {
+            format: state.config.log,
+            writer: log_writer.clone(),
+            _guard: log_guard.clone(),
+        };
         let metrics = state.metrics.clone();
         App::new()
             .app_data(state)
@@ -132,6 +168,7 @@ pub fn serve(
             .wrap(cors)
             .wrap_fn(move |req, srv| {
                 let start = Instant::now();
+                served.fetch_add(1, Ordering::Relaxed);
                 let id = req
                     .headers()
                     .get("x-request-id")
@@ -152,6 +189,7 @@ pub fn serve(
                 let path = req.path().to_string();
                 let fut = srv.call(req);
                 let metrics = metrics.clone();
+                let log = log.clone();
                 async move {
                     let mut res = fut.await?;
                     let status = res.status().as_u16();
@@ -169,12 +207,19 @@ pub fn serve(
                         res.headers_mut()
                             .insert(HeaderName::from_static("x-request-id"), v);
                     }
-                    log_line(log, &id, &method, &path, status, elapsed, kind.as_deref());
+                    log.line(&id, &method, &path, status, elapsed, kind.as_deref());
                     Ok(res)
                 }
             })
     })
-    .workers(config.workers.max(1))
+    .workers(workers)
+    .max_connections(config.connections_per_worker())
+    // Blocking threads only decode (CPU work): more than a few per core would only add
+    // stacks and allocator arenas.
+    .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
+    // A client that closes its side has gone: its request is dropped (and its queued images
+    // with it) rather than computed for nobody.
+    .h1_allow_half_closed(false)
     .client_request_timeout(config.request_timeout)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
     .listen(listener)?
@@ -186,26 +231,44 @@ async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError
     Err(ApiError::NotFound(req.path().to_string()))
 }
 
-fn log_line(
+/// The request log: one line per request, written by a background thread.
+#[derive(Clone)]
+struct Log {
     format: LogFormat,
-    id: &str,
-    method: &str,
-    path: &str,
-    status: u16,
-    elapsed: Duration,
-    error: Option<&str>,
-) {
-    let ms = elapsed.as_secs_f64() * 1e3;
-    match format {
-        LogFormat::Off => {}
-        // serde_json escapes control characters, so a hostile path cannot forge log lines.
-        LogFormat::Json => eprintln!(
-            "{}",
-            serde_json::json!({"request_id": id, "method": method, "path": path, "status": status, "ms": ms, "error": error})
-        ),
-        LogFormat::Human => eprintln!(
-            "{method} {path:?} {status} {ms:.2} ms id={id}{}",
-            error.map(|e| format!(" error={e}")).unwrap_or_default()
-        ),
+    writer: NonBlocking,
+    /// Flushes the writer thread when the last worker's copy is dropped.
+    _guard: Arc<WorkerGuard>,
+}
+
+impl Log {
+    fn line(
+        &self,
+        id: &str,
+        method: &str,
+        path: &str,
+        status: u16,
+        elapsed: Duration,
+        error: Option<&str>,
+    ) {
+        let ms = elapsed.as_secs_f64() * 1e3;
+        // Client-chosen text is cut, so that a line stays within LOG_LINE_BYTES however it
+        // is escaped (at most 6 bytes for a byte of input).
+        let path = &path[..path.floor_char_boundary(LOG_PATH_BYTES)];
+        let method = &method[..method.floor_char_boundary(LOG_METHOD_BYTES)];
+        let line = match self.format {
+            LogFormat::Off => return,
+            // serde_json escapes control characters, so a hostile path cannot forge log lines.
+            LogFormat::Json => serde_json::json!({"request_id": id, "method": method, "path": path, "status": status, "ms": ms, "error": error}).to_string(),
+            LogFormat::Human => format!(
+                "{method} {path:?} {status} {ms:.2} ms id={id}{}",
+                error.map(|e| format!(" error={e}")).unwrap_or_default()
+            ),
+        };
+        // A full queue drops the line (lossy writer): never an error worth a request.
+        // One write per line: the writer sends each write as one message.
+        let _ = self
+            .writer
+            .clone()
+            .write_all(format!("{line}\n").as_bytes());
     }
 }

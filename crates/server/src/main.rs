@@ -12,6 +12,10 @@ use server::engine::BatchPolicy;
 use server::upload::UploadLimits;
 use server::{Loaded, LogFormat, ServerConfig};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Serve the CIFAR-10 CNN over HTTP (the original API, plus batching, metrics and a web page).
 #[derive(Parser, Debug)]
 #[command(version, about)]
@@ -31,6 +35,9 @@ struct Args {
     /// HTTP worker threads.
     #[arg(long, env = "CNN_WORKERS", default_value_t = 2)]
     workers: usize,
+    /// Open connections, all workers together (more wait in the kernel's accept queue).
+    #[arg(long, env = "CNN_MAX_CONNECTIONS", default_value_t = 128)]
+    max_connections: usize,
     /// Most images per model batch.
     #[arg(long, env = "CNN_MAX_BATCH", default_value_t = 64)]
     max_batch: usize,
@@ -39,12 +46,20 @@ struct Args {
     /// while the model is busy, and a lone request never waits.
     #[arg(long, env = "CNN_MAX_WAIT_MS", default_value_t = 0)]
     max_wait_ms: u64,
-    /// Requests allowed to wait for the model before 503.
-    #[arg(long, env = "CNN_QUEUE", default_value_t = 256)]
-    queue: usize,
+    /// Images admitted at once (being decoded, waiting for the model, or in it); a request
+    /// whose images do not fit is refused at once with 503 and Retry-After.
+    #[arg(long, env = "CNN_MAX_IMAGES", default_value_t = 512)]
+    max_images: usize,
     /// Largest request body, in bytes.
     #[arg(long, env = "CNN_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
     max_body: usize,
+    /// Request-body bytes all requests together may hold in memory; beyond that, 503.
+    #[arg(long, env = "CNN_BODY_MEMORY", default_value_t = 32 * 1024 * 1024)]
+    body_memory: usize,
+    /// Bytes all image decodes together may take (images wait for room; one that needs more
+    /// than all of it is refused with 422).
+    #[arg(long, env = "CNN_DECODE_MEMORY", default_value_t = 192 * 1024 * 1024)]
+    decode_memory: u64,
     /// Most files in one batch request.
     #[arg(long, env = "CNN_MAX_FILES", default_value_t = 64)]
     max_files: usize,
@@ -74,6 +89,20 @@ fn main() -> Result<()> {
         return healthcheck(&args.host, args.port);
     }
 
+    if args.max_images < args.max_files {
+        bail!(
+            "--max-images ({}) must be at least --max-files ({}): a full batch could never be admitted",
+            args.max_images,
+            args.max_files
+        );
+    }
+    if args.body_memory < args.max_body {
+        bail!(
+            "--body-memory ({}) must be at least --max-body ({}): a body of the largest size could never be taken",
+            args.body_memory,
+            args.max_body
+        );
+    }
     let device = args.backend.device();
     let (model, meta, source) = match &args.model {
         Some(path) => {
@@ -89,16 +118,19 @@ fn main() -> Result<()> {
     };
     let config = ServerConfig {
         workers: args.workers,
+        max_connections: args.max_connections.max(1),
         batch: BatchPolicy {
             max_batch: args.max_batch.max(1),
             max_wait: Duration::from_millis(args.max_wait_ms),
-            queue: args.queue.max(1),
+            max_images: args.max_images.max(1),
             top_k: 3,
         },
         upload: UploadLimits {
             body: args.max_body,
             files: args.max_files.max(1),
         },
+        body_memory: args.body_memory,
+        decode_memory: args.decode_memory,
         max_pixels: args.max_pixels,
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         cors_origins: args.cors_origins,
@@ -108,11 +140,12 @@ fn main() -> Result<()> {
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     eprintln!(
-        "serving {source} (test accuracy {}) on http://{} with backend {}",
+        "serving {source} (test accuracy {}) on http://{} with backend {}; memory bound {}",
         meta.test_accuracy
             .map_or("unknown".into(), |a| format!("{:.2}%", a * 100.0)),
         listener.local_addr()?,
-        args.backend
+        args.backend,
+        config.memory_bound()
     );
     let loaded = Loaded {
         inference: model::Inference::new(model, args.backend)?,

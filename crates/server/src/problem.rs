@@ -25,6 +25,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     InvalidImage(ImageError),
+    #[error(
+        "decoding this image takes {needed} bytes, over the server's decode memory of {limit} bytes"
+    )]
+    DecodeTooLarge { needed: u64, limit: u64 },
     #[error("the request body did not arrive within {0} s")]
     RequestTimeout(u64),
     #[error("the server is at capacity; retry shortly")]
@@ -46,7 +50,8 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body-too-large",
             ApiError::TooManyFiles { .. } => "too-many-files",
             ApiError::UnsupportedMediaType(_) => "unsupported-media-type",
-            ApiError::InvalidImage(ImageError::TooLarge { .. }) => "image-too-large",
+            ApiError::InvalidImage(ImageError::TooLarge { .. })
+            | ApiError::DecodeTooLarge { .. } => "image-too-large",
             ApiError::InvalidImage(_) => "invalid-image",
             ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::Overloaded => "overloaded",
@@ -97,7 +102,9 @@ impl ResponseError for ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidImage(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::InvalidImage(_) | ApiError::DecodeTooLarge { .. } => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,

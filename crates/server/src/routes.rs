@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
-use model::{CLASSES, ImageError, PARAMETER_COUNT, Prediction, Preprocessor, Ranked, RecordMeta};
+use model::{CLASSES, IMAGE_BYTES, PARAMETER_COUNT, Prediction, Ranked, RecordMeta};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::decode::{self, Prepared};
 use crate::problem::{ApiError, Problem};
-use crate::upload::{self, Upload};
+use crate::upload::{self, Uploads};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(root))
@@ -225,59 +226,19 @@ async fn uploads(
     req: &HttpRequest,
     payload: web::Payload,
     field: &'static str,
-) -> Result<Vec<Upload>, ApiError> {
+) -> Result<Uploads, ApiError> {
     let secs = state.config.request_timeout.as_secs();
     tokio::time::timeout(
         state.config.request_timeout,
-        upload::read(req, payload, field, state.config.upload),
+        upload::read(req, payload, field, state.config.upload, &state.body_budget),
     )
     .await
     .map_err(|_| ApiError::RequestTimeout(secs))?
 }
 
-/// A single upload at most this large and of at most [`INLINE_PIXELS`] pixels is decoded right
-/// on the async worker: that takes tens of microseconds, less than the two thread hand-offs
-/// of the blocking pool (measured: `/classify` p50 at concurrency 1 went from 0.58 to 0.54 ms).
-const INLINE_BYTES: usize = 64 * 1024;
-const INLINE_PIXELS: u64 = 128 * 128;
-
-/// Decodes and preprocesses; anything but a small image goes to the blocking pool, so that a
-/// large JPEG never stalls an async worker.
-async fn preprocess(
-    state: &AppState,
-    files: Vec<Upload>,
-) -> Result<Vec<(Option<String>, Result<Vec<f32>, ApiError>)>, ApiError> {
-    let pre = state.preprocessor;
-    if let [file] = files.as_slice()
-        && !file.bytes.is_empty()
-        && file.bytes.len() <= INLINE_BYTES
-    {
-        // The small limit refuses larger images from the header alone, before any decoding.
-        match Preprocessor::new(INLINE_PIXELS.min(pre.max_pixels())).preprocess(&file.bytes) {
-            Err(ImageError::TooLarge { .. }) => {}
-            result => {
-                return Ok(vec![(
-                    file.filename.clone(),
-                    result.map_err(ApiError::from),
-                )]);
-            }
-        }
-    }
-    web::block(move || {
-        files
-            .into_iter()
-            .map(|f| {
-                let result = if f.bytes.is_empty() {
-                    Err(ApiError::EmptyFile(f.filename.clone().unwrap_or_default()))
-                } else {
-                    pre.preprocess(&f.bytes).map_err(ApiError::from)
-                };
-                (f.filename, result)
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("preprocessing: {e}")))
+async fn prepare(state: &AppState, uploads: Uploads) -> Result<Vec<Prepared>, ApiError> {
+    let wait = state.config.request_timeout;
+    decode::prepare(state.preprocessor, &state.decode_budget, uploads, wait).await
 }
 
 /// Multipart form of `POST /classify`.
@@ -319,12 +280,13 @@ async fn classify(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let mut files = uploads(&state, &req, payload, "file").await?;
-    files.truncate(1);
-    let (filename, pixels) = preprocess(&state, files).await?.remove(0);
+    files.files.truncate(1);
+    let admitted = state.engine.admit(1)?;
+    let (filename, pixels) = prepare(&state, files).await?.remove(0);
     let pixels = pixels?;
     let mut preds = state
         .engine
-        .classify(pixels, state.config.request_timeout)
+        .classify(pixels, admitted, state.config.request_timeout)
         .await?;
     Ok(HttpResponse::Ok().json(Classified::new(filename, preds.remove(0))))
 }
@@ -347,17 +309,20 @@ async fn classify_batch(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let files = uploads(&state, &req, payload, "files").await?;
-    let total = files.len();
-    let prepared = preprocess(&state, files).await?;
-    let mut pixels = Vec::new();
-    for (_, r) in &prepared {
+    let total = files.files.len();
+    let admitted = state.engine.admit(total)?;
+    let mut prepared = prepare(&state, files).await?;
+    // Each image is moved into the model's input, not copied: it is held once while it waits.
+    let decoded = prepared.iter().filter(|(_, r)| r.is_ok()).count();
+    let mut pixels = Vec::with_capacity(decoded * IMAGE_BYTES);
+    for (_, r) in &mut prepared {
         if let Ok(p) = r {
-            pixels.extend_from_slice(p);
+            pixels.append(p);
         }
     }
     let mut preds = state
         .engine
-        .classify(pixels, state.config.request_timeout)
+        .classify(pixels, admitted, state.config.request_timeout)
         .await?
         .into_iter();
     let results: Vec<BatchItem> = prepared

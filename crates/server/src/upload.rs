@@ -1,15 +1,23 @@
 //! Reading uploads: multipart fields or a raw image body, within the configured limits.
+//!
+//! Every byte of a body is counted as it streams in, whatever its framing (Content-Length,
+//! chunked, multipart): against the request's own limit (`--max-body`, 413) and against
+//! [`BodyBudget`], the bytes all requests together may hold in memory at once (503 when it is
+//! spent). The bytes a request was charged stay charged until its [`Uploads`] are dropped.
+
+use std::cell::{Cell, RefCell};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use actix_multipart::Multipart;
 use actix_web::HttpRequest;
 use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::web::Bytes;
-use futures_util::{FutureExt, Stream, StreamExt, future, stream};
-use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::problem::ApiError;
 
@@ -20,13 +28,35 @@ pub struct Upload {
     pub bytes: Vec<u8>,
 }
 
+/// The files of one request, holding their share of the [`BodyBudget`] until dropped.
+#[derive(Debug)]
+pub struct Uploads {
+    pub files: Vec<Upload>,
+    _charged: Option<OwnedSemaphorePermit>,
+}
+
 /// Limits applied while reading.
 #[derive(Debug, Clone, Copy)]
 pub struct UploadLimits {
-    /// Total body bytes.
+    /// Total body bytes of one request.
     pub body: usize,
     /// Files kept from the expected field.
     pub files: usize,
+}
+
+/// Request-body bytes that all requests together may hold in memory at once.
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+    }
+
+    /// Bytes not charged to any request right now.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
 }
 
 /// Reads the files sent in multipart field `field`, or a raw `image/*` (or
@@ -37,10 +67,20 @@ pub async fn read<S>(
     payload: S,
     field: &'static str,
     limits: UploadLimits,
-) -> Result<Vec<Upload>, ApiError>
+    budget: &BodyBudget,
+) -> Result<Uploads, ApiError>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
 {
+    // An announced length over the limit is refused before a byte of the body is read.
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limits.body as u64) {
+        return Err(ApiError::BodyTooLarge { limit: limits.body });
+    }
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -53,94 +93,138 @@ where
         .unwrap_or("")
         .trim()
         .to_string();
-    if essence == "multipart/form-data" {
-        // Notes when the body has ended: see `next_or_cut`.
-        let ended = Arc::new(AtomicBool::new(false));
-        let flag = ended.clone();
-        let payload = payload.chain(stream::poll_fn(move |_| {
-            flag.store(true, Ordering::Release);
-            Poll::Ready(None)
-        }));
-        // actix-multipart 0.7.2 panics on some malformed bodies (a slice index in its boundary
-        // scan; found by `fuzz/fuzz_targets/upload.rs`, 31 bytes were enough). Uncaught, that
-        // kills the HTTP worker and drops the connection: catch it as a bad request.
-        AssertUnwindSafe(read_multipart(
-            Multipart::new(req.headers(), payload),
-            field,
-            limits,
-            &ended,
-        ))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
-            Err(ApiError::BadRequest(
-                "malformed multipart body: the parser could not read it".into(),
-            ))
-        })
+    let meter = Rc::new(Meter {
+        budget: budget.0.clone(),
+        limit: limits.body,
+        received: Cell::new(0),
+        charged: RefCell::new(None),
+        refused: Cell::new(None),
+    });
+    let metered = Metered {
+        inner: payload,
+        meter: meter.clone(),
+    };
+    let files = if essence == "multipart/form-data" {
+        read_multipart(Multipart::new(req.headers(), metered), field, limits).await
     } else if essence.starts_with("image/") || essence == "application/octet-stream" {
         let filename = req
             .headers()
             .get("x-filename")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let bytes = read_body(payload, limits.body).await?;
-        if bytes.is_empty() {
-            return Err(ApiError::EmptyFile(filename.unwrap_or_default()));
+        match read_body(metered).await {
+            Ok(bytes) if bytes.is_empty() => Err(ApiError::EmptyFile(filename.unwrap_or_default())),
+            Ok(bytes) => Ok(vec![Upload { filename, bytes }]),
+            Err(e) => Err(e),
         }
-        Ok(vec![Upload { filename, bytes }])
     } else {
         Err(ApiError::UnsupportedMediaType(if essence.is_empty() {
             "(none)".into()
         } else {
             essence
         }))
+    };
+    // The meter's verdict comes first: the parser only saw its stream end in an error.
+    match meter.refused.get() {
+        Some(Refusal::TooLarge) => Err(ApiError::BodyTooLarge { limit: limits.body }),
+        Some(Refusal::BudgetSpent) => Err(ApiError::Overloaded),
+        None => Ok(Uploads {
+            files: files?,
+            _charged: meter.charged.take(),
+        }),
     }
 }
 
-async fn read_body<S>(mut payload: S, limit: usize) -> Result<Vec<u8>, ApiError>
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    TooLarge,
+    BudgetSpent,
+}
+
+/// Counts one request's body bytes and charges them to the shared budget.
+struct Meter {
+    budget: Arc<Semaphore>,
+    limit: usize,
+    received: Cell<usize>,
+    charged: RefCell<Option<OwnedSemaphorePermit>>,
+    refused: Cell<Option<Refusal>>,
+}
+
+impl Meter {
+    fn charge(&self, n: usize) -> Result<(), Refusal> {
+        let received = self.received.get() + n;
+        if received > self.limit {
+            return Err(Refusal::TooLarge);
+        }
+        self.received.set(received);
+        if n == 0 {
+            return Ok(());
+        }
+        let permit = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok())
+            .ok_or(Refusal::BudgetSpent)?;
+        let mut charged = self.charged.borrow_mut();
+        match charged.as_mut() {
+            Some(held) => held.merge(permit),
+            None => *charged = Some(permit),
+        }
+        Ok(())
+    }
+}
+
+/// The body stream, ended with an error as soon as the meter refuses a chunk.
+struct Metered<S> {
+    inner: S,
+    meter: Rc<Meter>,
+}
+
+impl<S> Stream for Metered<S>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.meter.refused.get().is_some() {
+            return Poll::Ready(None);
+        }
+        Poll::Ready(match ready!(self.inner.poll_next_unpin(cx)) {
+            Some(Ok(chunk)) => match self.meter.charge(chunk.len()) {
+                Ok(()) => Some(Ok(chunk)),
+                Err(why) => {
+                    self.meter.refused.set(Some(why));
+                    Some(Err(PayloadError::Overflow))
+                }
+            },
+            other => other,
+        })
+    }
+}
+
+async fn read_body<S>(mut payload: S) -> Result<Vec<u8>, ApiError>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
 {
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::BodyTooLarge { limit });
-        }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// The next item of a multipart stream, or an error when the body has ended but the parser
-/// still waits for bytes. actix-multipart 0.7 waits forever on a body cut inside a part (found
-/// by `fuzz/fuzz_targets/upload.rs`): nothing would ever wake it, and the request would hold
-/// its connection until the request timeout.
-async fn next_or_cut<S: Stream + Unpin>(
-    items: &mut S,
-    ended: &AtomicBool,
-) -> Result<Option<S::Item>, ApiError> {
-    future::poll_fn(|cx| match items.poll_next_unpin(cx) {
-        Poll::Ready(item) => Poll::Ready(Ok(item)),
-        Poll::Pending if ended.load(Ordering::Acquire) => Poll::Ready(Err(ApiError::BadRequest(
-            "malformed multipart body: it ends before its closing boundary".into(),
-        ))),
-        Poll::Pending => Poll::Pending,
-    })
-    .await
 }
 
 async fn read_multipart(
     mut multipart: Multipart,
     field: &'static str,
     limits: UploadLimits,
-    ended: &AtomicBool,
 ) -> Result<Vec<Upload>, ApiError> {
-    let mut total = 0usize;
+    let malformed = |e: actix_multipart::MultipartError| {
+        ApiError::BadRequest(format!("malformed multipart body: {e}"))
+    };
     let mut uploads = Vec::new();
-    while let Some(part) = next_or_cut(&mut multipart, ended).await? {
-        let mut part =
-            part.map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
+    while let Some(part) = multipart.next().await {
+        let mut part = part.map_err(malformed)?;
         let wanted = part.name() == Some(field);
         if wanted && uploads.len() == limits.files {
             return Err(ApiError::TooManyFiles {
@@ -152,13 +236,8 @@ async fn read_multipart(
             .and_then(|cd| cd.get_filename())
             .map(str::to_string);
         let mut bytes = Vec::new();
-        while let Some(chunk) = next_or_cut(&mut part, ended).await? {
-            let chunk = chunk
-                .map_err(|e| ApiError::BadRequest(format!("malformed multipart body: {e}")))?;
-            total += chunk.len();
-            if total > limits.body {
-                return Err(ApiError::BodyTooLarge { limit: limits.body });
-            }
+        while let Some(chunk) = part.next().await {
+            let chunk = chunk.map_err(malformed)?;
             if wanted {
                 bytes.extend_from_slice(&chunk);
             }

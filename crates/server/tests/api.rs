@@ -328,11 +328,12 @@ fn concurrent_requests_are_batched() {
     );
 }
 
-/// A full queue answers 503 with Retry-After instead of queueing without limit.
+/// Images beyond the admitted number are refused at once with 503 and Retry-After instead of
+/// queueing without limit.
 #[test]
 fn overload_is_refused_with_retry_after() {
     let mut config = ServerConfig::default();
-    config.batch.queue = 1;
+    config.batch.max_images = 64;
     config.batch.max_batch = 1;
     config.workers = 4;
     let s = start(config);

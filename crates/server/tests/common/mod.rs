@@ -151,3 +151,73 @@ pub fn post_multipart(server: &TestServer, path: &str, parts: &[(&str, &str, &[u
         &multipart(parts),
     )
 }
+
+/// The `server` binary running as a process of its own, so that its memory can be read from
+/// `/proc/<pid>/status`. Killed when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    /// `host:port`.
+    pub addr: String,
+}
+
+impl Process {
+    /// Starts `server --port 0 --log-format off <args>` and waits until `/ready` answers 200.
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+            .env_remove("CNN_PORT")
+            .env_remove("CNN_MODEL")
+            .args(["--port", "0", "--log-format", "off"])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        // Keep reading, so that the server never writes into a full or closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let process = Self { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while process.get("/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "server never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        match agent().get(format!("http://{}{path}", self.addr)).call() {
+            Ok(mut res) => (
+                res.status().as_u16(),
+                res.body_mut().read_to_string().unwrap_or_default(),
+            ),
+            Err(_) => (0, String::new()),
+        }
+    }
+
+    /// A `kB` line of the process's `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
+    pub fn status_bytes(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {key} in /proc/<pid>/status"))
+            * 1024
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

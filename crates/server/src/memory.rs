@@ -1,0 +1,180 @@
+//! The server's memory, bounded by its settings whatever clients send.
+//!
+//! Each term of [`MemoryBound`] is held to its size by a limit in the code: open connections
+//! (`max_connections`), request bodies (the body budget in [`crate::upload`]), decoding (the
+//! decode budget in [`crate::decode`]), images waiting for the model (the image permits in
+//! [`crate::engine`]) and the request log (a bounded, lossy queue). [`give_back_when_idle`]
+//! returns freed memory to the system once a burst is over.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use model::preprocess::{IMAGE_BYTES, IMAGE_FLOATS};
+
+use crate::ServerConfig;
+use crate::decode::INLINE_DECODE_BYTES;
+
+/// What the process needs besides the listed terms: code, runtime, threads, the model's weights
+/// (in the Burn module and in the fast path) and allocator slack. Measured: about 21 MB idle.
+pub const BASE_BYTES: u64 = 48 << 20;
+
+/// One open connection at most (actix-http 3.20): its read buffer (up to 128 KiB + 8 KiB, the
+/// head limit), the payload queue it feeds (32 KiB + one read buffer), its write buffer
+/// (kept up to 128 KiB), and the multipart parser's 64 KiB buffer with one pending chunk.
+pub const PER_CONNECTION_BYTES: u64 = 512 << 10;
+
+/// Request log lines waiting for the log writer thread; beyond that lines are dropped, never
+/// waited for.
+pub const LOG_LINES: usize = 4096;
+
+/// Longest request log line: the logged path and method are cut to [`LOG_PATH_BYTES`] and
+/// [`LOG_METHOD_BYTES`], and escaping at most sextuples them; the request id is at most 128
+/// printable bytes.
+pub const LOG_LINE_BYTES: u64 = 2 << 10;
+pub(crate) const LOG_PATH_BYTES: usize = 256;
+pub(crate) const LOG_METHOD_BYTES: usize = 16;
+
+/// Threads of each worker's blocking pool (they decode images).
+pub const BLOCKING_THREADS_PER_WORKER: usize = 4;
+
+/// Bytes the fast path keeps per image of a batch besides its input: the 8,192 features and
+/// the hidden layer.
+const FAST_PATH_BYTES_PER_IMAGE: u64 = 33 << 10;
+
+/// The most memory the server takes, term by term, as a function of its settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBound {
+    pub base: u64,
+    /// `workers × ceil(max_connections / workers) × PER_CONNECTION_BYTES`.
+    pub connections: u64,
+    /// `3 × body_memory`: a growing buffer may hold up to twice the bytes charged to it, and
+    /// a JPEG decoder takes a copy of its file.
+    pub bodies: u64,
+    /// `decode_memory + workers × INLINE_DECODE_BYTES`.
+    pub decoding: u64,
+    /// `max_images × 12 KiB` waiting, plus one batch of floats, features and logits.
+    pub images: u64,
+    /// `LOG_LINES × LOG_LINE_BYTES`.
+    pub log: u64,
+}
+
+impl MemoryBound {
+    pub fn total(&self) -> u64 {
+        self.base + self.connections + self.bodies + self.decoding + self.images + self.log
+    }
+}
+
+impl fmt::Display for MemoryBound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        write!(
+            f,
+            "{:.0} MiB = base {:.0} + connections {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1}",
+            mib(self.total()),
+            mib(self.base),
+            mib(self.connections),
+            mib(self.bodies),
+            mib(self.decoding),
+            mib(self.images),
+            mib(self.log)
+        )
+    }
+}
+
+impl ServerConfig {
+    /// Open connections each HTTP worker accepts (actix counts them per worker).
+    pub fn connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.workers.max(1)).max(1)
+    }
+
+    /// The memory bound these settings give (README, "Memory").
+    pub fn memory_bound(&self) -> MemoryBound {
+        let n = |v: usize| v as u64;
+        let workers = n(self.workers.max(1));
+        let per_image = n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 8) + FAST_PATH_BYTES_PER_IMAGE;
+        MemoryBound {
+            base: BASE_BYTES,
+            connections: workers * n(self.connections_per_worker()) * PER_CONNECTION_BYTES,
+            bodies: 3 * n(self.body_memory),
+            decoding: self.decode_memory + workers * INLINE_DECODE_BYTES,
+            images: n(self.batch.max_images) * n(IMAGE_BYTES) + n(self.batch.max_batch) * per_image,
+            log: n(LOG_LINES) * LOG_LINE_BYTES,
+        }
+    }
+}
+
+/// Returns freed heap memory to the system once requests stop: when a `period` passes without
+/// a request after a burst, glibc's `malloc_trim` releases the free pages of every arena (and
+/// again a few periods later). Never runs under load, so it costs no throughput. (glibc keeps
+/// a burst's freed memory otherwise: README, "Memory", has the figures.)
+pub fn give_back_when_idle(requests: Arc<AtomicU64>, period: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("memory-trim".into())
+        .spawn(move || {
+            let mut seen = requests.load(Ordering::Relaxed);
+            // Periods without a request since the last burst, while there is one to clean up.
+            let mut idle: Option<u32> = None;
+            // Ends with the server: then this thread holds the last handle.
+            while Arc::strong_count(&requests) > 1 {
+                std::thread::sleep(period);
+                let now = requests.load(Ordering::Relaxed);
+                if now != seen {
+                    idle = Some(0);
+                } else if let Some(periods) = idle {
+                    // Once right after the burst, and once more after the blocking pool's idle
+                    // threads (kept 10 s) have exited and freed their arenas.
+                    if periods == 0 || periods + 1 == LATE_TRIM_PERIODS {
+                        trim();
+                    }
+                    idle = (periods + 1 < LATE_TRIM_PERIODS).then_some(periods + 1);
+                }
+                seen = now;
+            }
+        });
+    // Without the thread the server still works; it only keeps what a burst left behind.
+    drop(spawned);
+}
+
+/// The second trim comes this many idle periods after a burst.
+const LATE_TRIM_PERIODS: u32 = 8;
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only walks and shrinks glibc's own arenas, under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README and the Kubernetes Deployment quote this figure.
+    #[test]
+    fn the_default_settings_give_the_documented_bound() {
+        let bound = ServerConfig::default().memory_bound();
+        assert_eq!(bound.total() >> 20, 420, "{bound}");
+        assert_eq!(bound.connections, 128 * PER_CONNECTION_BYTES);
+    }
+
+    #[test]
+    fn connections_are_counted_as_the_workers_take_them() {
+        let config = ServerConfig {
+            workers: 3,
+            max_connections: 100,
+            ..ServerConfig::default()
+        };
+        // 34 per worker: 102 in all.
+        assert_eq!(config.connections_per_worker(), 34);
+        assert_eq!(
+            config.memory_bound().connections,
+            102 * PER_CONNECTION_BYTES
+        );
+    }
+}

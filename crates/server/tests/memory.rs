@@ -1,0 +1,342 @@
+//! The server's memory stays within the bound its settings give (`ServerConfig::memory_bound`),
+//! whatever clients send: a multipart header block that never ends, hundreds of concurrent
+//! batches of tiny images, and a slow trickle of bodies from many connections. Each is answered
+//! with its documented status while `/health` keeps answering, and the server process's own
+//! peak RSS (`VmHWM` of its `/proc/<pid>/status`) stays under the bound.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::Process;
+use server::ServerConfig;
+use server::engine::BatchPolicy;
+use server::upload::UploadLimits;
+
+/// Small settings, so that the bound is tight and an attack that escaped it would show.
+const ARGS: [&str; 16] = [
+    "--max-connections",
+    "64",
+    "--max-body",
+    "1048576",
+    "--body-memory",
+    "4194304",
+    "--decode-memory",
+    "16777216",
+    "--max-images",
+    "128",
+    "--max-files",
+    "64",
+    "--request-timeout",
+    "3",
+    "--workers",
+    "2",
+];
+
+/// The same settings as the library sees them.
+fn config() -> ServerConfig {
+    let default = ServerConfig::default();
+    ServerConfig {
+        workers: 2,
+        max_connections: 64,
+        batch: BatchPolicy {
+            max_images: 128,
+            ..default.batch
+        },
+        upload: UploadLimits {
+            body: 1 << 20,
+            files: 64,
+        },
+        body_memory: 4 << 20,
+        decode_memory: 16 << 20,
+        request_timeout: Duration::from_secs(3),
+        ..default
+    }
+}
+
+fn start() -> Process {
+    Process::start(&ARGS)
+}
+
+/// The same settings but a body limit (and body memory) of 1 GiB, so that only the multipart
+/// parser's own limit can stop a header block that never ends.
+fn start_without_body_limit() -> Process {
+    let mut args = ARGS;
+    for (i, flag) in ARGS.iter().enumerate() {
+        if *flag == "--max-body" || *flag == "--body-memory" {
+            args[i + 1] = "1073741824";
+        }
+    }
+    Process::start(&args)
+}
+
+fn check_peak(server: &Process, what: &str) {
+    let bound = config().memory_bound();
+    let peak = server.status_bytes("VmHWM");
+    eprintln!(
+        "{what}: peak RSS {:.1} MiB, bound {bound}",
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(
+        peak < bound.total(),
+        "{what}: peak RSS {peak} bytes over the bound {bound}"
+    );
+    assert_eq!(server.get("/health").0, 200, "{what}: /health");
+}
+
+/// The status code of an HTTP/1.1 answer read from `stream` (0 when none came).
+fn status_of(stream: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") && head.len() < 64 {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head)
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends a chunked multipart body whose first part's header block never ends, up to 256 MiB,
+/// and returns the answer's status and how much was sent before the server answered.
+fn endless_part_header(addr: &str) -> (u16, usize) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    // A server that stopped reading without answering must not hang the test.
+    stream
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .unwrap();
+    let start =
+        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nX-Pad: ";
+    write!(stream, "{:x}\r\n", start.len()).unwrap();
+    stream.write_all(start).unwrap();
+    stream.write_all(b"\r\n").unwrap();
+    let pad = vec![b'A'; 64 * 1024];
+    let mut reader = stream.try_clone().unwrap();
+    let answer = std::thread::spawn(move || status_of(&mut reader));
+    let mut sent = 0usize;
+    while sent < 256 << 20 {
+        let chunk = format!("{:x}\r\n", pad.len());
+        if stream.write_all(chunk.as_bytes()).is_err()
+            || stream.write_all(&pad).is_err()
+            || stream.write_all(b"\r\n").is_err()
+        {
+            break;
+        }
+        sent += pad.len();
+        if answer.is_finished() {
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    (answer.join().unwrap(), sent)
+}
+
+#[test]
+fn a_multipart_header_block_that_never_ends_is_cut_short() {
+    // The multipart parser's own 64 KiB buffer refuses the header block (400) long before
+    // the 1 GiB body limit; the answer comes while the client is still sending.
+    let server = start_without_body_limit();
+    let (status, sent) = endless_part_header(&server.addr);
+    assert_eq!(status, 400);
+    assert!(sent < 256 << 20, "the server waited for all {sent} bytes");
+    assert_eq!(server.get("/health").0, 200);
+    // With the body limit of the usual settings, the body limit may answer first (413).
+    let server = start();
+    let (status, sent) = endless_part_header(&server.addr);
+    assert!(status == 400 || status == 413, "status {status}");
+    assert!(sent < 256 << 20, "the server waited for all {sent} bytes");
+    check_peak(&server, "endless part header");
+}
+
+#[test]
+fn an_oversized_content_length_is_refused_before_the_body() {
+    let server = start();
+    let mut stream = TcpStream::connect(&server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Announces 1 GiB and sends none of it: the answer comes from the headers alone.
+    write!(
+        stream,
+        "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1073741824\r\n\r\n"
+    )
+    .unwrap();
+    assert_eq!(status_of(&mut stream), 413);
+}
+
+/// One multipart body of `n` one-pixel PNGs in field `files`.
+fn tiny_batch(n: usize) -> Vec<u8> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(1, 1)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let parts: Vec<(&str, &str, &[u8])> = (0..n)
+        .map(|_| ("files", "p.png", png.get_ref().as_slice()))
+        .collect();
+    common::multipart(&parts)
+}
+
+fn post_raw(addr: &str, path: &str, content_type: &str, body: &[u8]) -> u16 {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return 0;
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
+        return 0;
+    }
+    status_of(&mut stream)
+}
+
+#[test]
+fn hundreds_of_concurrent_batches_of_tiny_images() {
+    let server = start();
+    let body = tiny_batch(64);
+    let content_type = format!("multipart/form-data; boundary={}", common::BOUNDARY);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..400)
+            .map(|_| {
+                scope.spawn(|| post_raw(&server.addr, "/classify/batch", &content_type, &body))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let count = |code| statuses.iter().filter(|&&s| s == code).count();
+    eprintln!(
+        "400 batches of 64: {} × 200, {} × 503, others {:?}",
+        count(200),
+        count(503),
+        statuses
+            .iter()
+            .filter(|&&s| s != 200 && s != 503)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(count(200) + count(503), 400, "{statuses:?}");
+    assert!(count(200) > 0 && count(503) > 0, "{statuses:?}");
+    check_peak(&server, "400 concurrent batches");
+}
+
+#[test]
+fn a_slow_trickle_from_many_connections_times_out_while_health_answers() {
+    let server = start();
+    let body = tiny_batch(64);
+    let content_type = format!("multipart/form-data; boundary={}", common::BOUNDARY);
+    let started = Instant::now();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        // 48 of the 64 connections send a byte every 100 ms: none finishes within the 3 s
+        // request timeout.
+        let slow: Vec<_> = (0..48)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut stream = TcpStream::connect(&server.addr).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    let head = format!(
+                        "POST /classify/batch HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    stream.write_all(head.as_bytes()).unwrap();
+                    let mut reader = stream.try_clone().unwrap();
+                    let answer = std::thread::spawn(move || status_of(&mut reader));
+                    for byte in &body {
+                        if answer.is_finished() || stream.write_all(&[*byte]).is_err() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    answer.join().unwrap()
+                })
+            })
+            .collect();
+        // Meanwhile the service keeps answering.
+        while started.elapsed() < Duration::from_secs(2) {
+            assert_eq!(server.get("/health").0, 200, "/health during the trickle");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        slow.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&s| s == 408), "{statuses:?}");
+    check_peak(&server, "slow trickle");
+}
+
+#[test]
+fn bodies_share_one_memory_budget_and_the_excess_is_refused_at_once() {
+    let server = start();
+    let started = Instant::now();
+    // Six uploads announce 1 MiB each and send 900 KiB, then stall: four fit in the 4 MiB
+    // body budget, the rest are refused with 503 as soon as their bytes do not fit.
+    let part = vec![0u8; 900 << 10];
+    let statuses: Vec<(u16, Duration)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut stream = TcpStream::connect(&server.addr).unwrap();
+                    stream
+                        .set_read_timeout(Some(Duration::from_secs(30)))
+                        .unwrap();
+                    write!(
+                        stream,
+                        "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1048576\r\n\r\n"
+                    )
+                    .unwrap();
+                    let _ = stream.write_all(&part);
+                    (status_of(&mut stream), started.elapsed())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let refused: Vec<_> = statuses.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        statuses.iter().all(|(s, _)| *s == 503 || *s == 408),
+        "{statuses:?}"
+    );
+    assert!(!refused.is_empty(), "{statuses:?}");
+    assert!(
+        refused.iter().all(|(_, t)| *t < Duration::from_secs(3)),
+        "503s came only after the request timeout: {statuses:?}"
+    );
+    check_peak(&server, "stalled large bodies");
+}
+
+#[test]
+fn an_image_that_would_take_more_than_the_decode_memory_is_refused() {
+    let server = start();
+    // 3000×2000 RGB decodes to 18 MB, over the 16 MiB decode budget; the PNG itself is small.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(3000, 2000)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    let status = post_raw(&server.addr, "/classify", "image/png", png.get_ref());
+    assert_eq!(status, 422);
+    // One that fits is decoded and classified.
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(1500, 1000)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .unwrap();
+    assert_eq!(
+        post_raw(&server.addr, "/classify", "image/png", png.get_ref()),
+        200
+    );
+    check_peak(&server, "decode budget");
+}
