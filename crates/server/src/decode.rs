@@ -75,8 +75,8 @@ pub async fn prepare(
     uploads: Uploads,
     wait: Duration,
 ) -> Result<Vec<Prepared>, ApiError> {
+    // Uploads are never empty (`upload::read` refuses empty files).
     if let [file] = uploads.files.as_slice()
-        && !file.bytes.is_empty()
         && file.bytes.len() <= INLINE_BYTES
     {
         // The small limit refuses larger images from the header alone, before any decoding.
@@ -142,11 +142,6 @@ pub async fn prepare(
 
 /// What decoding `file` takes, or why it will not be decoded.
 fn cost(pre: &Preprocessor, file: &Upload, limit: u64) -> Result<u64, ApiError> {
-    if file.bytes.is_empty() {
-        return Err(ApiError::EmptyFile(
-            file.filename.clone().unwrap_or_default(),
-        ));
-    }
     let needed = pre.header(&file.bytes)?.decode_bytes;
     if needed > limit {
         return Err(ApiError::DecodeTooLarge { needed, limit });

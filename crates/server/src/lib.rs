@@ -100,6 +100,8 @@ pub struct AppState {
     pub backend: Backend,
     pub preprocessor: Preprocessor,
     pub config: ServerConfig,
+    /// The OpenAPI document served at `/openapi.json`.
+    pub openapi: web::Bytes,
 }
 
 /// The model to serve and where it came from.
@@ -136,6 +138,7 @@ pub fn serve(
         backend,
         preprocessor: Preprocessor::new(config.max_pixels),
         config: config.clone(),
+        openapi: web::Bytes::from(openapi::spec_json(config.upload.files)),
     });
     let request_ids = Arc::new(AtomicU64::new(0));
     let served = Arc::new(AtomicU64::new(0));

@@ -1,12 +1,11 @@
 //! The OpenAPI 3 description, generated from the handlers' annotations, and a docs page that
 //! works offline (Swagger UI is compiled into the binary).
 
-use std::sync::OnceLock;
-
 use actix_web::http::header::{CACHE_CONTROL, ContentType};
 use actix_web::{HttpResponse, web};
 use utoipa::OpenApi;
 
+use crate::AppState;
 use crate::problem::Problem;
 use crate::routes;
 
@@ -28,7 +27,7 @@ use crate::routes;
         routes::classify,
         routes::classify_batch,
     ),
-    components(schemas(Problem, model::Ranked, model::RecordMeta)),
+    components(schemas(Problem, model::Ranked, model::RecordMeta, routes::ImageFile)),
     tags(
         (name = "classify", description = "Image classification"),
         (name = "service", description = "Health, metadata and metrics"),
@@ -36,20 +35,18 @@ use crate::routes;
 )]
 pub struct ApiDoc;
 
-/// The description as JSON, built once.
-pub fn spec_json() -> &'static str {
-    static SPEC: OnceLock<String> = OnceLock::new();
-    SPEC.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_pretty_json()
-            .expect("the OpenAPI document serialises")
-    })
+/// The description as JSON, with the limits of this server's settings where a schema states
+/// them (`maxItems` of a batch: `--max-files`). Built once, at start-up.
+pub fn spec_json(max_files: usize) -> String {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    doc["components"]["schemas"]["BatchForm"]["properties"]["files"]["maxItems"] = max_files.into();
+    serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
 }
 
-pub async fn spec() -> HttpResponse {
+pub async fn spec(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::json())
-        .body(spec_json())
+        .body(state.openapi.clone())
 }
 
 const DOCS_PAGE: &str = r##"<!doctype html>

@@ -13,8 +13,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    #[error("method not allowed here; allowed: {0}")]
+    MethodNotAllowed(&'static str),
     #[error("missing multipart field '{0}'")]
     MissingField(&'static str),
+    #[error("unexpected multipart field '{got}': send only '{expected}'")]
+    UnexpectedField { got: String, expected: &'static str },
     #[error("the uploaded file '{0}' is empty")]
     EmptyFile(String),
     #[error("request body exceeds the limit of {limit} bytes")]
@@ -45,7 +49,9 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::NotFound(_) => "not-found",
+            ApiError::MethodNotAllowed(_) => "method-not-allowed",
             ApiError::MissingField(_) => "missing-field",
+            ApiError::UnexpectedField { .. } => "unexpected-field",
             ApiError::EmptyFile(_) => "empty-file",
             ApiError::BodyTooLarge { .. } => "body-too-large",
             ApiError::TooManyFiles { .. } => "too-many-files",
@@ -94,10 +100,12 @@ pub struct Problem {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::MissingField(_) | ApiError::EmptyFile(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadRequest(_)
+            | ApiError::MissingField(_)
+            | ApiError::UnexpectedField { .. }
+            | ApiError::EmptyFile(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyFiles { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -117,6 +125,9 @@ impl ResponseError for ApiError {
         res.insert_header((header::CONTENT_TYPE, "application/problem+json"));
         if matches!(self, ApiError::Overloaded | ApiError::Timeout) {
             res.insert_header((header::RETRY_AFTER, HeaderValue::from_static("1")));
+        }
+        if let ApiError::MethodNotAllowed(methods) = self {
+            res.insert_header((header::ALLOW, *methods));
         }
         // Errors carry their kind so the metrics middleware can count them.
         res.insert_header(("x-error-kind", self.kind()));

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::http::header::ContentType;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::http::Method;
+use actix_web::http::header::{self, ContentType};
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
 use model::{CLASSES, IMAGE_BYTES, PARAMETER_COUNT, Prediction, Ranked, RecordMeta};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -15,18 +16,66 @@ use crate::problem::{ApiError, Problem};
 use crate::upload::{self, Uploads};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(root))
-        .route("/health", web::get().to(health))
-        .route("/ready", web::get().to(ready))
-        .route("/model/info", web::get().to(model_info))
-        .route("/classes", web::get().to(classes))
-        .route("/metrics", web::get().to(metrics))
-        .route("/ui", web::get().to(ui))
-        .route("/openapi.json", web::get().to(crate::openapi::spec))
-        .route("/docs", web::get().to(crate::openapi::docs))
-        .route("/docs/{file}", web::get().to(crate::openapi::asset))
-        .route("/classify", web::post().to(classify))
-        .route("/classify/batch", web::post().to(classify_batch));
+    get(cfg, "/", root);
+    get(cfg, "/health", health);
+    get(cfg, "/ready", ready);
+    get(cfg, "/model/info", model_info);
+    get(cfg, "/classes", classes);
+    get(cfg, "/metrics", metrics);
+    get(cfg, "/ui", ui);
+    get(cfg, "/openapi.json", crate::openapi::spec);
+    get(cfg, "/docs", crate::openapi::docs);
+    get(cfg, "/docs/{file}", crate::openapi::asset);
+    post(cfg, "/classify", classify);
+    post(cfg, "/classify/batch", classify_batch);
+}
+
+/// Methods of a read-only resource (RFC 9110: HEAD wherever GET is served).
+const ALLOW_GET: &str = "GET, HEAD, OPTIONS";
+/// Methods of an upload resource.
+const ALLOW_POST: &str = "POST, OPTIONS";
+
+/// A resource served by GET and HEAD (actix-http sends HEAD answers without their body).
+fn get<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
+where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    cfg.service(
+        web::resource(path)
+            .route(web::get().to(handler.clone()))
+            .route(web::head().to(handler))
+            .route(web::method(Method::OPTIONS).to(|| allow(ALLOW_GET)))
+            .default_service(web::to(|| method_not_allowed(ALLOW_GET))),
+    );
+}
+
+/// A resource served by POST.
+fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
+where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    cfg.service(
+        web::resource(path)
+            .route(web::post().to(handler))
+            .route(web::method(Method::OPTIONS).to(|| allow(ALLOW_POST)))
+            .default_service(web::to(|| method_not_allowed(ALLOW_POST))),
+    );
+}
+
+/// `OPTIONS` on a resource: its methods (CORS preflights are answered before this, by the
+/// CORS middleware, when origins are configured).
+async fn allow(methods: &'static str) -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::ALLOW, methods))
+        .finish()
+}
+
+async fn method_not_allowed(methods: &'static str) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed(methods))
 }
 
 /// What `GET /` answers.
@@ -241,38 +290,118 @@ async fn prepare(state: &AppState, uploads: Uploads) -> Result<Vec<Prepared>, Ap
     decode::prepare(state.preprocessor, &state.decode_budget, uploads, wait).await
 }
 
-/// Multipart form of `POST /classify`.
+/// An encoded image file: at least one byte (an empty file is refused with 400).
+pub struct ImageFile;
+
+impl utoipa::PartialSchema for ImageFile {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .min_length(Some(1))
+            .description(Some("An image file: JPEG, PNG, BMP, TIFF, WebP or GIF"))
+            .into()
+    }
+}
+
+impl ToSchema for ImageFile {}
+
+/// Multipart form of `POST /classify`: the one field `file`, nothing else.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ClassifyForm {
     /// The image (JPEG, PNG, BMP, TIFF, WebP or GIF).
-    #[schema(value_type = String, format = Binary)]
-    file: Vec<u8>,
+    file: ImageFile,
 }
 
-/// Multipart form of `POST /classify/batch`.
+/// Multipart form of `POST /classify/batch`. At most `--max-files` files (the served document
+/// gives the server's own figure as `maxItems`).
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct BatchForm {
     /// The images, in the order the answers come back.
-    #[schema(value_type = Vec<String>, format = Binary)]
-    files: Vec<Vec<u8>>,
+    #[schema(min_items = 1)]
+    files: Vec<ImageFile>,
+}
+
+/// The problems `POST /classify` answers with.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum ClassifyProblems {
+    /// `/problems/bad-request` (malformed multipart, a part without a filename),
+    /// `/problems/missing-field` (no `file`), `/problems/unexpected-field` (a field besides
+    /// `file`), `/problems/empty-file` (a zero-byte upload)
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// `/problems/request-timeout`: the body did not arrive within `--request-timeout`
+    #[response(status = 408, content_type = "application/problem+json")]
+    RequestTimeout(Problem),
+    /// `/problems/body-too-large`: the body is over `--max-body`
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// `/problems/unsupported-media-type`: neither multipart nor an image type
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+    /// `/problems/invalid-image` (not a decodable image: corrupt, truncated, unknown format),
+    /// `/problems/image-too-large` (over `--max-pixels`, or decoding it would take more than
+    /// `--decode-memory`)
+    #[response(status = 422, content_type = "application/problem+json")]
+    InvalidImage(Problem),
+    /// `/problems/internal`: the model failed
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
+    /// `/problems/overloaded` (no room for the image now) or `/problems/timeout` (the model
+    /// did not answer in time); retry after `Retry-After`
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
+/// The problems `POST /classify/batch` answers with (a failing image gets its problem inside
+/// the 200 answer instead).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub enum BatchProblems {
+    /// `/problems/bad-request` (malformed multipart, a part without a filename),
+    /// `/problems/missing-field` (no `files`), `/problems/unexpected-field` (a field besides
+    /// `files`), `/problems/empty-file` (a zero-byte file)
+    #[response(status = 400, content_type = "application/problem+json")]
+    BadRequest(Problem),
+    /// `/problems/request-timeout`: the body did not arrive within `--request-timeout`
+    #[response(status = 408, content_type = "application/problem+json")]
+    RequestTimeout(Problem),
+    /// `/problems/body-too-large` (over `--max-body`), `/problems/too-many-files` (over
+    /// `--max-files`)
+    #[response(status = 413, content_type = "application/problem+json")]
+    TooLarge(Problem),
+    /// `/problems/unsupported-media-type`: not multipart
+    #[response(status = 415, content_type = "application/problem+json")]
+    UnsupportedMediaType(Problem),
+    /// `/problems/internal`: the model failed
+    #[response(status = 500, content_type = "application/problem+json")]
+    Internal(Problem),
+    /// `/problems/overloaded` (no room for the images now) or `/problems/timeout` (the model
+    /// did not answer in time); retry after `Retry-After`
+    #[response(status = 503, content_type = "application/problem+json")]
+    Unavailable(Problem),
 }
 
 #[utoipa::path(post, path = "/classify", tag = "classify",
     request_body(description = "An image, as multipart field `file` or as the raw body", content(
         (ClassifyForm = "multipart/form-data"),
-        (String = "image/*"),
-        (String = "application/octet-stream"),
+        (ImageFile = "image/jpeg"),
+        (ImageFile = "image/png"),
+        (ImageFile = "image/gif"),
+        (ImageFile = "image/bmp"),
+        (ImageFile = "image/tiff"),
+        (ImageFile = "image/webp"),
+        (ImageFile = "application/octet-stream"),
     )),
     responses(
         (status = 200, description = "The prediction and the top 3", body = Classified),
-        (status = 400, description = "Malformed multipart, missing field or empty file", body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive in time", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over the limit", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Neither multipart nor image/*", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Not a decodable image, or over the pixel limit", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "At capacity; retry after the Retry-After delay", body = Problem, content_type = "application/problem+json"),
+        ClassifyProblems,
     ))]
 async fn classify(
     state: web::Data<AppState>,
@@ -297,11 +426,7 @@ async fn classify(
     )),
     responses(
         (status = 200, description = "One entry per image, in order; failed images carry an error", body = BatchAnswer),
-        (status = 400, description = "Malformed multipart or no `files` field", body = Problem, content_type = "application/problem+json"),
-        (status = 408, description = "The body did not arrive in time", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body over the limit, or too many files", body = Problem, content_type = "application/problem+json"),
-        (status = 415, description = "Not multipart", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "At capacity; retry after the Retry-After delay", body = Problem, content_type = "application/problem+json"),
+        BatchProblems,
     ))]
 async fn classify_batch(
     state: web::Data<AppState>,

@@ -225,26 +225,43 @@ async fn read_multipart(
     let mut uploads = Vec::new();
     while let Some(part) = multipart.next().await {
         let mut part = part.map_err(malformed)?;
-        let wanted = part.name() == Some(field);
-        if wanted && uploads.len() == limits.files {
+        // Only the expected field is accepted, as the OpenAPI document says: a misspelt field
+        // is named in the answer rather than silently ignored.
+        if part.name() != Some(field) {
+            return Err(ApiError::UnexpectedField {
+                got: part.name().unwrap_or_default().chars().take(64).collect(),
+                expected: field,
+            });
+        }
+        if uploads.len() == limits.files {
             return Err(ApiError::TooManyFiles {
                 limit: limits.files,
             });
         }
-        let filename = part
+        // A part without a filename is a form value, not a file upload (as browsers, curl -F
+        // name=@file and the original FastAPI service all see it).
+        let Some(filename) = part
             .content_disposition()
             .and_then(|cd| cd.get_filename())
-            .map(str::to_string);
+            .map(str::to_string)
+        else {
+            return Err(ApiError::BadRequest(format!(
+                "multipart field '{field}' must be a file upload (a part with a filename)"
+            )));
+        };
         let mut bytes = Vec::new();
         while let Some(chunk) = part.next().await {
-            let chunk = chunk.map_err(malformed)?;
-            if wanted {
-                bytes.extend_from_slice(&chunk);
-            }
+            bytes.extend_from_slice(&chunk.map_err(malformed)?);
         }
-        if wanted {
-            uploads.push(Upload { filename, bytes });
+        // An empty part is a broken request, not an image that failed: the whole request is
+        // refused, batch or not.
+        if bytes.is_empty() {
+            return Err(ApiError::EmptyFile(filename));
         }
+        uploads.push(Upload {
+            filename: Some(filename),
+            bytes,
+        });
     }
     if uploads.is_empty() {
         return Err(ApiError::MissingField(field));

@@ -191,7 +191,33 @@ fn bad_inputs_get_clear_errors_and_the_server_stays_up() {
     assert_problem(
         &post_multipart(&s, "/classify", &[("image", "a.jpg", &jpeg)]),
         400,
-        "missing-field",
+        "unexpected-field",
+    );
+    assert_problem(&post_multipart(&s, "/classify", &[]), 400, "missing-field");
+    // A part without a filename is a form value, not a file.
+    let mut no_filename = multipart(&[("file", "a.jpg", &jpeg)]);
+    let cut: &[u8] = b"; filename=\"a.jpg\"";
+    let at = no_filename
+        .windows(cut.len())
+        .position(|w| w == cut)
+        .unwrap();
+    no_filename.drain(at..at + cut.len());
+    let r = post(
+        &s,
+        "/classify",
+        &format!("multipart/form-data; boundary={BOUNDARY}"),
+        &no_filename,
+    );
+    assert_problem(&r, 400, "bad-request");
+    // An empty file spoils a batch as a whole: it is a broken request, not a failed image.
+    assert_problem(
+        &post_multipart(
+            &s,
+            "/classify/batch",
+            &[("files", "a.jpg", &jpeg), ("files", "b.jpg", b"")],
+        ),
+        400,
+        "empty-file",
     );
     assert_problem(
         &post_multipart(&s, "/classify", &[("file", "a.jpg", b"")]),

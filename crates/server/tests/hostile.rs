@@ -137,10 +137,10 @@ fn deeply_nested_multipart_is_just_bytes() {
     let r = post_multipart(&s, "/classify", &[("file", "nested", &nested)]);
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(problem_type(&r), "/problems/invalid-image");
-    // The same nesting in an unexpected field is skipped: the expected one is missing.
+    // The same nesting in an unexpected field is refused before its content is read.
     let r = post_multipart(&s, "/classify", &[("other", "nested", &nested)]);
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(problem_type(&r), "/problems/missing-field");
+    assert_eq!(problem_type(&r), "/problems/unexpected-field");
     assert_eq!(get(&s, "/health").0, 200);
 }
 
