@@ -23,6 +23,9 @@ use crate::upload::{Upload, Uploads};
 const INLINE_BYTES: usize = 64 * 1024;
 const INLINE_PIXELS: u64 = 128 * 128;
 
+/// Uploads of at most this many bytes in all have their headers read on the async worker.
+const INLINE_HEADER_BYTES: usize = 256 * 1024;
+
 /// Most memory an inline decode takes: a 128×128 frame of up to 16 bytes a pixel, its RGB
 /// copy and the resize's rows.
 pub const INLINE_DECODE_BYTES: u64 = INLINE_PIXELS * 19 + 256 * 64 * 16;
@@ -92,7 +95,12 @@ pub async fn prepare(
     }
     let uploads = Arc::new(uploads);
     let limit = budget.limit;
-    let costs = {
+    // Reading headers takes microseconds (a JPEG decoder copies its file): for small uploads
+    // that is cheaper on this worker than a hand-off to the blocking pool.
+    let total: usize = uploads.files.iter().map(|f| f.bytes.len()).sum();
+    let costs = if total <= INLINE_HEADER_BYTES {
+        uploads.files.iter().map(|f| cost(&pre, f, limit)).collect()
+    } else {
         let uploads = uploads.clone();
         blocking(move || {
             uploads

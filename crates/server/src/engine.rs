@@ -221,13 +221,21 @@ fn infer(
             metrics.images.fetch_add(images as u64, Ordering::Relaxed);
             for job in jobs.into_iter().rev() {
                 let mine = preds.split_off(preds.len() - job.images);
-                let _ = job.reply.send(Ok(mine));
+                answer(job, Ok(mine));
             }
         }
         Err(_) => {
             for job in jobs {
-                let _ = job.reply.send(Err("the model failed on this batch".into()));
+                answer(job, Err("the model failed on this batch".into()));
             }
         }
     }
+}
+
+/// Sends a job's answer, its images and permits released first: the requester, woken by the
+/// answer, may come back with its next request before this thread runs again.
+fn answer(job: Job, result: Result<Vec<Prediction>, String>) {
+    let Job { reply, pixels, _admitted, .. } = job;
+    drop((pixels, _admitted));
+    let _ = reply.send(result);
 }
