@@ -203,6 +203,20 @@ impl Process {
         }
     }
 
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> Reply {
+        reply(
+            agent()
+                .post(format!("http://{}{path}", self.addr))
+                .header("Content-Type", content_type)
+                .send(body),
+        )
+    }
+
+    pub fn post_multipart(&self, path: &str, parts: &[(&str, &str, &[u8])]) -> Reply {
+        let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+        self.post(path, &content_type, &multipart(parts))
+    }
+
     /// A `kB` line of the process's `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
     pub fn status_bytes(&self, key: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
