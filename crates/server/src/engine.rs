@@ -235,7 +235,12 @@ fn infer(
 /// Sends a job's answer, its images and permits released first: the requester, woken by the
 /// answer, may come back with its next request before this thread runs again.
 fn answer(job: Job, result: Result<Vec<Prediction>, String>) {
-    let Job { reply, pixels, _admitted, .. } = job;
+    let Job {
+        reply,
+        pixels,
+        _admitted,
+        ..
+    } = job;
     drop((pixels, _admitted));
     let _ = reply.send(result);
 }
