@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use model::dataset::OnCorrupt;
 use model::{Backend, CnnConfig};
 use train::config::{OptimizerKind, ScheduleKind};
+use train::download::{self, Checksum, DownloadOptions};
 use train::run::{CONFIG_FILE, default_run_dir};
 use train::{RunOptions, TrainConfig};
 
@@ -23,9 +24,19 @@ struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// CIFAR-10 directory: image folders (train/<class>, test/<class>) or the official
-    /// binary release (cifar-10-batches-bin/*.bin).
-    #[arg(long, env = "CIFAR10_DATA", required = true)]
+    /// binary release (cifar-10-batches-bin/*.bin). Without it, train looks in
+    /// $CIFAR10_DATA, then ./data, and downloads the official release into ./data when
+    /// neither holds CIFAR-10.
+    #[arg(long)]
     data: Option<PathBuf>,
+    /// Where to download CIFAR-10 from when no data is found (a mirror of the official
+    /// binary release works too).
+    #[arg(long, value_name = "URL", default_value = download::DEFAULT_URL)]
+    download_url: String,
+    /// Checksum of the file at --download-url, checked before unpacking: md5 hex, or
+    /// md5:<hex> / sha256:<hex>.
+    #[arg(long, value_name = "CHECKSUM", default_value = download::DEFAULT_CHECKSUM)]
+    download_checksum: Checksum,
     /// Run folder to write (default: runs/<UTC timestamp>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -66,7 +77,7 @@ struct Args {
     /// What to do with an unreadable image or a truncated batch file.
     #[arg(long, default_value = "fail")]
     on_corrupt: OnCorrupt,
-    /// Plain progress lines even when stdout is a terminal.
+    /// Plain progress lines even on a terminal (no dashboard, no download progress bar).
     #[arg(long)]
     plain: bool,
 }
@@ -84,7 +95,16 @@ fn main() -> Result<()> {
         println!("plots written to {}", run.display());
         return Ok(());
     }
-    let data = args.data.clone().context("--data is required")?;
+    // Read here rather than through clap's `env`, so that an explicit --data (never
+    // second-guessed) stays distinguishable from the environment (one place to look among others).
+    let env_data = std::env::var_os("CIFAR10_DATA")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let fetch = DownloadOptions {
+        progress: !args.plain,
+        ..DownloadOptions::new(args.download_url.clone(), args.download_checksum.clone())
+    };
+    let data = download::locate_or_download(args.data.as_deref(), env_data.as_deref(), &fetch)?;
     let (config, out, resume) = match &args.resume {
         Some(dir) => {
             let path = dir.join(CONFIG_FILE);
