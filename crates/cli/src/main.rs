@@ -1,6 +1,6 @@
 //! `cnn`: classify images and evaluate records with the CIFAR-10 CNN from a terminal.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -45,7 +45,9 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
     },
-    /// Accuracy on a labelled CIFAR-10 test set (image folders or the official binary files).
+    /// Accuracy on a labelled CIFAR-10 set: a folder of `<class>/` image folders (e.g.
+    /// cifar10/test), or the test split of a data set (train/ + test/ folders, or the official
+    /// binary files).
     Eval {
         #[arg(long)]
         data: PathBuf,
@@ -54,7 +56,8 @@ enum Command {
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
     },
-    /// Classify through a running server (`/classify`, or `/classify/batch` for several files).
+    /// Classify image files, or every file under directories, through a running server
+    /// (`/classify`, or `/classify/batch` in batches of at most the server's `--max-files`).
     Remote {
         /// Server base URL, e.g. http://127.0.0.1:8000
         url: String,
@@ -83,11 +86,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // The reader of our output has gone (`cnn eval ... | head`): nothing is left to say,
+        // and it is not a failure (as ripgrep and the coreutils see it).
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn load(cli: &Cli, device: &Device) -> Result<(Cnn, RecordMeta, String)> {
@@ -119,7 +133,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Remote { .. } => unreachable!("handled above"),
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "cnn", &mut std::io::stdout());
+            // clap_complete panics on a failed write; a buffer cannot fail.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "cnn", &mut script);
+            std::io::stdout().write_all(&script)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ImportPytorch { pth, out } => {
@@ -134,37 +151,45 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             model::save_model(&net, out, &meta)
                 .with_context(|| format!("cannot write {}", out.display()))?;
-            println!(
+            writeln!(
+                std::io::stdout(),
                 "wrote {} ({PARAMETER_COUNT} parameters) from {}",
                 out.display(),
                 pth.display()
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Info => {
             let (_, meta, source) = load(&cli, &device)?;
-            println!(
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
                 "architecture  conv(3→16,3×3,p1) ReLU maxpool2 → conv(16→32,3×3,p1) ReLU maxpool2 → fc(8192→100) ReLU → fc(100→10)"
-            );
-            println!("input         64×64 RGB, normalised to [-1, 1]");
-            println!("parameters    {PARAMETER_COUNT}");
-            println!("classes       {}", CLASSES.join(", "));
-            println!("record        {source} (format v{})", meta.format_version);
+            )?;
+            writeln!(out, "input         64×64 RGB, normalised to [-1, 1]")?;
+            writeln!(out, "parameters    {PARAMETER_COUNT}")?;
+            writeln!(out, "classes       {}", CLASSES.join(", "))?;
+            writeln!(
+                out,
+                "record        {source} (format v{})",
+                meta.format_version
+            )?;
             if let Some(a) = meta.test_accuracy {
-                println!("test accuracy {:.2}%", a * 100.0);
+                writeln!(out, "test accuracy {:.2}%", a * 100.0)?;
             }
             if let Some(c) = &meta.created {
-                println!("trained       {c}");
+                writeln!(out, "trained       {c}")?;
             }
             if let Some(r) = &meta.recipe {
-                println!("recipe        {r}");
+                writeln!(out, "recipe        {r}")?;
             }
             let backends: Vec<_> = Backend::available().iter().map(|b| b.name()).collect();
-            println!(
+            writeln!(
+                out,
                 "backends      {} (using {})",
                 backends.join(", "),
                 cli.backend
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Classify {
@@ -185,8 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let (net, meta, source) = load(&cli, &device)?;
             let net = Inference::new(net, cli.backend)?;
-            let layout = dataset::detect(data)?;
-            let split = layout.test(OnCorrupt::Skip)?;
+            let split = dataset::labelled_set(data, OnCorrupt::Skip)?;
             // A progress bar on a terminal only: scripts and logs get just the result.
             let bar = if std::io::stderr().is_terminal() {
                 indicatif::ProgressBar::new(split.samples.len() as u64)
@@ -203,44 +227,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 bar.set_position(done as u64)
             });
             bar.finish_and_clear();
+            let mut out = std::io::stdout().lock();
             if *json {
-                println!(
+                writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "record": source, "recorded_accuracy": meta.test_accuracy,
                         "skipped": split.skipped, "evaluation": e,
                     }))?
-                );
+                )?;
             } else {
-                println!(
+                writeln!(
+                    out,
                     "{} images ({} skipped) with {source}",
                     e.images,
                     split.skipped.len()
-                );
-                println!(
+                )?;
+                writeln!(
+                    out,
                     "top-1 accuracy {:.2}%   top-3 accuracy {:.2}%",
                     e.accuracy * 100.0,
                     e.top3_accuracy * 100.0
-                );
-                println!("\nper class:");
+                )?;
+                writeln!(out, "\nper class:")?;
                 for (class, acc) in &e.per_class {
-                    println!(
+                    writeln!(
+                        out,
                         "  {class:<11} {}",
                         acc.map_or("-".into(), |a| format!("{:.2}%", a * 100.0))
-                    );
+                    )?;
                 }
-                println!("\nconfusion matrix (rows: truth, columns: predicted):");
-                print!("{:>11}", "");
+                writeln!(out, "\nconfusion matrix (rows: truth, columns: predicted):")?;
+                write!(out, "{:>11}", "")?;
                 for c in CLASSES {
-                    print!(" {:>6}", &c[..c.len().min(6)]);
+                    write!(out, " {:>6}", &c[..c.len().min(6)])?;
                 }
-                println!();
+                writeln!(out)?;
                 for (i, row) in e.confusion.iter().enumerate() {
-                    print!("{:>11}", CLASSES[i]);
+                    write!(out, "{:>11}", CLASSES[i])?;
                     for n in row {
-                        print!(" {n:>6}");
+                        write!(out, " {n:>6}")?;
                     }
-                    println!();
+                    writeln!(out)?;
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -140,8 +140,25 @@ fn eval_on_both_layouts_agrees() {
         assert_eq!(v["evaluation"]["images"], 30);
         results.push(v["evaluation"].clone());
     }
-    // The same pixels in both layouts give the same confusion matrix.
+    // A folder of class folders (what people have, e.g. cifar10/test) is evaluated as is.
+    let out = cnn(&[
+        "--model",
+        model.to_str().unwrap(),
+        "eval",
+        "--data",
+        dir.join("folders/test").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    results.push(v["evaluation"].clone());
+    // The same pixels in every layout give the same confusion matrix.
     assert_eq!(results[0]["confusion"], results[1]["confusion"]);
+    assert_eq!(results[0]["confusion"], results[2]["confusion"]);
 
     let table = cnn(&[
         "--model",
@@ -182,4 +199,38 @@ fn info_completions_and_errors() {
     ]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a valid record"));
+}
+
+/// A reader that goes away (`cnn eval ... | head`) ends a command quietly with status 0, as
+/// ripgrep does: no panic, no "Broken pipe" error.
+#[test]
+fn a_closed_stdout_ends_every_command_quietly() {
+    let dir = tmp("pipe");
+    let images = testdata::images("test", 1);
+    testdata::write_folders(&dir.join("data"), &images);
+    std::fs::write(dir.join("a.jpg"), &images[0].bytes).unwrap();
+    let model = record(&dir);
+    let data = dir.join("data/test");
+    let image = dir.join("a.jpg");
+    let commands: [&[&str]; 5] = [
+        &["info"],
+        &["eval", "--data", data.to_str().unwrap()],
+        &["eval", "--data", data.to_str().unwrap(), "--json"],
+        &["classify", image.to_str().unwrap()],
+        &["completions", "bash"],
+    ];
+    for args in commands {
+        // The read end is closed before the command starts: its first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(env!("CARGO_BIN_EXE_cnn"))
+            .args(["--model", model.to_str().unwrap()])
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
 }

@@ -130,6 +130,15 @@ impl Layout {
     }
 }
 
+/// A labelled set to evaluate on: `dir` itself holding one folder per class (`<class>/*`, such
+/// as `cifar10/test`), or the test split of either layout [`detect`] finds under it.
+pub fn labelled_set(dir: &Path, on_corrupt: OnCorrupt) -> Result<Split, DataError> {
+    if CLASSES.iter().any(|class| dir.join(class).is_dir()) {
+        return read_folders(dir, on_corrupt);
+    }
+    detect(dir)?.test(on_corrupt)
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     move |source| DataError::Io {
         path: path.to_path_buf(),

@@ -7,8 +7,11 @@
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use anyhow::Context;
 
 use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
@@ -34,13 +37,29 @@ pub struct EpochRecord {
     pub epoch_seconds: f64,
 }
 
-/// Reads every epoch record of a run.
-pub fn read_metrics(path: &Path) -> std::io::Result<Vec<EpochRecord>> {
-    let text = std::fs::read_to_string(path)?;
-    Ok(text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
+/// Reads every epoch record of a run; a line that is not a record is an error naming it.
+pub fn read_metrics(path: &Path) -> anyhow::Result<Vec<EpochRecord>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not an epoch record", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Why the metrics log stopped being written, if it did: set by the renderer (which then stops
+/// the training), read by the run once Burn returns.
+#[derive(Clone, Default)]
+pub struct MetricsFailure(Arc<Mutex<Option<String>>>);
+
+impl MetricsFailure {
+    pub fn take(&self) -> Option<String> {
+        self.0.lock().map_or(None, |mut slot| slot.take())
+    }
 }
 
 /// Weighted mean of a metric over the current split.
@@ -97,28 +116,32 @@ pub struct RunRenderer {
     epoch_start: Instant,
     train_rate: f64,
     last_line: Instant,
-    log: Option<File>,
+    log: File,
+    log_path: PathBuf,
+    failure: MetricsFailure,
+    stop: Interrupter,
 }
 
 impl RunRenderer {
     /// A renderer appending epochs to `metrics_path`; with Burn's dashboard when stdout is a
     /// terminal and `plain` is false.
+    /// Fails when the file cannot be opened for appending, before any training is done.
     pub fn new(
         metrics_path: &Path,
         interrupter: Interrupter,
         resume_from: Option<usize>,
         plain: bool,
-    ) -> Self {
-        let dashboard = (!plain && std::io::stdout().is_terminal())
-            .then(|| default_renderer(interrupter, resume_from));
+    ) -> anyhow::Result<Self> {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(metrics_path)
-            .map_err(|e| eprintln!("cannot open {}: {e}", metrics_path.display()))
-            .ok();
+            .with_context(|| format!("cannot open the metrics log {}", metrics_path.display()))?;
+        let stop = interrupter.clone();
+        let dashboard = (!plain && std::io::stdout().is_terminal())
+            .then(|| default_renderer(interrupter, resume_from));
         let now = Instant::now();
-        Self {
+        Ok(Self {
             dashboard,
             names: HashMap::new(),
             train: HashMap::new(),
@@ -132,7 +155,15 @@ impl RunRenderer {
             train_rate: 0.0,
             last_line: now,
             log,
-        }
+            log_path: metrics_path.to_path_buf(),
+            failure: MetricsFailure::default(),
+            stop,
+        })
+    }
+
+    /// Where a failure to write the metrics log is reported.
+    pub fn failure(&self) -> MetricsFailure {
+        self.failure.clone()
     }
 
     fn record(&mut self, state: &MetricState, valid: bool) {
@@ -160,9 +191,17 @@ impl RunRenderer {
             train_images_per_sec: self.train_rate,
             epoch_seconds: self.epoch_start.elapsed().as_secs_f64(),
         };
-        if let Some(log) = &mut self.log {
-            let line = serde_json::to_string(&rec).expect("record serialises");
-            writeln!(log, "{line}").and_then(|_| log.sync_data()).ok();
+        let line = serde_json::to_string(&rec).expect("record serialises");
+        if let Err(e) = writeln!(self.log, "{line}").and_then(|_| self.log.sync_data()) {
+            // A run without its curves is not a success: stop it and say why.
+            let why = format!(
+                "cannot write the metrics log {}: {e}",
+                self.log_path.display()
+            );
+            if let Ok(mut slot) = self.failure.0.lock() {
+                slot.get_or_insert(why);
+            }
+            self.stop.stop(Some("the metrics log cannot be written"));
         }
         if self.dashboard.is_none() {
             println!(

@@ -148,7 +148,8 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         training.interrupter(),
         resume_epoch,
         opts.plain,
-    );
+    )?;
+    let metrics_failure = renderer.failure();
     training = training.renderer(Box::new(renderer));
     if let Some(epoch) = resume_epoch {
         training = training.checkpoint(epoch);
@@ -162,6 +163,9 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         scheduler(config, steps_per_epoch)?,
     );
     let result = training.launch(learner);
+    if let Some(why) = metrics_failure.take() {
+        bail!("{why}; the run stopped (resume it with --resume once the log can be written)");
+    }
     let net = result.model.net;
 
     println!("evaluating on {} test images", test_split.samples.len());
@@ -198,7 +202,13 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
 
 /// (Re)draws a run folder's plots from its `metrics.jsonl` and `test.json`.
 pub fn plot(run: &Path) -> Result<()> {
-    let epochs = crate::progress::read_metrics(&run.join(METRICS_FILE)).unwrap_or_default();
+    let metrics = run.join(METRICS_FILE);
+    // A run that has not finished an epoch has no log yet; one that has must have a readable one.
+    let epochs = if metrics.exists() {
+        crate::progress::read_metrics(&metrics)?
+    } else {
+        Vec::new()
+    };
     let evaluation: Option<Evaluation> = std::fs::read_to_string(run.join(TEST_FILE))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())

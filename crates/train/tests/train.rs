@@ -297,3 +297,53 @@ fn same_seed_same_run() {
     };
     assert_eq!(weights(&runs[0]), weights(&runs[1]));
 }
+
+/// A metrics log that cannot be written fails the run before any training, naming the file;
+/// a damaged line in one is reported by `train plot`, not skipped.
+#[test]
+fn metrics_log_errors_fail_loudly() {
+    let data = small_folders("metrics");
+    let run = data.join("run");
+    // A folder where the log should be: it cannot be opened for appending.
+    std::fs::create_dir_all(run.join("metrics.jsonl")).unwrap();
+    let out = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot open the metrics log") && err.contains("metrics.jsonl"),
+        "{err}"
+    );
+    assert!(!run.join("model.safetensors").exists());
+
+    std::fs::remove_dir(run.join("metrics.jsonl")).unwrap();
+    ok(train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "1",
+    ])
+    .output()
+    .unwrap());
+    let log = run.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"epoch\": 2, \"train_lo\n");
+    std::fs::write(&log, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["plot", run.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("metrics.jsonl line 2"), "{err}");
+}
