@@ -10,12 +10,17 @@
 //! The crate knows nothing about Burn: it takes plain weight arrays in Burn's (and PyTorch's)
 //! layouts. The `model` crate builds it from the one network definition and tests its logits
 //! against the reference backend; the tests here check each kernel against naive loops.
+//!
+//! [`train`] has the forward and backward of one convolution block (conv → bias → ReLU → pool)
+//! for training, matching Burn's semantics down to how pooling breaks ties.
 
 use std::cell::RefCell;
 use std::ops::Range;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+
+pub mod train;
 
 /// Side of the square input image.
 pub const INPUT_SIZE: usize = 64;
@@ -248,7 +253,15 @@ thread_local! {
 }
 
 /// `c = a · b` for row-major `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`).
-fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], par: Parallelism) {
+pub(crate) fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    par: Parallelism,
+) {
     assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     if m == 0 || n == 0 {
         return;
@@ -284,7 +297,13 @@ fn matmul(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], c: &mut [f32], par
 /// Unfolds the output rows `rows` of a `c × size × size` image for a 3×3 convolution with
 /// stride 1 and padding 1: row `ci·9 + kh·3 + kw` holds the input shifted by
 /// `(kh - 1, kw - 1)`, zeros outside the image.
-fn im2col_3x3(input: &[f32], c: usize, size: usize, rows: Range<usize>, cols: &mut [f32]) {
+pub(crate) fn im2col_3x3(
+    input: &[f32],
+    c: usize,
+    size: usize,
+    rows: Range<usize>,
+    cols: &mut [f32],
+) {
     let (w, plane_len) = (size, size * size);
     let band = rows.len() * w;
     for ci in 0..c {

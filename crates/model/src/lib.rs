@@ -13,6 +13,8 @@ pub mod classes;
 pub mod dataset;
 pub mod error;
 pub mod eval;
+#[cfg(feature = "flex")]
+pub mod fused;
 pub mod inference;
 pub mod net;
 pub mod predict;

@@ -64,15 +64,36 @@ impl CnnConfig {
 }
 
 impl Cnn {
-    /// Logits `[batch, 10]` for normalised images `[batch, 3, 64, 64]`.
+    /// Logits `[batch, 10]` for normalised images `[batch, 3, 64, 64]`. On a Flex device each
+    /// convolution block runs as one fused op with a hand-written backward ([`crate::fused`]);
+    /// elsewhere (wgpu, ndarray) as Burn's generic ops.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        let x = self
-            .pool
-            .forward(self.relu.forward(self.conv1.forward(images)));
-        let x = self.pool.forward(self.relu.forward(self.conv2.forward(x)));
+        self.forward_with(images, true)
+    }
+
+    /// [`Cnn::forward`] with Burn's generic ops on every device: the reference the fused op is
+    /// tested against.
+    pub fn forward_unfused(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, false)
+    }
+
+    fn forward_with(&self, images: Tensor<4>, fused: bool) -> Tensor<2> {
+        let x = self.conv_block(&self.conv1, images, fused);
+        let x = self.conv_block(&self.conv2, x, fused);
         let x: Tensor<2> = x.flatten(1, 3);
         let x = self.relu.forward(self.fc1.forward(x));
         self.fc2.forward(x)
+    }
+
+    /// conv → ReLU → 2×2 max-pool.
+    fn conv_block(&self, conv: &Conv2d, x: Tensor<4>, fused: bool) -> Tensor<4> {
+        #[cfg(feature = "flex")]
+        if fused && let Some(y) = crate::fused::conv_relu_pool(conv, &self.pool, &x) {
+            return y;
+        }
+        #[cfg(not(feature = "flex"))]
+        let _ = fused;
+        self.pool.forward(self.relu.forward(conv.forward(x)))
     }
 }
 

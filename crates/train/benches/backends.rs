@@ -6,7 +6,8 @@
 
 use std::hint::black_box;
 
-use burn::optim::AdamConfig;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use model::{Backend, IMAGE_FLOATS, Inference, default_config};
@@ -80,5 +81,40 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, inference, train_step);
+/// One AdamW step at batch 64 on burn-flex, the convolution blocks fused (what `train` runs)
+/// and as Burn's generic ops, side by side; with 44 MFLOP per image, images/s × 44e6 is the
+/// FLOP rate (README, "Speed").
+fn flex_step(c: &mut Criterion) {
+    let mut group = c.benchmark_group("flex_step");
+    group.sample_size(20);
+    let device = Device::flex().autodiff();
+    let batch = 64;
+    let x = images(batch, &device);
+    let targets: Vec<i64> = (0..batch as i64).map(|i| i % 10).collect();
+    let y = Tensor::<1, Int>::from_data(TensorData::new(targets, [batch]), &device);
+    let loss = CrossEntropyLossConfig::new()
+        .with_smoothing(Some(0.1))
+        .init(&device);
+    group.throughput(Throughput::Elements(batch as u64));
+    for (name, fused) in [("fused", true), ("generic", false)] {
+        let mut net = Some(default_config().init(&device));
+        let mut optim = AdamWConfig::new().with_weight_decay(0.05).init();
+        group.bench_function(BenchmarkId::new(name, batch), |b| {
+            b.iter(|| {
+                let n = net.take().unwrap();
+                let logits = if fused {
+                    n.forward(x.clone())
+                } else {
+                    n.forward_unfused(x.clone())
+                };
+                let l = loss.forward(logits, y.clone());
+                let grads = GradientsParams::from_grads(l.backward(), &n);
+                net = Some(optim.step(1e-3, n, grads));
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, inference, train_step, flex_step);
 criterion_main!(benches);
