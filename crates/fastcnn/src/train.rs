@@ -420,21 +420,31 @@ fn bias_relu_pool_argmax(
                 // The bias goes on each value before comparing: `fl(c + b)` can merge two
                 // distinct `c`, and Burn compares the merged values.
                 let window = [r0[i0] + b, r0[i1] + b, r1[i0] + b, r1[i1] + b];
-                let (mut best, mut at) = (window[0], 0);
-                for (i, &v) in window.iter().enumerate().skip(1) {
-                    if v > best || v.is_nan() {
-                        (best, at) = (v, i);
-                    }
+                // A branch-free tournament: the later of a pair wins only when strictly
+                // greater, so exact ties go to the earliest position, as Burn's scan does.
+                let (top, top_at) = pick(window[0], 0, window[1], 1);
+                let (bottom, bottom_at) = pick(window[2], 2, window[3], 3);
+                let (mut best, mut at) = pick(top, top_at, bottom, bottom_at);
+                if window.iter().any(|v| v.is_nan()) {
+                    // Burn's scan lets a NaN win wherever it is, the last one last.
+                    let last = window.iter().rposition(|v| v.is_nan()).unwrap_or(0);
+                    (best, at) = (f32::NAN, last as u8);
                 }
                 // ReLU's backward passes the gradient where its input is > 0 or NaN.
-                if best > 0.0 || best.is_nan() {
-                    (*o, *a) = (best, at as u8);
-                } else {
-                    (*o, *a) = (0.0, DEAD);
-                }
+                let alive = best > 0.0 || best.is_nan();
+                *o = if alive { best } else { 0.0 };
+                *a = if alive { at } else { DEAD };
             }
         }
     }
+}
+
+/// The larger of two candidates, the first on a tie (and the first when either is NaN: the
+/// caller handles NaN).
+#[inline(always)]
+fn pick(a: f32, a_at: u8, b: f32, b_at: u8) -> (f32, u8) {
+    let later = b > a;
+    (if later { b } else { a }, if later { b_at } else { a_at })
 }
 
 /// The gradient reaching one image's `conv + bias` (`c × size × size`) from its pooled output's
@@ -461,20 +471,18 @@ fn pool_relu_backward(
             let (r0, r1) = plane[2 * y * w..(2 * y + 2) * w].split_at_mut(w);
             let row = y * half..(y + 1) * half;
             for (x, (&g, &win)) in grads[row.clone()].iter().zip(&wins[row]).enumerate() {
-                let mut cell = [0.0f32; 4];
-                match win {
-                    DEAD => {}
-                    0..=3 => {
-                        cell[usize::from(win)] = g;
-                        sum += g;
-                    }
-                    _ => panic!("argmax byte {win} is neither a window position nor DEAD"),
-                }
+                assert!(
+                    win <= 3 || win == DEAD,
+                    "argmax byte {win} is neither a window position nor DEAD"
+                );
+                // Branch-free: each of the four positions takes `g` when it is the winner.
+                let at = |i: u8| if win == i { g } else { 0.0 };
                 let (i0, i1) = (2 * x, 2 * x + 1);
-                r0[i0] = cell[0];
-                r0[i1] = cell[1];
-                r1[i0] = cell[2];
-                r1[i1] = cell[3];
+                r0[i0] = at(0);
+                r0[i1] = at(1);
+                r1[i0] = at(2);
+                r1[i1] = at(3);
+                sum += if win == DEAD { 0.0 } else { g };
             }
         }
         dbias[ch] += sum;

@@ -85,6 +85,8 @@ fn train_step(c: &mut Criterion) {
 /// and as Burn's generic ops, side by side; with 44 MFLOP per image, images/s × 44e6 is the
 /// FLOP rate (README, "Speed").
 fn flex_step(c: &mut Criterion) {
+    // As the `train` binary runs.
+    train::keep_large_blocks_in_the_heap();
     let mut group = c.benchmark_group("flex_step");
     group.sample_size(20);
     let device = Device::flex().autodiff();

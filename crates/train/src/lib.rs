@@ -19,3 +19,17 @@ pub mod time;
 
 pub use config::TrainConfig;
 pub use run::{RunOptions, run};
+
+/// Every training step allocates and frees the same few large buffers (activations, gradients:
+/// up to 17 MB). glibc serves blocks over its mmap threshold with fresh mappings and returns
+/// them with munmap, so each step paid page faults and cross-core TLB shootdowns for memory it
+/// had just given back (measured: about 9% of a training run's cycles in the kernel). Raising the
+/// threshold keeps those blocks in the heap for reuse.
+pub fn keep_large_blocks_in_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes glibc's allocation thresholds, under its own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}

@@ -89,6 +89,7 @@ enum Command {
 }
 
 fn main() -> Result<()> {
+    train::keep_large_blocks_in_the_heap();
     let args = Args::parse();
     if let Some(Command::Plot { run }) = &args.command {
         train::run::plot(run)?;
