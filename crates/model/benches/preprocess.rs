@@ -45,5 +45,30 @@ fn preprocess(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, preprocess);
+/// The resize alone, ours against the `image` crate's generic resize it reproduces byte for
+/// byte, side by side: 32×32 (every training image) and 512×512 → 64×64.
+fn resize(c: &mut Criterion) {
+    let mut group = c.benchmark_group("resize");
+    for side in [32u32, 512] {
+        let img = RgbImage::from_fn(side, side, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) & 0xff) as u8])
+        });
+        group.bench_function(format!("ours_{side}"), |b| {
+            b.iter(|| black_box(model::preprocess::resize(&img)))
+        });
+        group.bench_function(format!("image_{side}"), |b| {
+            b.iter(|| {
+                black_box(image::imageops::resize(
+                    &img,
+                    64,
+                    64,
+                    image::imageops::FilterType::Triangle,
+                ))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, preprocess, resize);
 criterion_main!(benches);
