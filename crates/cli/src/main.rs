@@ -105,18 +105,14 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 }
 
 fn load(cli: &Cli, device: &Device) -> Result<(Cnn, RecordMeta, String)> {
-    match &cli.model {
-        Some(p) => {
-            let (m, meta) = model::load_model(p, device)
-                .with_context(|| format!("cannot load {}", p.display()))?;
-            Ok((m, meta, p.display().to_string()))
-        }
-        None => {
-            let (m, meta) =
-                model::record::load_shipped(device).context("cannot load the built-in record")?;
-            Ok((m, meta, "built-in".into()))
-        }
-    }
+    let loaded =
+        model::record::load_or_shipped(cli.model.as_deref(), device).with_context(|| match &cli
+            .model
+        {
+            Some(p) => format!("cannot load {}", p.display()),
+            None => "cannot load the built-in record".to_string(),
+        })?;
+    Ok((loaded.model, loaded.meta, loaded.source))
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {

@@ -47,18 +47,8 @@ impl Preprocessor {
         self.max_pixels
     }
 
-    /// Reads the image's header only: its dimensions, checked against the pixel limit, and
-    /// the memory that decoding it takes ([`Header::decode_bytes`]).
-    pub fn header(&self, bytes: &[u8]) -> Result<Header, ImageError> {
-        if bytes.is_empty() {
-            return Err(ImageError::Empty);
-        }
-        let probe = reader(bytes)?;
-        let Some(format) = probe.format() else {
-            return Err(ImageError::UnsupportedFormat);
-        };
-        let decoder = probe.into_decoder().map_err(map_image_error)?;
-        let (width, height) = decoder.dimensions();
+    /// The pixel count of a `width × height` image, refused when empty or over the limit.
+    fn check_dimensions(&self, width: u32, height: u32) -> Result<u64, ImageError> {
         let pixels = u64::from(width) * u64::from(height);
         if pixels == 0 {
             return Err(ImageError::ZeroSized);
@@ -71,6 +61,22 @@ impl Preprocessor {
                 limit: self.max_pixels,
             });
         }
+        Ok(pixels)
+    }
+
+    /// Reads the image's header only: its dimensions, checked against the pixel limit, and
+    /// the memory that decoding it takes ([`Header::decode_bytes`]).
+    pub fn header(&self, bytes: &[u8]) -> Result<Header, ImageError> {
+        if bytes.is_empty() {
+            return Err(ImageError::Empty);
+        }
+        let probe = reader(bytes)?;
+        let Some(format) = probe.format() else {
+            return Err(ImageError::UnsupportedFormat);
+        };
+        let decoder = probe.into_decoder().map_err(map_image_error)?;
+        let (width, height) = decoder.dimensions();
+        let pixels = self.check_dimensions(width, height)?;
         // The decoded frame, its 8-bit RGB copy when the image is stored otherwise, and the
         // resize's intermediate rows (RGBA f32, 64 of them along the longer pass).
         let rgb_copy = if decoder.color_type() == image::ColorType::Rgb8 {
@@ -108,18 +114,7 @@ impl Preprocessor {
             return Err(ImageError::UnsupportedFormat);
         }
         let (width, height) = probe.into_dimensions().map_err(map_image_error)?;
-        let pixels = u64::from(width) * u64::from(height);
-        if pixels == 0 {
-            return Err(ImageError::ZeroSized);
-        }
-        if pixels > self.max_pixels {
-            return Err(ImageError::TooLarge {
-                width,
-                height,
-                pixels,
-                limit: self.max_pixels,
-            });
-        }
+        let pixels = self.check_dimensions(width, height)?;
 
         let mut reader = reader(bytes)?;
         // The header was honest so far; the limits hold the decoder to it (animated GIFs and

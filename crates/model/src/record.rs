@@ -179,6 +179,38 @@ pub fn load_shipped(device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
     load_model_bytes(bytes.to_vec(), device)
 }
 
+/// A loaded record, and where it came from (for logs and `/model/info`).
+pub struct Loaded {
+    pub model: Cnn,
+    pub meta: RecordMeta,
+    /// The record's path, or "built-in (assets/model.safetensors)".
+    pub source: String,
+}
+
+/// Loads the record at `path`, or the [`SHIPPED`] one when there is none: what the server and
+/// the CLI both serve from.
+pub fn load_or_shipped(path: Option<&Path>, device: &Device) -> Result<Loaded, RecordError> {
+    let (model, meta, source) = match path {
+        Some(path) => {
+            let (model, meta) = load_model(path, device)?;
+            (model, meta, path.display().to_string())
+        }
+        None => {
+            let (model, meta) = load_shipped(device)?;
+            (
+                model,
+                meta,
+                "built-in (assets/model.safetensors)".to_string(),
+            )
+        }
+    };
+    Ok(Loaded {
+        model,
+        meta,
+        source,
+    })
+}
+
 /// Reads weights saved by the original PyTorch project (`torch.save(model.state_dict())` of
 /// its `SimpleCNN`, layers `conv1`, `conv2`, `fc1`, `fc2`). The file is parsed by Burn's
 /// pickle reader, which rebuilds tensors without running code from the file; `Linear`

@@ -104,18 +104,16 @@ fn main() -> Result<()> {
         );
     }
     let device = args.backend.device();
-    let (model, meta, source) = match &args.model {
-        Some(path) => {
-            let (m, meta) = model::load_model(path, &device)
-                .with_context(|| format!("cannot serve the record {}", path.display()))?;
-            (m, meta, path.display().to_string())
-        }
-        None => {
-            let (m, meta) = model::record::load_shipped(&device)
-                .context("the record built into this binary is damaged")?;
-            (m, meta, "built-in (assets/model.safetensors)".to_string())
-        }
-    };
+    let model::record::Loaded {
+        model,
+        meta,
+        source,
+    } = model::record::load_or_shipped(args.model.as_deref(), &device).with_context(
+        || match &args.model {
+            Some(path) => format!("cannot serve the record {}", path.display()),
+            None => "the record built into this binary is damaged".to_string(),
+        },
+    )?;
     let config = ServerConfig {
         workers: args.workers,
         max_connections: args.max_connections.max(1),
