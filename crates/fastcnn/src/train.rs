@@ -51,7 +51,7 @@ use std::cell::{Cell, RefCell};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::{im2col_3x3, matmul};
+use crate::{Strided, gemm_into, im2col_3x3, matmul};
 
 /// The argmax byte of an output that ReLU cut to 0: no gradient flows back through it.
 pub const DEAD: u8 = 255;
@@ -256,13 +256,33 @@ impl Inputs<'_> {
                 // the others accumulate, so `part` needs no clearing.
                 let lhs = Strided::row_major(dconv, plane);
                 let rhs = Strided::transposed(cols, plane);
-                gemm_into(b.cout, taps, plane, dweight, lhs, rhs, i > 0);
+                // On this thread: one task per chunk already, and one thread keeps the summation
+                // order fixed.
+                gemm_into(
+                    b.cout,
+                    taps,
+                    plane,
+                    dweight,
+                    lhs,
+                    rhs,
+                    i > 0,
+                    Parallelism::None,
+                );
                 if let Some(dx) = dx.as_deref_mut() {
                     // dcols = weightᵀ · dconv, the weight likewise read through strides.
                     let dcols = grow(&mut s.dcols, taps * plane);
                     let lhs = Strided::transposed(self.weight, taps);
                     let rhs = Strided::row_major(dconv, plane);
-                    gemm_into(taps, plane, b.cout, dcols, lhs, rhs, false);
+                    gemm_into(
+                        taps,
+                        plane,
+                        b.cout,
+                        dcols,
+                        lhs,
+                        rhs,
+                        false,
+                        Parallelism::None,
+                    );
                     let dx = &mut dx[i * image_len..(i + 1) * image_len];
                     col2im_3x3(dcols, b.cin, b.size, dx);
                 }
@@ -303,91 +323,6 @@ fn grow(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 fn add_to(dst: &mut [f32], src: &[f32]) {
     for (d, s) in dst.iter_mut().zip(src) {
         *d += s;
-    }
-}
-
-/// A read-only matrix: element `(i, j)` is `data[i * row + j * col]`.
-#[derive(Clone, Copy)]
-struct Strided<'a> {
-    data: &'a [f32],
-    row: usize,
-    col: usize,
-}
-
-impl<'a> Strided<'a> {
-    /// A row-major matrix with `cols` columns.
-    fn row_major(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row: cols,
-            col: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with `cols` columns.
-    fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row: 1,
-            col: cols,
-        }
-    }
-
-    /// Whether every element of a `rows × cols` matrix lies inside `data`.
-    fn holds(&self, rows: usize, cols: usize) -> bool {
-        if rows == 0 || cols == 0 {
-            return true;
-        }
-        let last = (rows - 1)
-            .checked_mul(self.row)
-            .zip((cols - 1).checked_mul(self.col))
-            .and_then(|(down, across)| down.checked_add(across));
-        last.is_some_and(|last| last < self.data.len())
-    }
-}
-
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, for an `m × k` `lhs`, a `k × n`
-/// `rhs` and a row-major `m × n` `dst`, on the calling thread (the callers already run one task
-/// per chunk of images, and one thread keeps the summation order fixed).
-fn gemm_into(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    lhs: Strided<'_>,
-    rhs: Strided<'_>,
-    accumulate: bool,
-) {
-    assert!(dst.len() >= m * n && lhs.holds(m, k) && rhs.holds(k, n));
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the assert keeps every element the strides address inside its slice; `dst` is
-    // borrowed mutably, so it aliases neither input, and its rows (`n` contiguous elements, `n`
-    // apart) do not overlap. With `read_dst = false` gemm ignores `dst`'s old contents.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col as isize,
-            lhs.row as isize,
-            rhs.data.as_ptr(),
-            rhs.col as isize,
-            rhs.row as isize,
-            // dst = 1·dst + 1·lhs·rhs when reading dst; gemm zeroes this factor otherwise.
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
     }
 }
 
@@ -525,21 +460,7 @@ pub(crate) fn col2im_3x3(cols: &[f32], c: usize, size: usize, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic pseudo-random values in [-1, 1) (the crate's other tests use the same).
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::tests::values;
 
     /// Multiples of `step` from `-q·step` to `q·step`. At the sizes tested, every product and
     /// partial sum of such values is exactly representable, so any summation order gives the
