@@ -134,28 +134,14 @@ impl Checksum {
     }
 }
 
-fn hex_digest<D: Digest>(mut hasher: D, mut reader: impl Read) -> io::Result<String> {
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        match reader.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(to_hex(&hasher.finalize()))
-}
-
-/// Lower-case hex, the way checksums are published.
-pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        hex.push(char::from(DIGITS[usize::from(b >> 4)]));
-        hex.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    hex
+/// The digest of everything `reader` yields, as lower-case hex (as checksums are published).
+fn hex_digest<D: Digest + Write>(mut hasher: D, mut reader: impl Read) -> io::Result<String> {
+    io::copy(&mut reader, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// How to fetch the data set when it is not on disk.
