@@ -1,11 +1,13 @@
 //! The `server` binary itself: start-up on good and bad records, the health-check probe, and
 //! a graceful stop on SIGTERM.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::Process;
 use model::{Backend, RecordMeta, default_config, save_model};
 
 fn tmp() -> PathBuf {
@@ -34,30 +36,9 @@ fn server() -> Command {
     cmd
 }
 
-/// Starts the binary on an ephemeral port and returns it with its address.
-fn spawn(record: &std::path::Path) -> (Child, String) {
-    let mut child = server()
-        .args([
-            "--port",
-            "0",
-            "--log-format",
-            "off",
-            "--model",
-            record.to_str().unwrap(),
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_string();
-    (child, addr)
+/// Starts the binary on an ephemeral port with the good record.
+fn spawn() -> Process {
+    Process::spawn(&["--model", good_record().to_str().unwrap()])
 }
 
 #[test]
@@ -105,7 +86,8 @@ fn bad_records_fail_at_start_with_a_clear_message() {
 
 #[test]
 fn healthcheck_probe_and_graceful_sigterm() {
-    let (mut child, addr) = spawn(&good_record());
+    let mut process = spawn();
+    let (child, addr) = (&mut process.child, process.addr.clone());
     let port = addr.rsplit(':').next().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -147,7 +129,8 @@ fn healthcheck_probe_and_graceful_sigterm() {
 #[test]
 fn sigterm_drains_an_in_flight_request() {
     use std::io::{Read, Write};
-    let (mut child, addr) = spawn(&good_record());
+    let mut process = spawn();
+    let (child, addr) = (&mut process.child, process.addr.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     let jpeg = model::testdata::images("test", 1).remove(0).bytes;
     let mut stream = loop {

@@ -86,6 +86,17 @@ fn check_peak(server: &Process, what: &str) {
     assert_eq!(server.get("/health").0, 200, "{what}: /health");
 }
 
+/// A connection to `addr` that has sent the request head `head` (the body is the caller's);
+/// reads and writes give up after `secs`, so a server that stops reading cannot hang a test.
+fn send_head(addr: &str, head: &str, secs: u64) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let timeout = Some(Duration::from_secs(secs));
+    stream.set_read_timeout(timeout).unwrap();
+    stream.set_write_timeout(timeout).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
 /// The status code of an HTTP/1.1 answer read from `stream` (0 when none came).
 fn status_of(stream: &mut TcpStream) -> u16 {
     let mut head = Vec::new();
@@ -106,19 +117,10 @@ fn status_of(stream: &mut TcpStream) -> u16 {
 /// Sends a chunked multipart body whose first part's header block never ends, up to 256 MiB,
 /// and returns the answer's status and how much was sent before the server answered.
 fn endless_part_header(addr: &str) -> (u16, usize) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    // A server that stopped reading without answering must not hang the test.
-    stream
-        .set_write_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    write!(
-        stream,
+    let head = format!(
         "POST /classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary=XyZ\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .unwrap();
+    );
+    let mut stream = send_head(addr, &head, 20);
     let start =
         b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\nX-Pad: ";
     write!(stream, "{:x}\r\n", start.len()).unwrap();
@@ -165,16 +167,9 @@ fn a_multipart_header_block_that_never_ends_is_cut_short() {
 #[test]
 fn an_oversized_content_length_is_refused_before_the_body() {
     let server = start();
-    let mut stream = TcpStream::connect(&server.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
     // Announces 1 GiB and sends none of it: the answer comes from the headers alone.
-    write!(
-        stream,
-        "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1073741824\r\n\r\n"
-    )
-    .unwrap();
+    let head = "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1073741824\r\n\r\n";
+    let mut stream = send_head(&server.addr, head, 10);
     assert_eq!(status_of(&mut stream), 413);
 }
 
@@ -247,15 +242,11 @@ fn a_slow_trickle_from_many_connections_times_out_while_health_answers() {
         let slow: Vec<_> = (0..48)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut stream = TcpStream::connect(&server.addr).unwrap();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(30)))
-                        .unwrap();
                     let head = format!(
                         "POST /classify/batch HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
                         body.len()
                     );
-                    stream.write_all(head.as_bytes()).unwrap();
+                    let mut stream = send_head(&server.addr, &head, 30);
                     let mut reader = stream.try_clone().unwrap();
                     let answer = std::thread::spawn(move || status_of(&mut reader));
                     for byte in &body {
@@ -290,15 +281,8 @@ fn bodies_share_one_memory_budget_and_the_excess_is_refused_at_once() {
         let handles: Vec<_> = (0..6)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut stream = TcpStream::connect(&server.addr).unwrap();
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(30)))
-                        .unwrap();
-                    write!(
-                        stream,
-                        "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1048576\r\n\r\n"
-                    )
-                    .unwrap();
+                    let head = "POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1048576\r\n\r\n";
+                    let mut stream = send_head(&server.addr, head, 30);
                     let _ = stream.write_all(&part);
                     (status_of(&mut stream), started.elapsed())
                 })

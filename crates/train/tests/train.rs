@@ -306,16 +306,15 @@ fn metrics_log_errors_fail_loudly() {
     let run = data.join("run");
     // A folder where the log should be: it cannot be opened for appending.
     std::fs::create_dir_all(run.join("metrics.jsonl")).unwrap();
-    let out = train(&[
+    let args = [
         "--data",
         data.to_str().unwrap(),
         "--out",
         run.to_str().unwrap(),
         "--epochs",
         "1",
-    ])
-    .output()
-    .unwrap();
+    ];
+    let out = train(&args).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -325,16 +324,7 @@ fn metrics_log_errors_fail_loudly() {
     assert!(!run.join("model.safetensors").exists());
 
     std::fs::remove_dir(run.join("metrics.jsonl")).unwrap();
-    ok(train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-    ])
-    .output()
-    .unwrap());
+    ok(train(&args).output().unwrap());
     let log = run.join("metrics.jsonl");
     let mut text = std::fs::read_to_string(&log).unwrap();
     text.push_str("{\"epoch\": 2, \"train_lo\n");

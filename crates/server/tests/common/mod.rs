@@ -163,6 +163,18 @@ pub struct Process {
 impl Process {
     /// Starts `server --port 0 --log-format off <args>` and waits until `/ready` answers 200.
     pub fn start(args: &[&str]) -> Self {
+        let process = Self::spawn(args);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while process.get("/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "server never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        process
+    }
+
+    /// Starts `server --port 0 --log-format off <args>` and returns once it has said where it
+    /// listens (its first line), before the model is necessarily ready.
+    pub fn spawn(args: &[&str]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
@@ -184,13 +196,7 @@ impl Process {
             .to_string();
         // Keep reading, so that the server never writes into a full or closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        let process = Self { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while process.get("/ready").0 != 200 {
-            assert!(Instant::now() < deadline, "server never became ready");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        process
+        Self { child, addr }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
