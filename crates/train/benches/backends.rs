@@ -56,6 +56,7 @@ fn train_step(c: &mut Criterion) {
         let mut model = Some(Classifier::new(
             default_config().init(&device),
             0.1,
+            0.0,
             &device,
         ));
         let mut optim = AdamConfig::new().init();
@@ -118,5 +119,21 @@ fn flex_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, inference, train_step, flex_step);
+/// One update of the weights' moving average (after every training step when `--ema-decay`
+/// is set): its cost beside `flex_step`'s.
+fn ema_update(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ema_update");
+    let device = Device::flex().autodiff();
+    let current = default_config().init(&device);
+    let mut average = Some(train::learner::detached_copy(&current));
+    group.bench_function("flex", |b| {
+        b.iter(|| {
+            let a = average.take().unwrap();
+            average = Some(train::learner::blend(a, &current, 0.999));
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, inference, train_step, flex_step, ema_update);
 criterion_main!(benches);

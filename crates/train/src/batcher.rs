@@ -1,6 +1,6 @@
 //! Turning samples into model batches, with the training augmentation.
 //!
-//! Augmentation (random crop with zero padding of 1/8 of the side, horizontal flip) works on
+//! Augmentation (random crop with zero padding, horizontal flip) works on
 //! the stored low-resolution image; the batcher then applies the model crate's [`resize`] and
 //! [`normalize_into`], exactly what the server does to an upload.
 
@@ -27,12 +27,13 @@ pub struct CifarBatch {
 /// with one loader worker draws the same augmentations every time.
 #[derive(Clone)]
 pub struct CifarBatcher {
-    augment: bool,
+    /// Crop padding in pixels when augmenting; `None`: images pass as they are.
+    augment: Option<u32>,
     rng: Arc<Mutex<StdRng>>,
 }
 
 impl CifarBatcher {
-    pub fn new(augment: bool, seed: u64) -> Self {
+    pub fn new(augment: Option<u32>, seed: u64) -> Self {
         Self {
             augment,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
@@ -44,10 +45,9 @@ impl CifarBatcher {
         let mut floats = vec![0.0; items.len() * IMAGE_FLOATS];
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         for (item, out) in items.iter().zip(floats.chunks_exact_mut(IMAGE_FLOATS)) {
-            if self.augment {
-                normalize_into(&resize(&augment(&item.image, &mut *rng)), out);
-            } else {
-                normalize_into(&resize(&item.image), out);
+            match self.augment {
+                Some(pad) => normalize_into(&resize(&augment(&item.image, pad, &mut *rng)), out),
+                None => normalize_into(&resize(&item.image), out),
             }
         }
         floats
@@ -64,10 +64,10 @@ impl Batcher<Sample, CifarBatch> for CifarBatcher {
     }
 }
 
-/// Random crop from the image padded with black by 1/8 of its side, then a coin-flip mirror.
-pub fn augment(src: &RgbImage, rng: &mut impl Rng) -> RgbImage {
+/// Random crop from the image padded with black by `pad` pixels, then a coin-flip mirror.
+pub fn augment(src: &RgbImage, pad: u32, rng: &mut impl Rng) -> RgbImage {
     let (w, h) = src.dimensions();
-    let pad = (w.min(h) / 8).max(1) as i64;
+    let pad = i64::from(pad);
     let dx = rng.random_range(-pad..=pad);
     let dy = rng.random_range(-pad..=pad);
     let flip = rng.random_bool(0.5);
@@ -91,7 +91,7 @@ mod tests {
         let src = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 100]));
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..20 {
-            let out = augment(&src, &mut rng);
+            let out = augment(&src, 4, &mut rng);
             assert_eq!(out.dimensions(), (32, 32));
             // The crop moves by at most 4 pixels: the centre pixel's blue channel survives.
             assert_eq!(out.get_pixel(16, 16)[2], 100);
@@ -106,7 +106,7 @@ mod tests {
         let served = model::Preprocessor::default()
             .preprocess(png.get_ref())
             .unwrap();
-        let trained = CifarBatcher::new(false, 0).pixels(&[Sample {
+        let trained = CifarBatcher::new(None, 0).pixels(&[Sample {
             image: src,
             label: 0,
         }]);

@@ -50,9 +50,17 @@ pub struct TrainConfig {
     pub schedule: ScheduleKind,
     #[config(default = 0.1)]
     pub label_smoothing: f32,
-    /// Random crop (padding 1/8) and horizontal flip on training images.
+    /// Random crop and horizontal flip on training images.
     #[config(default = true)]
     pub augment: bool,
+    /// How far the random crop may shift, in pixels of the stored 32×32 image (the image is
+    /// padded with black by this much on each side, then cropped back to its size).
+    #[config(default = 4)]
+    pub crop_padding: u32,
+    /// Decay of the exponential moving average of the weights, updated every step; the average
+    /// is what validation measures and the record holds. 0 keeps no average.
+    #[config(default = 0.0)]
+    pub ema_decay: f64,
     /// Share of the training set held out for validation.
     #[config(default = 0.05)]
     pub valid_fraction: f64,
@@ -68,7 +76,7 @@ impl TrainConfig {
     pub fn recipe(&self) -> String {
         format!(
             "{:?} lr {} ({:?}, warm-up {} epoch(s), min {}), weight decay {}, batch {}, {} epochs, \
-             label smoothing {}, augmentation {}, seed {}",
+             label smoothing {}, augmentation {}, weight average {}, seed {}",
             self.optimizer,
             self.learning_rate,
             self.schedule,
@@ -78,7 +86,16 @@ impl TrainConfig {
             self.batch_size,
             self.epochs,
             self.label_smoothing,
-            if self.augment { "crop+flip" } else { "off" },
+            if self.augment {
+                format!("crop ±{} px + flip", self.crop_padding)
+            } else {
+                "off".to_string()
+            },
+            if self.ema_decay > 0.0 {
+                format!("EMA {}", self.ema_decay)
+            } else {
+                "off".to_string()
+            },
             self.seed
         )
     }

@@ -63,6 +63,16 @@ struct Args {
     /// Turn off random crop and flip.
     #[arg(long)]
     no_augment: bool,
+    /// Largest shift of the random crop, in pixels of the 32×32 image.
+    #[arg(long, default_value_t = 4)]
+    crop_padding: u32,
+    /// Keep an exponential moving average of the weights with this decay per step, and save
+    /// and serve it (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    ema_decay: f64,
+    /// Skip the test set: for searching a recipe on the validation split.
+    #[arg(long)]
+    no_test: bool,
     /// Share of the training images held out for validation.
     #[arg(long, default_value_t = 0.05)]
     valid_fraction: f64,
@@ -125,6 +135,8 @@ fn main() -> Result<()> {
                 .with_warmup_epochs(args.warmup_epochs)
                 .with_label_smoothing(args.label_smoothing)
                 .with_augment(!args.no_augment)
+                .with_crop_padding(args.crop_padding)
+                .with_ema_decay(args.ema_decay)
                 .with_valid_fraction(args.valid_fraction)
                 .with_seed(args.seed)
                 .with_workers(args.workers);
@@ -142,6 +154,7 @@ fn main() -> Result<()> {
         on_corrupt: args.on_corrupt,
         resume,
         plain: args.plain,
+        test: !args.no_test,
     };
     println!(
         "run folder {}; backend {}; {}",
@@ -149,13 +162,15 @@ fn main() -> Result<()> {
         opts.backend,
         config.recipe()
     );
-    let eval = train::run(&config, &opts)?;
-    println!(
-        "test accuracy {:.2}% (top-3 {:.2}%) on {} images; record {}",
-        eval.accuracy * 100.0,
-        eval.top3_accuracy * 100.0,
-        eval.images,
-        out.join(train::run::RECORD_FILE).display()
-    );
+    let summary = train::run(&config, &opts)?;
+    if let Some(eval) = &summary.test {
+        println!(
+            "test accuracy {:.2}% (top-3 {:.2}%) on {} images",
+            eval.accuracy * 100.0,
+            eval.top3_accuracy * 100.0,
+            eval.images,
+        );
+    }
+    println!("record {}", out.join(train::run::RECORD_FILE).display());
     Ok(())
 }

@@ -49,6 +49,18 @@ pub struct RunOptions {
     pub resume: bool,
     /// Plain progress lines even on a terminal.
     pub plain: bool,
+    /// Evaluate the test set at the end. Off while searching a recipe, which is chosen on the
+    /// validation split alone.
+    pub test: bool,
+}
+
+/// What a finished run measured.
+#[derive(Debug)]
+pub struct RunSummary {
+    /// The served network on the held-out validation split.
+    pub valid: Evaluation,
+    /// The served network on the test set, when asked for.
+    pub test: Option<Evaluation>,
 }
 
 /// What `test.json` holds.
@@ -60,8 +72,8 @@ pub struct TestReport<'a> {
     pub backend: String,
 }
 
-/// Runs training to the end and returns the test-set evaluation.
-pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
+/// Runs training to the end and evaluates the network it saves.
+pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     if !opts.backend.trains() {
         bail!(
             "backend '{}' runs inference only; train with one of: {}",
@@ -122,15 +134,16 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
     let autodiff = device.clone().autodiff();
 
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
-    let loader_train = DataLoaderBuilder::new(CifarBatcher::new(config.augment, config.seed))
+    let augment = config.augment.then_some(config.crop_padding);
+    let loader_train = DataLoaderBuilder::new(CifarBatcher::new(augment, config.seed))
         .batch_size(config.batch_size)
         .shuffle(config.seed)
         .num_workers(config.workers)
         .build(InMemDataset::new(train));
-    let loader_valid = DataLoaderBuilder::new(CifarBatcher::new(false, config.seed))
+    let loader_valid = DataLoaderBuilder::new(CifarBatcher::new(None, config.seed))
         .batch_size(config.batch_size.max(256))
         .num_workers(config.workers)
-        .build(InMemDataset::new(valid));
+        .build(InMemDataset::new(valid.clone()));
 
     let mut training = SupervisedTraining::new(&opts.out, loader_train, loader_valid)
         .metrics((AccuracyMetric::new(), LossMetric::new()))
@@ -156,7 +169,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
     }
 
     let net = config.model.init(&autodiff);
-    let classifier = Classifier::new(net, config.label_smoothing, &autodiff);
+    let classifier = Classifier::new(net, config.label_smoothing, config.ema_decay, &autodiff);
     let learner = Learner::new(
         classifier,
         optimizer(config),
@@ -166,9 +179,8 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
     if let Some(why) = metrics_failure.take() {
         bail!("{why}; the run stopped (resume it with --resume once the log can be written)");
     }
-    let net = result.model.net;
+    let net = result.model.into_served();
 
-    println!("evaluating on {} test images", test_split.samples.len());
     // Evaluate with the CPU fast path where built: same weights, several times faster.
     let engine = if Backend::available().contains(&Backend::Fast) {
         Backend::Fast
@@ -176,8 +188,26 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         opts.backend
     };
     let inference = Inference::new(net, engine)?;
-    let evaluation = evaluate(&inference, &test_split.samples, 256, |_| {});
+    let valid = evaluate(&inference, &valid, 256, |_| {});
+    println!(
+        "validation accuracy {:.2}% on {} images",
+        valid.accuracy * 100.0,
+        valid.images
+    );
     let net = inference.model();
+    if !opts.test {
+        let meta = RecordMeta {
+            epochs: Some(config.epochs),
+            created: Some(crate::time::rfc3339_now()),
+            recipe: Some(config.recipe()),
+            ..RecordMeta::default()
+        };
+        save_model(net, &opts.out.join(RECORD_FILE), &meta)?;
+        plot(&opts.out)?;
+        return Ok(RunSummary { valid, test: None });
+    }
+    println!("evaluating on {} test images", test_split.samples.len());
+    let evaluation = evaluate(&inference, &test_split.samples, 256, |_| {});
     let meta = RecordMeta {
         test_accuracy: Some(evaluation.accuracy),
         epochs: Some(config.epochs),
@@ -197,7 +227,10 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<Evaluation> {
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;
     plot(&opts.out)?;
-    Ok(evaluation)
+    Ok(RunSummary {
+        valid,
+        test: Some(evaluation),
+    })
 }
 
 /// (Re)draws a run folder's plots from its `metrics.jsonl` and `test.json`.
