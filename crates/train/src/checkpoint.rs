@@ -1,79 +1,54 @@
-//! Crash-safe checkpoints: each record is written to a scratch file, flushed to disk and
-//! renamed into place, so a kill at any moment leaves either the old file or the new one.
+//! What `--resume` needs from a checkpoint folder that Burn does not provide.
+//!
+//! Burn 0.22.1 already writes every checkpoint record atomically, so the run uses its
+//! [`FileCheckpointer`](burn::train::checkpoint::FileCheckpointer) as is (see [`AtomicCheckpointer`] for where that is shown). A kill
+//! mid-write therefore leaves each `<part>-<epoch>.bpk` either complete or absent, plus at
+//! most a scratch file beside it. What Burn lacks is the resuming side: finding the last
+//! epoch for which all three records exist ([`latest_complete`]) and clearing the scratch
+//! files a kill strands ([`remove_partial`]).
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use burn::train::checkpoint::{Checkpoint, Checkpointer, CheckpointerError};
+use anyhow::Context;
+use burn::store::burn_pack::AtomicFile;
+
+/// Burn's own checkpointer, under the name the run uses; it writes
+/// `<dir>/<name>-<epoch>.bpk`, the layout of `SupervisedTraining::with_default_checkpointers`.
+///
+/// Its writes are atomic at Burn 0.22.1 (paths under `~/.cargo/registry/src/*/`):
+/// - `burn-train-0.22.1/src/checkpoint/file.rs:39-44`: `FileCheckpointer::save` calls
+///   `Checkpoint::save(path)`, which `src/checkpoint/base.rs:60-103` forwards to
+///   `ModuleRecord::save`, `OptimizerRecord::save` and `LrSchedulerRecord::save`;
+/// - those are `burn_pack::Writer::write_to_file` (`burn-core-0.22.1/src/store/mod.rs:178-181`,
+///   `burn-optim-0.22.1/src/optim/module/record/mod.rs:67-68`,
+///   `burn-optim-0.22.1/src/lr_scheduler/base.rs:202-203`);
+/// - `burn-pack-0.22.1/src/writer.rs:226-239` writes into an `AtomicFile` scratch sibling
+///   (`<file>.<pid>-<n>.tmp`, `src/atomic.rs:72-95,119-126`), then `persist`
+///   (`writer.rs:555-562`) `fsync`s it (`writer.rs:589-595`), renames it over the
+///   destination and syncs the directory (`atomic.rs:218-232,297-317`); an error or panic
+///   deletes the scratch file (`atomic.rs:320-327`), a SIGKILL leaves it behind
+///   (`writer.rs:221-224`).
+pub use burn::train::checkpoint::FileCheckpointer as AtomicCheckpointer;
 
 /// Names of the three records a complete checkpoint consists of.
 pub const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
 
-/// A [`Checkpointer`] writing `<dir>/<name>-<epoch>.bpk` atomically.
-pub struct AtomicCheckpointer {
-    dir: PathBuf,
-    name: &'static str,
-}
-
-impl AtomicCheckpointer {
-    pub fn new(dir: &Path, name: &'static str) -> Self {
-        fs::create_dir_all(dir).ok();
-        Self {
-            dir: dir.to_path_buf(),
-            name,
-        }
-    }
-
-    fn path(&self, epoch: usize) -> PathBuf {
-        part_path(&self.dir, self.name, epoch)
-    }
-}
-
-fn part_path(dir: &Path, name: &str, epoch: usize) -> PathBuf {
+fn part_path(dir: &Path, name: &str, epoch: usize) -> std::path::PathBuf {
     dir.join(format!("{name}-{epoch}.bpk"))
 }
 
-impl<R: Checkpoint> Checkpointer<R> for AtomicCheckpointer {
-    fn save(&self, epoch: usize, record: R) -> Result<(), CheckpointerError> {
-        let bytes = record
-            .checkpoint_into_bytes()
-            .map_err(CheckpointerError::Record)?;
-        write_atomic(&self.path(epoch), &bytes).map_err(CheckpointerError::IOError)
-    }
-
-    fn delete(&self, epoch: usize) -> Result<(), CheckpointerError> {
-        match fs::remove_file(self.path(epoch)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CheckpointerError::IOError(e))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn restore(&self, epoch: usize) -> Result<R, CheckpointerError> {
-        let bytes = fs::read(self.path(epoch)).map_err(CheckpointerError::IOError)?;
-        R::checkpoint_from_bytes(burn::tensor::Bytes::from_bytes_vec(bytes))
-            .map_err(CheckpointerError::Record)
-    }
-}
-
-/// Extension prefix of the temporary file a write goes to before its rename (`*.tmp-<pid>`).
-const TMP_PREFIX: &str = "tmp-";
-
-/// Writes `bytes` to `path` through a synced scratch file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("{TMP_PREFIX}{}", std::process::id()));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = fs::File::open(parent)
-    {
-        d.sync_all().ok();
-    }
+/// Writes `bytes` to `path` with Burn's [`AtomicFile`] (synced scratch file, rename, synced
+/// directory), so `path` holds either its old content or all of the new.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let (scratch, mut file) = AtomicFile::create(path)?;
+    // Synced through the handle that wrote, which is where a deferred write error shows.
+    file.write_all(bytes)
+        .and_then(|_| file.sync_all())
+        .with_context(|| format!("cannot write {}", scratch.path().display()))?;
+    drop(file);
+    scratch.commit()?;
     Ok(())
 }
 
@@ -93,26 +68,33 @@ pub fn latest_complete(dir: &Path) -> Option<usize> {
         .max()
 }
 
-/// Deletes the temporary files of writes that a crash interrupted (`*.tmp-<pid>`); returns
-/// how many there were. They are never read, but would otherwise pile up across crashes.
+/// Whether `name` is an [`AtomicFile`] scratch name, `<file>.<pid>-<n>.tmp`.
+fn is_scratch(name: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    name.strip_suffix(".tmp")
+        .and_then(|rest| rest.rsplit_once('.'))
+        .and_then(|(_, tag)| tag.split_once('-'))
+        .is_some_and(|(pid, n)| digits(pid) && digits(n))
+}
+
+/// Deletes the scratch files of writes that a kill interrupted; returns how many there were.
+/// Burn never reads them, and cleans them up only when a write fails inside the process, so
+/// they would otherwise pile up across crashes. Only safe while nothing writes to `dir`.
 pub fn remove_partial(dir: &Path) -> usize {
     let Ok(entries) = fs::read_dir(dir) else {
         return 0;
     };
     entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name().to_str().is_some_and(|n| {
-                n.rsplit_once('.')
-                    .is_some_and(|(_, ext)| ext.starts_with(TMP_PREFIX))
-            })
-        })
+        .filter(|e| e.file_name().to_str().is_some_and(is_scratch))
         .filter(|e| fs::remove_file(e.path()).is_ok())
         .count()
 }
 
 #[cfg(test)]
 mod tests {
+    use burn::train::checkpoint::{Checkpointer, CheckpointerError};
+
     use super::*;
 
     #[test]
@@ -123,12 +105,46 @@ mod tests {
             write_atomic(&part_path(&dir, p, 1), b"x").unwrap();
         }
         write_atomic(&part_path(&dir, "model", 2), b"x").unwrap();
-        // A scratch file left by a kill mid-write does not count.
-        fs::write(dir.join("optim-2.tmp-99"), b"partial").unwrap();
+        // The scratch file a kill mid-write leaves (Burn's name for it) does not count.
+        fs::write(dir.join("optim-2.bpk.99-0.tmp"), b"partial").unwrap();
         assert_eq!(latest_complete(&dir), Some(1));
         assert_eq!(remove_partial(&dir), 1);
-        assert!(!dir.join("optim-2.tmp-99").exists());
+        assert!(!dir.join("optim-2.bpk.99-0.tmp").exists());
         assert_eq!(latest_complete(&dir), Some(1));
+        fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn scratch_names() {
+        assert!(is_scratch("model-12.bpk.4242-0.tmp"));
+        assert!(is_scratch("config.json.7-31.tmp"));
+        assert!(!is_scratch("model-12.bpk"));
+        assert!(!is_scratch("notes.tmp"));
+        assert!(!is_scratch("model-1.bpk.x-0.tmp"));
+    }
+
+    /// Burn's checkpointer writes the file names [`latest_complete`] looks for, leaves no
+    /// scratch file behind, and reads back what it wrote.
+    #[test]
+    fn burn_checkpointer_layout_and_round_trip() {
+        use burn::optim::lr_scheduler::LrSchedulerRecord;
+        let dir = std::env::temp_dir().join(format!("ckpt-burn-{}", std::process::id()));
+        fs::remove_dir_all(&dir).ok();
+        let ckpt = AtomicCheckpointer::new(&dir, "scheduler");
+        let rec = LrSchedulerRecord::new().with_scalar("step", 7u64);
+        ckpt.save(3, rec).unwrap();
+        let names: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["scheduler-3.bpk"]);
+        let back: LrSchedulerRecord = ckpt.restore(3).unwrap();
+        assert_eq!(back.scalar::<u64>("step"), Some(7));
+        Checkpointer::<LrSchedulerRecord>::delete(&ckpt, 3).unwrap();
+        assert!(matches!(
+            Checkpointer::<LrSchedulerRecord>::restore(&ckpt, 3),
+            Err(CheckpointerError::Record(_))
+        ));
         fs::remove_dir_all(dir).ok();
     }
 }

@@ -1,11 +1,11 @@
 //! The network wrapped for Burn's `Learner`: loss, train step, validation step, and the
 //! exponential moving average of the weights.
 
+use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::GradientsParams;
 use burn::optim::ModuleOptimizer;
-use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::prelude::*;
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use model::Cnn;

@@ -12,8 +12,9 @@ pub mod checkpoint;
 pub mod config;
 pub mod download;
 pub mod learner;
+pub mod metrics_log;
 pub mod plots;
-pub mod progress;
+pub mod renderer;
 pub mod run;
 pub mod time;
 

@@ -12,7 +12,7 @@ use model::eval::Evaluation;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::progress::EpochRecord;
+use crate::metrics_log::EpochRecord;
 
 pub const CURVES_FILE: &str = "curves.png";
 pub const CONFUSION_FILE: &str = "confusion.png";

@@ -29,7 +29,7 @@ use crate::batcher::CifarBatcher;
 use crate::checkpoint::{AtomicCheckpointer, latest_complete, remove_partial, write_atomic};
 use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
 use crate::learner::Classifier;
-use crate::progress::RunRenderer;
+use crate::renderer::RunRenderer;
 
 /// File names inside a run folder.
 pub const CONFIG_FILE: &str = "config.json";
@@ -238,7 +238,7 @@ pub fn plot(run: &Path) -> Result<()> {
     let metrics = run.join(METRICS_FILE);
     // A run that has not finished an epoch has no log yet; one that has must have a readable one.
     let epochs = if metrics.exists() {
-        crate::progress::read_metrics(&metrics)?
+        crate::metrics_log::read_metrics(&metrics)?
     } else {
         Vec::new()
     };

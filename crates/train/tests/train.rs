@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use model::dataset::{Sample, to_binary};
 use model::{Backend, Preprocessor, testdata};
-use train::progress::read_metrics;
+use train::metrics_log::read_metrics;
 
 fn tmp(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("train-it-{}-{name}", std::process::id()));
@@ -136,6 +136,9 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let done = train::checkpoint::latest_complete(&ckpt).unwrap();
+    // What a kill in the middle of Burn's write strands: its scratch file, never a partial record.
+    let scratch = ckpt.join(format!("optim-{}.bpk.1-0.tmp", done + 1));
+    std::fs::write(&scratch, b"partial").unwrap();
 
     let log = ok(Command::new(env!("CARGO_BIN_EXE_train"))
         .args([
@@ -151,6 +154,8 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
         log.contains(&format!("resuming after epoch {done}")),
         "{log}"
     );
+    assert!(log.contains("partly written checkpoint file"), "{log}");
+    assert!(!scratch.exists());
     assert_complete_run(&run, 4);
 }
 

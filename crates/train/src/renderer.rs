@@ -1,17 +1,15 @@
-//! What a run shows and keeps of its progress.
+//! What a run shows of its progress while it trains.
 //!
-//! [`RunRenderer`] sits where Burn's renderer goes: on a terminal it forwards everything to
+//! [`RunRenderer`] sits where Burn's renderer goes: on a terminal it forwards every event to
 //! Burn's dashboard; elsewhere (CI, logs, containers) it prints one readable line every few
-//! seconds and one per epoch. Either way it appends each finished epoch to `metrics.jsonl`.
+//! seconds and one per epoch. It exists because Burn's renderer is the only place that sees
+//! each metric value as it is computed, so it is also where the per-epoch means are taken and
+//! handed to the [`MetricsLog`] (`metrics.jsonl`).
 
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::io::IsTerminal;
+use std::path::Path;
 use std::time::{Duration, Instant};
-
-use anyhow::Context;
 
 use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
@@ -20,47 +18,8 @@ use burn::train::renderer::{
     MetricsRendererTraining, default_renderer,
 };
 use burn::train::{Interrupter, LearnerSummary};
-use serde::{Deserialize, Serialize};
 
-/// One finished epoch, as written to `metrics.jsonl`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct EpochRecord {
-    pub epoch: usize,
-    pub train_loss: f64,
-    /// Percent.
-    pub train_accuracy: f64,
-    pub valid_loss: f64,
-    /// Percent.
-    pub valid_accuracy: f64,
-    pub learning_rate: f64,
-    pub train_images_per_sec: f64,
-    pub epoch_seconds: f64,
-}
-
-/// Reads every epoch record of a run; a line that is not a record is an error naming it.
-pub fn read_metrics(path: &Path) -> anyhow::Result<Vec<EpochRecord>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .with_context(|| format!("{} line {}: not an epoch record", path.display(), i + 1))
-        })
-        .collect()
-}
-
-/// Why the metrics log stopped being written, if it did: set by the renderer (which then stops
-/// the training), read by the run once Burn returns.
-#[derive(Clone, Default)]
-pub struct MetricsFailure(Arc<Mutex<Option<String>>>);
-
-impl MetricsFailure {
-    pub fn take(&self) -> Option<String> {
-        self.0.lock().map_or(None, |mut slot| slot.take())
-    }
-}
+use crate::metrics_log::{EpochRecord, MetricsFailure, MetricsLog};
 
 /// Weighted mean of a metric over the current split.
 #[derive(Default, Clone, Copy)]
@@ -103,6 +62,7 @@ impl Mean {
     }
 }
 
+/// Burn's renderer for a run: dashboard or plain lines, and the metrics log.
 pub struct RunRenderer {
     dashboard: Option<Box<dyn MetricsRenderer>>,
     names: HashMap<MetricId, String>,
@@ -116,9 +76,7 @@ pub struct RunRenderer {
     epoch_start: Instant,
     train_rate: f64,
     last_line: Instant,
-    log: File,
-    log_path: PathBuf,
-    failure: MetricsFailure,
+    log: MetricsLog,
     stop: Interrupter,
 }
 
@@ -132,11 +90,7 @@ impl RunRenderer {
         resume_from: Option<usize>,
         plain: bool,
     ) -> anyhow::Result<Self> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(metrics_path)
-            .with_context(|| format!("cannot open the metrics log {}", metrics_path.display()))?;
+        let log = MetricsLog::open(metrics_path)?;
         let stop = interrupter.clone();
         let dashboard = (!plain && std::io::stdout().is_terminal())
             .then(|| default_renderer(interrupter, resume_from));
@@ -155,15 +109,13 @@ impl RunRenderer {
             train_rate: 0.0,
             last_line: now,
             log,
-            log_path: metrics_path.to_path_buf(),
-            failure: MetricsFailure::default(),
             stop,
         })
     }
 
     /// Where a failure to write the metrics log is reported.
     pub fn failure(&self) -> MetricsFailure {
-        self.failure.clone()
+        self.log.failure()
     }
 
     fn record(&mut self, state: &MetricState, valid: bool) {
@@ -191,16 +143,8 @@ impl RunRenderer {
             train_images_per_sec: self.train_rate,
             epoch_seconds: self.epoch_start.elapsed().as_secs_f64(),
         };
-        let line = serde_json::to_string(&rec).expect("record serialises");
-        if let Err(e) = writeln!(self.log, "{line}").and_then(|_| self.log.sync_data()) {
-            // A run without its curves is not a success: stop it and say why.
-            let why = format!(
-                "cannot write the metrics log {}: {e}",
-                self.log_path.display()
-            );
-            if let Ok(mut slot) = self.failure.0.lock() {
-                slot.get_or_insert(why);
-            }
+        if self.log.append(&rec).is_err() {
+            // A run without its curves is not a success: stop it; the log keeps why.
             self.stop.stop(Some("the metrics log cannot be written"));
         }
         if self.dashboard.is_none() {
