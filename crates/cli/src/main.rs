@@ -1,7 +1,7 @@
 //! `cnn`: classify images and evaluate records with the CIFAR-10 CNN from a terminal.
 
 use std::io::{IsTerminal, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -44,6 +44,10 @@ enum Command {
         /// Images per model batch.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
+        /// Test-time augmentation: average each image's class probabilities with its
+        /// horizontal mirror's (twice the compute).
+        #[arg(long)]
+        tta: bool,
     },
     /// Accuracy on a labelled CIFAR-10 set: a folder of `<class>/` image folders (e.g.
     /// cifar10/test), or the test split of a data set (train/ + test/ folders, or the official
@@ -55,6 +59,10 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+        /// Test-time augmentation: average each image's class probabilities with its
+        /// horizontal mirror's (twice the compute).
+        #[arg(long)]
+        tta: bool,
     },
     /// Classify image files, or every file under directories, through a running server
     /// (`/classify`, or `/classify/batch` in batches of at most the server's `--max-files`).
@@ -158,11 +166,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Info => {
             let (_, meta, source) = load(&cli, &device)?;
             let mut out = std::io::stdout().lock();
+            writeln!(out, "architecture  {}", model::net::summary())?;
             writeln!(
                 out,
-                "architecture  conv(3→16,3×3,p1) ReLU maxpool2 → conv(16→32,3×3,p1) ReLU maxpool2 → fc(8192→100) ReLU → fc(100→10)"
+                "input         {s}×{s} RGB, normalised to [-1, 1]",
+                s = model::INPUT_SIZE
             )?;
-            writeln!(out, "input         64×64 RGB, normalised to [-1, 1]")?;
             writeln!(out, "parameters    {PARAMETER_COUNT}")?;
             writeln!(out, "classes       {}", CLASSES.join(", "))?;
             writeln!(
@@ -194,18 +203,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             jsonl,
             batch_size,
+            tta,
         } => {
             let (net, _, _) = load(&cli, &device)?;
-            let net = Inference::new(net, cli.backend)?;
+            let net = Inference::new(net, cli.backend)?.with_tta(*tta);
             classify(&net, paths, *top_k, *json, *jsonl, *batch_size)
         }
         Command::Eval {
             data,
             json,
             batch_size,
+            tta,
         } => {
             let (net, meta, source) = load(&cli, &device)?;
-            let net = Inference::new(net, cli.backend)?;
+            let net = Inference::new(net, cli.backend)?.with_tta(*tta);
             let split = dataset::labelled_set(data, OnCorrupt::Skip)?;
             // A progress bar on a terminal only: scripts and logs get just the result.
             let bar = if std::io::stderr().is_terminal() {
@@ -230,15 +241,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "record": source, "recorded_accuracy": meta.test_accuracy,
-                        "skipped": split.skipped, "evaluation": e,
+                        "tta": tta, "skipped": split.skipped, "evaluation": e,
                     }))?
                 )?;
             } else {
                 writeln!(
                     out,
-                    "{} images ({} skipped) with {source}",
+                    "{} images ({} skipped) with {source}{}",
                     e.images,
-                    split.skipped.len()
+                    split.skipped.len(),
+                    if *tta {
+                        ", test-time augmentation (mirror)"
+                    } else {
+                        ""
+                    }
                 )?;
                 writeln!(
                     out,
@@ -307,31 +323,17 @@ fn classify(
     let pre = Preprocessor::default();
     let mut report = Report::new(std::io::stdout().lock(), json, jsonl);
     for chunk in files.chunks(batch_size.max(1)) {
-        let prepared: Vec<(&Path, Result<Vec<f32>, String>)> = chunk
-            .iter()
-            .map(|p| {
-                let r = std::fs::read(p)
-                    .map_err(|e| e.to_string())
-                    .and_then(|b| pre.preprocess(&b).map_err(|e| e.to_string()));
-                (p.as_path(), r)
-            })
-            .collect();
-        let pixels: Vec<f32> = prepared
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok())
-            .flatten()
-            .copied()
-            .collect();
-        let mut preds = net.predict(&pixels, top_k).into_iter();
-        for (path, r) in prepared {
-            let value = match r {
-                Ok(_) => {
-                    let p = preds.next().expect("one prediction per image");
-                    json!({"file": path, "prediction": p.best, "top_k": p.top_k})
-                }
+        let prepared = chunk.iter().map(|p| {
+            let r = std::fs::read(p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| pre.preprocess(&b).map_err(|e| e.to_string()));
+            (p.as_path(), r)
+        });
+        for (path, r) in net.predict_each(prepared, top_k) {
+            report.push(match r {
+                Ok(p) => json!({"file": path, "prediction": p.best, "top_k": p.top_k}),
                 Err(e) => json!({"file": path, "error": e}),
-            };
-            report.push(value)?;
+            })?;
         }
     }
     Ok(report.finish()?)

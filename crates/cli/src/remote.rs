@@ -5,32 +5,29 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use model::Gathered;
 use serde_json::{Value, json};
-
-const BOUNDARY: &str = "----cnn-cli-7c1a5e";
 
 /// Files per batch when the server does not say (its own default `--max-files`).
 const DEFAULT_MAX_FILES: usize = 64;
 
+/// The multipart body of `files` under `field`. Quotes and line breaks would end a part's
+/// header early: they are replaced in the names (the server echoes the name only).
 fn multipart(field: &str, files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (name, bytes) in files {
-        // Quotes and line breaks would end the header early; the server echoes the name only.
-        let safe: String = name
-            .chars()
-            .map(|c| if c == '"' || c.is_control() { '_' } else { c })
-            .collect();
-        body.extend(
-            format!(
-                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{safe}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-            )
-            .bytes(),
-        );
-        body.extend_from_slice(bytes);
-        body.extend(b"\r\n");
-    }
-    body.extend(format!("--{BOUNDARY}--\r\n").bytes());
-    body
+    let names: Vec<String> = files
+        .iter()
+        .map(|(name, _)| {
+            name.chars()
+                .map(|c| if c == '"' || c.is_control() { '_' } else { c })
+                .collect()
+        })
+        .collect();
+    let parts: Vec<(&str, &str, &[u8])> = names
+        .iter()
+        .zip(files)
+        .map(|(name, (_, bytes))| (field, name.as_str(), bytes.as_slice()))
+        .collect();
+    model::multipart::multipart(&parts)
 }
 
 /// A running server, reached over HTTP.
@@ -79,10 +76,7 @@ impl Server {
         let mut res = self
             .agent
             .post(format!("{}/{endpoint}", self.base))
-            .header(
-                "Content-Type",
-                format!("multipart/form-data; boundary={BOUNDARY}"),
-            )
+            .header("Content-Type", model::multipart::content_type())
             .send(&multipart(field, files)[..])
             .with_context(|| format!("cannot reach the server at {}", self.base))?;
         let status = res.status().as_u16();
@@ -135,37 +129,26 @@ pub fn classify(url: &str, paths: &[PathBuf], json_out: bool, jsonl: bool) -> Re
     let mut report = crate::Report::new(std::io::stdout().lock(), json_out, jsonl);
     for chunk in files.chunks(max_files) {
         // A file that cannot be read is reported in its place, as `cnn classify` does.
-        let mut readable = Vec::new();
-        let mut unreadable = Vec::new();
-        for (i, path) in chunk.iter().enumerate() {
+        let (gathered, readable) = Gathered::split(chunk.iter().map(|path| {
             let name = path.display().to_string();
-            match std::fs::read(path) {
-                Ok(bytes) => readable.push((name, bytes)),
-                Err(e) => unreadable.push((i, json!({"file": name, "error": e.to_string()}))),
-            }
-        }
-        let mut answers = if readable.is_empty() {
+            let bytes = std::fs::read(path).map_err(|e| e.to_string());
+            (name.clone(), bytes.map(|b| (name, b)))
+        }));
+        let answers = if readable.is_empty() {
             Vec::new()
         } else {
             server.classify(&readable)?
-        }
-        .into_iter()
-        .zip(readable.iter().map(|(name, _)| name));
-        let mut unreadable = unreadable.into_iter().peekable();
-        for i in 0..chunk.len() {
-            let value = match unreadable.next_if(|(at, _)| *at == i) {
-                Some((_, failed)) => failed,
-                None => {
-                    let (a, name) = answers.next().expect("one answer per readable file");
-                    match a.get("error") {
-                        Some(e) => json!({"file": name, "error": e}),
-                        None => {
-                            json!({"file": name, "prediction": a["prediction"], "top_k": a["top_3_predictions"]})
-                        }
+        };
+        for (name, r) in gathered.answer(answers) {
+            report.push(match r {
+                Err(e) => json!({"file": name, "error": e}),
+                Ok(a) => match a.get("error") {
+                    Some(e) => json!({"file": name, "error": e}),
+                    None => {
+                        json!({"file": name, "prediction": a["prediction"], "top_k": a["top_3_predictions"]})
                     }
-                }
-            };
-            report.push(value)?;
+                },
+            })?;
         }
     }
     Ok(report.finish()?)

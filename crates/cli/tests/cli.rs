@@ -4,25 +4,13 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use model::dataset::{Sample, to_binary};
-use model::{Backend, Preprocessor, RecordMeta, default_config, save_model, testdata};
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("cnn-cli-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use model::{Backend, Inference, Preprocessor, RecordMeta, load_model, save_model, testdata};
 
 /// A record made here, so results do not depend on the shipped weights.
 fn record(dir: &std::path::Path) -> PathBuf {
     let path = dir.join("test.safetensors");
     let device = Backend::default().device();
-    save_model(
-        &default_config().init(&device),
-        &path,
-        &RecordMeta::default(),
-    )
-    .unwrap();
+    save_model(&model::Cnn::init(&device), &path, &RecordMeta::default()).unwrap();
     path
 }
 
@@ -39,7 +27,8 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn classify_a_directory_with_a_broken_file() {
-    let dir = tmp("classify");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let images = dir.join("images");
     std::fs::create_dir_all(images.join("nested")).unwrap();
     for (i, img) in testdata::images("test", 1).iter().enumerate() {
@@ -51,7 +40,7 @@ fn classify_a_directory_with_a_broken_file() {
         std::fs::write(sub.join(format!("{}.jpg", img.class)), &img.bytes).unwrap();
     }
     std::fs::write(images.join("broken.jpg"), b"\xff\xd8\xff not a jpeg").unwrap();
-    let model = record(&dir);
+    let model = record(dir);
     let m = model.to_str().unwrap();
     let d = images.to_str().unwrap();
 
@@ -104,7 +93,8 @@ fn classify_a_directory_with_a_broken_file() {
 
 #[test]
 fn eval_on_both_layouts_agrees() {
-    let dir = tmp("eval");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let images = testdata::images("test", 3);
     testdata::write_folders(&dir.join("folders"), &images);
     std::fs::create_dir_all(dir.join("folders/train")).unwrap();
@@ -119,7 +109,7 @@ fn eval_on_both_layouts_agrees() {
     let bin = dir.join("binary/cifar-10-batches-bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("test_batch.bin"), to_binary(&samples)).unwrap();
-    let model = record(&dir);
+    let model = record(dir);
 
     let mut results = Vec::new();
     // Both data-set layouts, and a folder of class folders as people have it (cifar10/test),
@@ -160,10 +150,91 @@ fn eval_on_both_layouts_agrees() {
     );
 }
 
+/// `--tta` on classify and eval: the answers are the in-process model's with test-time
+/// augmentation, and eval says it was on.
+#[test]
+fn tta_on_classify_and_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let images = testdata::images("test", 1);
+    testdata::write_folders(&dir.join("data"), &images);
+    let files: Vec<PathBuf> = images
+        .iter()
+        .take(3)
+        .map(|img| {
+            let p = dir.join(format!("{}.jpg", img.class));
+            std::fs::write(&p, &img.bytes).unwrap();
+            p
+        })
+        .collect();
+    let model = record(dir);
+    let m = model.to_str().unwrap();
+    let mut args = vec!["--model", m, "classify", "--json", "--tta"];
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    let out = cnn(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let backend = Backend::default_inference();
+    let (net, _) = load_model(&model, &backend.device()).unwrap();
+    let local = Inference::new(net, backend).unwrap().with_tta(true);
+    let pre = Preprocessor::default();
+    for (r, img) in v["results"].as_array().unwrap().iter().zip(&images) {
+        let want = &local.predict(&pre.preprocess(&img.bytes).unwrap(), 3)[0];
+        assert_eq!(r["prediction"]["class_index"], want.best.class_index);
+        let got = r["prediction"]["confidence"].as_f64().unwrap();
+        assert!((got - f64::from(want.best.confidence)).abs() < 1e-5, "{r}");
+    }
+
+    let data = dir.join("data/test");
+    let eval = |tta: bool| {
+        let mut args = vec![
+            "--model",
+            m,
+            "eval",
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ];
+        if tta {
+            args.push("--tta");
+        }
+        let out = cnn(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let (plain, tta) = (eval(false), eval(true));
+    assert_eq!(plain["tta"], false);
+    assert_eq!(tta["tta"], true);
+    assert_eq!(tta["evaluation"]["images"], 10);
+    let table = cnn(&[
+        "--model",
+        m,
+        "eval",
+        "--data",
+        data.to_str().unwrap(),
+        "--tta",
+    ]);
+    assert!(
+        stdout(&table).contains("test-time augmentation"),
+        "{}",
+        stdout(&table)
+    );
+}
+
 #[test]
 fn info_completions_and_errors() {
-    let dir = tmp("info");
-    let model = record(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let model = record(dir);
     let info = cnn(&["--model", model.to_str().unwrap(), "info"]);
     assert!(info.status.success());
     assert!(stdout(&info).contains("825398"), "{}", stdout(&info));
@@ -191,11 +262,12 @@ fn info_completions_and_errors() {
 /// ripgrep does: no panic, no "Broken pipe" error.
 #[test]
 fn a_closed_stdout_ends_every_command_quietly() {
-    let dir = tmp("pipe");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let images = testdata::images("test", 1);
     testdata::write_folders(&dir.join("data"), &images);
     std::fs::write(dir.join("a.jpg"), &images[0].bytes).unwrap();
-    let model = record(&dir);
+    let model = record(dir);
     let data = dir.join("data/test");
     let image = dir.join("a.jpg");
     let commands: [&[&str]; 5] = [

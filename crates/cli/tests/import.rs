@@ -15,8 +15,8 @@ fn fixture(name: &str) -> std::path::PathBuf {
 
 #[test]
 fn imported_weights_reproduce_pytorch_logits() {
-    let dir = std::env::temp_dir().join(format!("cnn-import-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let out = dir.join("imported.safetensors");
     let run = Command::new(env!("CARGO_BIN_EXE_cnn"))
         .args([
@@ -76,8 +76,8 @@ fn imported_weights_reproduce_pytorch_logits() {
 
 #[test]
 fn a_file_that_is_not_a_state_dict_is_refused() {
-    let dir = std::env::temp_dir().join(format!("cnn-import-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let bad = dir.join("bad.pth");
     std::fs::write(&bad, b"PK\x03\x04 definitely not a checkpoint").unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_cnn"))

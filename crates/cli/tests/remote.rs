@@ -3,7 +3,7 @@
 use std::net::TcpListener;
 use std::process::Command;
 
-use model::{Backend, Inference, RecordMeta, default_config, testdata};
+use model::{Backend, Inference, RecordMeta, testdata};
 use server::{Loaded, LogFormat, ServerConfig};
 
 fn start_server() -> String {
@@ -16,7 +16,7 @@ fn start_server_with(config: ServerConfig) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let loaded = Loaded {
-        inference: Inference::new(default_config().init(&device), backend).unwrap(),
+        inference: Inference::new(model::Cnn::init(&device), backend).unwrap(),
         meta: RecordMeta::default(),
         source: "test".into(),
     };
@@ -34,8 +34,8 @@ fn start_server_with(config: ServerConfig) -> String {
 #[test]
 fn remote_matches_the_server_and_reports_failures() {
     let base = start_server();
-    let dir = std::env::temp_dir().join(format!("cnn-remote-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let mut paths = Vec::new();
     for img in testdata::images("test", 1).iter().take(3) {
         let p = dir.join(format!("{}.jpg", img.class));
@@ -80,6 +80,24 @@ fn remote_matches_the_server_and_reports_failures() {
     assert_eq!(a["class_index"], b["class_index"]);
     assert!((a["confidence"].as_f64().unwrap() - b["confidence"].as_f64().unwrap()).abs() < 1e-5);
 
+    // A file that cannot be read is reported in its place; the others still go to the server.
+    let missing = dir.join("missing.jpg");
+    let with_missing = cnn(&[
+        "remote",
+        &base,
+        &paths[0],
+        missing.to_str().unwrap(),
+        &paths[1],
+        "--json",
+    ]);
+    assert_eq!(with_missing.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&with_missing.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert!(results[0]["prediction"].is_object() && results[2]["prediction"].is_object());
+    assert_eq!(results[1]["file"], missing.to_str().unwrap());
+    assert!(results[1]["error"].is_string(), "{}", results[1]);
+
     // An error answer from the server (a lone broken file) is reported with its detail.
     let bad = cnn(&["remote", &base, broken.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(2));
@@ -110,8 +128,8 @@ fn remote_walks_directories_and_splits_batches_to_the_server_limit() {
     let mut config = ServerConfig::default();
     config.upload.files = 2;
     let base = start_server_with(config);
-    let dir = std::env::temp_dir().join(format!("cnn-remote-split-{}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     std::fs::create_dir_all(dir.join("more")).unwrap();
     let images = testdata::images("test", 1);
     for (i, img) in images.iter().take(7).enumerate() {
@@ -192,8 +210,8 @@ fn fake_server(body: &'static str) -> String {
 /// "0 files" and exiting 0.
 #[test]
 fn remote_fails_on_an_answer_that_does_not_match_what_was_sent() {
-    let dir = std::env::temp_dir().join(format!("cnn-remote-short-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let img = &testdata::images("test", 1)[0];
     let (a, b) = (dir.join("a.jpg"), dir.join("b.jpg"));
     std::fs::write(&a, &img.bytes).unwrap();

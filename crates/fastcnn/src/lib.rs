@@ -1,5 +1,6 @@
 //! A CPU fast path for the forward pass of the CIFAR-10 CNN
-//! (conv 3→16 → ReLU → pool → conv 16→32 → ReLU → pool → fc 8192→hidden → ReLU → fc → classes).
+//! (conv 3→16 → ReLU → pool → conv 16→32 → ReLU → pool → fc 8192→hidden → ReLU → fc → classes),
+//! and the home of the network's dimensions ([`arch`]).
 //!
 //! Burn's CPU backend spends most of this small network's time outside matrix multiplication
 //! (layout conversions, per-tile dispatch, separate passes for bias, ReLU and pooling). Here each
@@ -20,19 +21,19 @@ use std::ops::Range;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+pub mod arch;
 pub mod train;
 
-/// Side of the square input image.
-pub const INPUT_SIZE: usize = 64;
-/// Floats in one preprocessed image (3 × 64 × 64, channel-major).
-pub const IMAGE_FLOATS: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+pub use arch::{IMAGE_FLOATS, INPUT_SIZE};
 
-const C0: usize = 3;
-const C1: usize = 16;
-const C2: usize = 32;
+const C0: usize = arch::INPUT_CHANNELS;
+const C1: usize = arch::CONV1_CHANNELS;
+const C2: usize = arch::CONV2_CHANNELS;
 const S1: usize = INPUT_SIZE; // conv1 works at 64×64
-const S2: usize = INPUT_SIZE / 2; // conv2 at 32×32
-const FEATURES: usize = C2 * (INPUT_SIZE / 4) * (INPUT_SIZE / 4);
+const S2: usize = INPUT_SIZE / arch::POOL; // conv2 at 32×32
+const FEATURES: usize = arch::FLAT_FEATURES;
+// The im2col and pooling loops below are written out for these (`9` is a 3×3 kernel's taps).
+const _: () = assert!(arch::KERNEL == 3 && arch::PADDING == 1 && arch::POOL == 2);
 
 /// The network's parameters, each flattened row-major in Burn's layout: conv weights
 /// `[out, in, 3, 3]`, linear weights `[in, out]` (the transpose of PyTorch's), biases `[out]`.

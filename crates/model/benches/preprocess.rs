@@ -1,14 +1,16 @@
 //! Decode + resize + normalise of JPEGs of three sizes: a CIFAR image (32×32), a 512×512
-//! photo-sized image and a 4000×3000 camera image.
+//! photo-sized image and a 4000×3000 camera image; and what follows preprocessing,
+//! `Inference::predict`, with test-time augmentation off and on.
 //!
 //!     cargo bench -p model --bench preprocess
+//!     cargo bench -p model --bench preprocess -- predict
 
 use std::hint::black_box;
 use std::io::Cursor;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use image::{DynamicImage, ImageFormat, RgbImage};
-use model::{Preprocessor, testdata};
+use model::{Backend, IMAGE_FLOATS, Inference, Preprocessor, testdata};
 
 /// A smooth synthetic photo (gradients and stripes) encoded as JPEG.
 fn jpeg(w: u32, h: u32) -> Vec<u8> {
@@ -70,5 +72,28 @@ fn resize(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, preprocess, resize);
+/// `Inference::predict` (forward pass, softmax, top 3) on the default inference backend (the
+/// fast path), test-time augmentation off and on side by side, at batch 1 and 64 (random
+/// weights: speed does not depend on their values).
+fn predict(c: &mut Criterion) {
+    let backend = Backend::default_inference();
+    let net = model::Cnn::init(&backend.device());
+    let plain = Inference::new(net.clone(), backend).unwrap();
+    let tta = Inference::new(net, backend).unwrap().with_tta(true);
+    let mut group = c.benchmark_group("predict");
+    for batch in [1usize, 64] {
+        let pixels: Vec<f32> = (0..batch * IMAGE_FLOATS)
+            .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
+            .collect();
+        group.throughput(Throughput::Elements(batch as u64));
+        for (name, net) in [("plain", &plain), ("tta", &tta)] {
+            group.bench_with_input(BenchmarkId::new(name, batch), &pixels, |b, x| {
+                b.iter(|| black_box(net.predict(x, 3)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, preprocess, resize, predict);
 criterion_main!(benches);

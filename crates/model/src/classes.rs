@@ -1,7 +1,7 @@
 //! The CIFAR-10 label set.
 
-/// Number of classes the network predicts.
-pub const NUM_CLASSES: usize = 10;
+/// Number of classes the network predicts: one name below for each of its outputs.
+pub const NUM_CLASSES: usize = crate::arch::CLASSES;
 
 /// Class names in the canonical CIFAR-10 label order (label `i` is `CLASSES[i]`).
 pub const CLASSES: [&str; NUM_CLASSES] = [

@@ -307,9 +307,8 @@ mod tests {
             label: 3,
         }]);
         assert_eq!(bytes.len(), BIN_RECORD);
-        let dir = std::env::temp_dir().join(format!("bin-rt-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("b.bin");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("b.bin");
         fs::write(&f, &bytes).unwrap();
         let split = read_binaries(std::slice::from_ref(&f), OnCorrupt::Fail).unwrap();
         assert_eq!(split.samples[0].label, 3);
@@ -321,6 +320,5 @@ mod tests {
         ));
         let skipped = read_binaries(&[f], OnCorrupt::Skip).unwrap();
         assert_eq!((skipped.samples.len(), skipped.skipped.len()), (0, 1));
-        fs::remove_dir_all(dir).ok();
     }
 }

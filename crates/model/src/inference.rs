@@ -1,6 +1,12 @@
 //! Running the network for predictions: on a Burn backend, or on the CPU fast path built from
 //! the same module's weights. Callers hand over preprocessed pixels and get logits or ranked
-//! predictions back, whichever engine runs underneath.
+//! predictions back, whichever engine runs underneath; with test-time augmentation switched on
+//! ([`Inference::with_tta`]) the probabilities are the mean of each image's and its mirror's.
+//!
+//! [`Gathered`] is how a caller with a list of files, some of which failed before the model
+//! (unreadable, undecodable), sends the rest to the model in one call and matches the answers
+//! back to the files, failures in their places: [`Inference::predict_each`] in one go, or in
+//! two steps around a model call made elsewhere (the server's batching engine).
 
 use burn::prelude::*;
 use fastcnn::FastCnn;
@@ -8,7 +14,8 @@ use fastcnn::FastCnn;
 use crate::backend::Backend;
 use crate::error::RecordError;
 use crate::net::Cnn;
-use crate::predict::{Prediction, rank_logits, values};
+use crate::net::INPUT_SIZE;
+use crate::predict::{Prediction, rank_probabilities, softmax, values};
 use crate::preprocess::{IMAGE_FLOATS, to_tensor};
 
 /// A loaded network ready to classify.
@@ -18,6 +25,7 @@ pub struct Inference {
     device: Device,
     backend: Backend,
     fast: Option<FastCnn>,
+    tta: bool,
 }
 
 impl Inference {
@@ -33,7 +41,21 @@ impl Inference {
             device: backend.device(),
             backend,
             fast,
+            tta: false,
         })
+    }
+
+    /// Switches test-time augmentation on or off (off by default): when on, an image's class
+    /// probabilities are the mean of its own and its horizontal mirror's, at twice the
+    /// compute. [`Inference::logits`] is never augmented.
+    pub fn with_tta(mut self, on: bool) -> Self {
+        self.tta = on;
+        self
+    }
+
+    /// Whether test-time augmentation is on.
+    pub fn tta(&self) -> bool {
+        self.tta
     }
 
     /// The backend that runs the forward pass.
@@ -62,11 +84,104 @@ impl Inference {
         }
     }
 
+    /// Class probabilities (`n × classes`, row-major) for `pixels`: the softmax of the logits,
+    /// or with test-time augmentation the mean of the image's and its mirror's (two passes
+    /// of `n` images, so that a batch never takes more than one batch's working memory).
+    pub fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
+        let classes = self.classes();
+        let mut probs = softmax(&self.logits(pixels), classes);
+        if self.tta && !probs.is_empty() {
+            let mirrored = softmax(&self.logits(&mirror(pixels)), classes);
+            for (p, m) in probs.iter_mut().zip(mirrored) {
+                *p = (*p + m) * 0.5;
+            }
+        }
+        probs
+    }
+
     /// Ranked predictions, keeping the `k` most likely classes of each image.
     pub fn predict(&self, pixels: &[f32], k: usize) -> Vec<Prediction> {
-        let logits = self.logits(pixels);
-        let classes = self.model.fc2.weight.dims()[1];
-        rank_logits(&logits, classes, k)
+        rank_probabilities(&self.probabilities(pixels), self.classes(), k)
+    }
+
+    /// Predicts every item that is ready (its preprocessed pixels), all in one model call, and
+    /// returns one answer per item in order: the prediction, or the item's own error.
+    pub fn predict_each<K, E>(
+        &self,
+        items: impl IntoIterator<Item = (K, Result<Vec<f32>, E>)>,
+        k: usize,
+    ) -> Vec<(K, Result<Prediction, E>)> {
+        let (gathered, images) = Gathered::split(items);
+        let pixels = images.concat();
+        drop(images);
+        gathered.answer(self.predict(&pixels, k))
+    }
+
+    fn classes(&self) -> usize {
+        self.model.fc2.weight.dims()[1]
+    }
+}
+
+/// `pixels` (preprocessed CHW images back to back) mirrored left to right: every row of every
+/// channel reversed.
+pub fn mirror(pixels: &[f32]) -> Vec<f32> {
+    let mut out = pixels.to_vec();
+    out.chunks_exact_mut(INPUT_SIZE).for_each(<[f32]>::reverse);
+    out
+}
+
+/// Items some of which are ready for the model and some of which failed before it, split so
+/// that the ready ones go to the model together and its answers come back to their items.
+///
+/// [`Gathered::split`] takes the ready values out, in order; [`Gathered::answer`] takes the
+/// model's answers for them, in the same order, and gives one result per item: the answer, or
+/// the item's own error where it failed.
+#[derive(Debug)]
+pub struct Gathered<K, E> {
+    /// Every item's key, with its error when it failed (`None`: it waits for an answer).
+    items: Vec<(K, Option<E>)>,
+    ready: usize,
+}
+
+impl<K, E> Gathered<K, E> {
+    /// Splits `items` into the keys (with the failures) and the ready values, in order.
+    pub fn split<V>(items: impl IntoIterator<Item = (K, Result<V, E>)>) -> (Self, Vec<V>) {
+        let mut values = Vec::new();
+        let items = items
+            .into_iter()
+            .map(|(key, r)| match r {
+                Ok(v) => {
+                    values.push(v);
+                    (key, None)
+                }
+                Err(e) => (key, Some(e)),
+            })
+            .collect();
+        let ready = values.len();
+        (Self { items, ready }, values)
+    }
+
+    /// How many items were ready: the answers [`Gathered::answer`] expects.
+    pub fn ready(&self) -> usize {
+        self.ready
+    }
+
+    /// Every item with its answer (the next of `answers` for each ready item) or its error.
+    ///
+    /// # Panics
+    /// When `answers` does not hold exactly one answer per ready item.
+    pub fn answer<A>(self, answers: impl IntoIterator<Item = A>) -> Vec<(K, Result<A, E>)> {
+        let mut answers = answers.into_iter();
+        let out = self
+            .items
+            .into_iter()
+            .map(|(key, failed)| match failed {
+                Some(e) => (key, Err(e)),
+                None => (key, Ok(answers.next().expect("one answer per ready item"))),
+            })
+            .collect();
+        assert!(answers.next().is_none(), "more answers than ready items");
+        out
     }
 }
 
@@ -88,4 +203,123 @@ pub fn fast_path(model: &Cnn) -> Result<FastCnn, RecordError> {
         fc2_bias: bias(model.fc2.bias.as_ref().map(|b| b.val()), classes),
     })
     .map_err(|e| RecordError::Architecture(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic, non-symmetric pixels for `n` images.
+    fn pixels(n: usize) -> Vec<f32> {
+        (0..n * IMAGE_FLOATS)
+            .map(|i| ((i * 7919 + i / 61) % 255) as f32 / 127.5 - 1.0)
+            .collect()
+    }
+
+    #[test]
+    fn mirror_reverses_every_row_and_undoes_itself() {
+        let x = pixels(2);
+        let m = mirror(&x);
+        let at = |img: usize, c: usize, y: usize, x: usize| {
+            img * IMAGE_FLOATS + (c * INPUT_SIZE + y) * INPUT_SIZE + x
+        };
+        for (img, c, y, col) in [(0, 0, 0, 0), (0, 2, 63, 5), (1, 1, 17, 63)] {
+            assert_eq!(
+                m[at(img, c, y, col)],
+                x[at(img, c, y, INPUT_SIZE - 1 - col)]
+            );
+        }
+        assert_eq!(mirror(&m), x);
+    }
+
+    /// With TTA, the probabilities are the mean of the two passes' (the image's and its
+    /// mirror's softmax), and so the same for an image and its mirror; off, they are the
+    /// plain pass's. On every backend compiled in.
+    #[test]
+    fn tta_is_the_mean_of_the_image_and_its_mirror() {
+        for backend in Backend::available()
+            .into_iter()
+            .filter(|b| *b != Backend::Wgpu)
+        {
+            let net = Cnn::init(&backend.device());
+            let plain = Inference::new(net.clone(), backend).unwrap();
+            let tta = Inference::new(net, backend).unwrap().with_tta(true);
+            assert!(!plain.tta() && tta.tta());
+            let x = pixels(3);
+            let classes = plain.classes();
+            let a = softmax(&plain.logits(&x), classes);
+            let b = softmax(&plain.logits(&mirror(&x)), classes);
+            assert_eq!(plain.probabilities(&x), a);
+            let got = tta.probabilities(&x);
+            assert_eq!(got.len(), 3 * classes);
+            for ((g, a), b) in got.iter().zip(&a).zip(&b) {
+                assert!(
+                    (g - (a + b) / 2.0).abs() < 1e-6,
+                    "{backend}: {g} vs {a}, {b}"
+                );
+            }
+            for (g, m) in got.iter().zip(tta.probabilities(&mirror(&x))) {
+                assert!((g - m).abs() < 1e-6, "{backend}: {g} vs {m}");
+            }
+            // The ranked answer carries those probabilities.
+            for (i, p) in tta.predict(&x, classes).iter().enumerate() {
+                for r in &p.top_k {
+                    assert_eq!(r.confidence, got[i * classes + r.class_index]);
+                }
+            }
+            assert!(tta.predict(&[], 3).is_empty());
+        }
+    }
+
+    #[test]
+    fn gathered_answers_go_back_to_their_items() {
+        let items = vec![
+            ("a", Ok(1)),
+            ("b", Err("broken")),
+            ("c", Ok(2)),
+            ("d", Err("unreadable")),
+        ];
+        let (gathered, ready) = Gathered::split(items);
+        assert_eq!(ready, vec![1, 2]);
+        assert_eq!(gathered.ready(), 2);
+        let answered = gathered.answer(ready.iter().map(|v| v * 10));
+        assert_eq!(
+            answered,
+            vec![
+                ("a", Ok(10)),
+                ("b", Err("broken")),
+                ("c", Ok(20)),
+                ("d", Err("unreadable")),
+            ]
+        );
+        let (nothing, none) = Gathered::<&str, ()>::split(Vec::<(&str, Result<u8, ()>)>::new());
+        assert!(none.is_empty() && nothing.answer(none).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "one answer per ready item")]
+    fn gathered_refuses_too_few_answers() {
+        let (gathered, _) = Gathered::<_, ()>::split([("a", Ok(1)), ("b", Ok(2))]);
+        gathered.answer([10]);
+    }
+
+    #[test]
+    fn predict_each_matches_predictions_to_files() {
+        let backend = Backend::default_inference();
+        let net = Inference::new(Cnn::init(&backend.device()), backend).unwrap();
+        let x = pixels(2);
+        let (first, second) = x.split_at(IMAGE_FLOATS);
+        let items = vec![
+            ("one", Ok(first.to_vec())),
+            ("bad", Err("not an image")),
+            ("two", Ok(second.to_vec())),
+        ];
+        let together = net.predict(&x, 3);
+        let each = net.predict_each(items, 3);
+        let names: Vec<_> = each.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["one", "bad", "two"]);
+        assert_eq!(each[0].1.as_ref().unwrap(), &together[0]);
+        assert_eq!(each[1].1, Err("not an image"));
+        assert_eq!(each[2].1.as_ref().unwrap(), &together[1]);
+    }
 }

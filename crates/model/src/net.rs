@@ -1,23 +1,23 @@
-//! The network: the course project's CNN, layer for layer.
+//! The network: the course project's CNN, layer for layer, built from the one definition of
+//! its dimensions ([`arch`]).
 
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::prelude::*;
 
-use crate::classes::NUM_CLASSES;
+pub use fastcnn::arch;
+pub use fastcnn::arch::{INPUT_SIZE, PARAMETER_COUNT};
 
-/// Side of the square RGB input, in pixels.
-pub const INPUT_SIZE: usize = 64;
-
-/// Trainable parameters of the network; fixed by the architecture.
-pub const PARAMETER_COUNT: usize = 825_398;
-
-/// Width of the flattened feature map fed to `fc1`: 32 channels of 16×16.
-const FLAT_FEATURES: usize = 32 * (INPUT_SIZE / 4) * (INPUT_SIZE / 4);
+/// The architecture's name in the original project, reported by `/model/info`.
+pub const ARCHITECTURE: &str = "SimpleCNN";
 
 /// The CNN: conv(3→16) → ReLU → pool → conv(16→32) → ReLU → pool → fc(8192→100) → ReLU →
 /// fc(100→10). Field names follow the original PyTorch model so weights map one to one.
+///
+/// The architecture is fixed (the product's premise), so it has no config to vary: every
+/// dimension comes from [`arch`], which the record check, the fast path and `/model/info`
+/// read too.
 #[derive(Module, Debug)]
 pub struct Cnn {
     pub conv1: Conv2d,
@@ -28,42 +28,27 @@ pub struct Cnn {
     relu: Relu,
 }
 
-/// Configuration of [`Cnn`]. The architecture is fixed; only the class count is exposed so
-/// that the config is self-describing when saved next to a run.
-#[derive(Config, Debug)]
-pub struct CnnConfig {
-    #[config(default = 10)]
-    pub num_classes: usize,
-    #[config(default = 100)]
-    pub hidden: usize,
-}
-
-impl Default for CnnConfig {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl CnnConfig {
+impl Cnn {
     /// A freshly initialised network on `device`.
-    pub fn init(&self, device: &Device) -> Cnn {
+    pub fn init(device: &Device) -> Self {
         let conv = |i, o| {
-            Conv2dConfig::new([i, o], [3, 3])
-                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            let p = arch::PADDING;
+            Conv2dConfig::new([i, o], [arch::KERNEL, arch::KERNEL])
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
                 .init(device)
         };
         Cnn {
-            conv1: conv(3, 16),
-            conv2: conv(16, 32),
-            fc1: LinearConfig::new(FLAT_FEATURES, self.hidden).init(device),
-            fc2: LinearConfig::new(self.hidden, self.num_classes).init(device),
-            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            conv1: conv(arch::INPUT_CHANNELS, arch::CONV1_CHANNELS),
+            conv2: conv(arch::CONV1_CHANNELS, arch::CONV2_CHANNELS),
+            fc1: LinearConfig::new(arch::FLAT_FEATURES, arch::HIDDEN).init(device),
+            fc2: LinearConfig::new(arch::HIDDEN, arch::CLASSES).init(device),
+            pool: MaxPool2dConfig::new([arch::POOL, arch::POOL])
+                .with_strides([arch::POOL, arch::POOL])
+                .init(),
             relu: Relu::new(),
         }
     }
-}
 
-impl Cnn {
     /// Logits `[batch, 10]` for normalised images `[batch, 3, 64, 64]`. On a Flex device each
     /// convolution block runs as one fused op with a hand-written backward ([`crate::fused`]);
     /// elsewhere (wgpu, ndarray) as Burn's generic ops.
@@ -97,21 +82,33 @@ impl Cnn {
     }
 }
 
-/// Default config with the CIFAR-10 class count.
-pub fn default_config() -> CnnConfig {
-    CnnConfig::new().with_num_classes(NUM_CLASSES)
+/// The layers in one line, `→` between them (for `cnn info`).
+pub fn summary() -> String {
+    arch::layers().join(" → ")
 }
 
 #[cfg(test)]
 mod tests {
+    use burn::module::{ModuleVisitor, Param};
+
     use super::*;
 
     #[test]
-    fn parameter_count_and_output_shape() {
+    fn the_module_has_the_defined_tensors() {
+        struct Shapes(Vec<Vec<usize>>);
+        impl ModuleVisitor for Shapes {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+                self.0.push(param.val().dims().to_vec());
+            }
+        }
         let device = crate::Backend::default().device();
-        let net = default_config().init(&device);
+        let net = Cnn::init(&device);
         assert_eq!(net.num_params(), PARAMETER_COUNT);
+        let mut shapes = Shapes(Vec::new());
+        net.visit(&mut shapes);
+        let defined: Vec<Vec<usize>> = arch::TENSORS.iter().map(|(_, s)| s.to_vec()).collect();
+        assert_eq!(shapes.0, defined);
         let x = Tensor::<4>::zeros([2, 3, INPUT_SIZE, INPUT_SIZE], &device);
-        assert_eq!(net.forward(x).dims(), [2, NUM_CLASSES]);
+        assert_eq!(net.forward(x).dims(), [2, arch::CLASSES]);
     }
 }

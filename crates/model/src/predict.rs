@@ -44,20 +44,30 @@ pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 
 /// Softmax of each row of `logits` (`classes` wide), ranked.
 pub fn rank_logits(logits: &[f32], classes: usize, k: usize) -> Vec<Prediction> {
-    let mut probs = vec![0.0f32; classes];
-    logits
+    rank_probabilities(&softmax(logits, classes), classes, k)
+}
+
+/// Softmax of each row of `logits` (`classes` wide): class probabilities, row-major.
+pub fn softmax(logits: &[f32], classes: usize) -> Vec<f32> {
+    let mut probs = logits.to_vec();
+    for row in probs.chunks_exact_mut(classes.max(1)) {
+        // Shift by the maximum so that exp never overflows.
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for p in row.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        row.iter_mut().for_each(|p| *p /= sum);
+    }
+    probs
+}
+
+/// Ranks each row of `probs` (`classes` wide), keeping the `k` most likely classes.
+pub fn rank_probabilities(probs: &[f32], classes: usize, k: usize) -> Vec<Prediction> {
+    probs
         .chunks_exact(classes.max(1))
-        .map(|row| {
-            // Shift by the maximum so that exp never overflows.
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for (p, &l) in probs.iter_mut().zip(row) {
-                *p = (l - max).exp();
-                sum += *p;
-            }
-            probs.iter_mut().for_each(|p| *p /= sum);
-            rank(&probs, k)
-        })
+        .map(|row| rank(row, k))
         .collect()
 }
 

@@ -19,10 +19,26 @@ use crate::net::INPUT_SIZE;
 pub const DEFAULT_MAX_PIXELS: u64 = 40_000_000;
 
 /// Floats per preprocessed image: 3 × 64 × 64.
-pub const IMAGE_FLOATS: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+pub const IMAGE_FLOATS: usize = crate::arch::IMAGE_FLOATS;
 
 /// Bytes per prepared image: 64 × 64 RGB, 8 bits per channel.
-pub const IMAGE_BYTES: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+pub const IMAGE_BYTES: usize = crate::arch::IMAGE_FLOATS;
+
+/// Which preprocessing a network was trained with; a record names its own in its metadata.
+///
+/// There is one so far. Records written before the field existed were trained with it, so a
+/// record without the field means it; a record naming one this build does not have is refused
+/// when loading, rather than served pixels it was not trained on. A new preprocessing would be
+/// a new variant here, chosen from the record by the server and the CLI alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub enum Preprocessing {
+    /// RGB; triangle-filter (bilinear) resize to 64×64, aspect ratio not kept ([`resize`]);
+    /// each channel `x / 127.5 − 1`, i.e. mean 0.5 and std 0.5 ([`normalize_into`]).
+    #[default]
+    #[serde(rename = "rgb-triangle64-half")]
+    RgbTriangle64Half,
+}
 
 /// Decodes and prepares images, refusing oversized ones before decoding them.
 #[derive(Debug, Clone, Copy)]

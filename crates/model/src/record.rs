@@ -14,7 +14,8 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RecordError;
-use crate::net::{Cnn, default_config};
+use crate::net::Cnn;
+use crate::preprocess::Preprocessing;
 
 /// Metadata key holding [`RecordMeta`] as JSON.
 const META_KEY: &str = "cifar_cnn";
@@ -23,16 +24,7 @@ const META_KEY: &str = "cifar_cnn";
 pub const FORMAT_VERSION: u32 = 1;
 
 /// The tensors the network expects, with Burn's layout (`Linear` weights are `[in, out]`).
-pub const EXPECTED_TENSORS: [(&str, &[usize]); 8] = [
-    ("conv1.weight", &[16, 3, 3, 3]),
-    ("conv1.bias", &[16]),
-    ("conv2.weight", &[32, 16, 3, 3]),
-    ("conv2.bias", &[32]),
-    ("fc1.weight", &[8192, 100]),
-    ("fc1.bias", &[100]),
-    ("fc2.weight", &[100, 10]),
-    ("fc2.bias", &[10]),
-];
+pub use crate::arch::TENSORS as EXPECTED_TENSORS;
 
 /// What a record says about itself, stored inside the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -52,6 +44,9 @@ pub struct RecordMeta {
     /// Free-form description of how the weights were produced.
     #[serde(default)]
     pub recipe: Option<String>,
+    /// How images were prepared in training, and so must be in service.
+    #[serde(default)]
+    pub preprocessing: Preprocessing,
 }
 
 impl Default for RecordMeta {
@@ -62,6 +57,7 @@ impl Default for RecordMeta {
             epochs: None,
             created: None,
             recipe: None,
+            preprocessing: Preprocessing::default(),
         }
     }
 }
@@ -89,7 +85,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<(Cnn, RecordMeta), Rec
 /// As [`load_model`], from the file's bytes (for a record embedded in a binary).
 pub fn load_model_bytes(bytes: Vec<u8>, device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
     let meta = inspect(&bytes)?;
-    let mut model = default_config().init(device);
+    let mut model = Cnn::init(device);
     let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let result = model
         .load_from(&mut store)
@@ -222,7 +218,7 @@ pub fn import_pytorch(path: &Path, device: &Device) -> Result<Cnn, RecordError> 
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
         });
     }
-    let mut model = default_config().init(device);
+    let mut model = Cnn::init(device);
     let mut store = PytorchStore::from_file(path).allow_partial(false);
     let result = model
         .load_from(&mut store)

@@ -84,3 +84,37 @@ pub fn write_folders(dir: &Path, images: &[ArchiveImage]) {
         std::fs::write(d.join(format!("{i:05}.jpg")), &img.bytes).expect("write image");
     }
 }
+
+/// A record in this project's format (its metadata, every tensor named as expected) whose
+/// hidden layer is `hidden` wide instead of the architecture's: what a record of another
+/// network looks like to the loader.
+pub fn record_with_hidden(hidden: usize) -> Vec<u8> {
+    use safetensors::tensor::{Dtype, TensorView};
+    let shapes: Vec<(&str, Vec<usize>)> = crate::arch::TENSORS
+        .iter()
+        .map(|(name, shape)| {
+            let shape = shape
+                .iter()
+                .map(|&d| if d == crate::arch::HIDDEN { hidden } else { d })
+                .collect();
+            (*name, shape)
+        })
+        .collect();
+    let data: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|(_, s)| vec![0u8; s.iter().product::<usize>() * 4])
+        .collect();
+    let views: Vec<(&str, TensorView)> = shapes
+        .iter()
+        .zip(&data)
+        .map(|((name, shape), bytes)| {
+            (
+                *name,
+                TensorView::new(Dtype::F32, shape.clone(), bytes).unwrap(),
+            )
+        })
+        .collect();
+    let meta = serde_json::to_string(&crate::RecordMeta::default()).unwrap();
+    let info = std::collections::HashMap::from([("cifar_cnn".to_string(), meta)]);
+    safetensors::serialize(views, Some(info)).unwrap()
+}

@@ -1,25 +1,18 @@
 //! Reading CIFAR-10 in both layouts, and the errors for data that is not there or broken.
 
 use std::fs;
-use std::path::PathBuf;
 
 use model::dataset::{self, DataError, Layout, OnCorrupt, Sample, to_binary};
 use model::testdata;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("model-dataset-{}-{name}", std::process::id()));
-    fs::remove_dir_all(&dir).ok();
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn image_folders_from_the_real_archive() {
-    let dir = tmp("folders");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let mut images = testdata::images("train", 3);
     images.extend(testdata::images("test", 2));
     testdata::write_folders(&dir.join("cifar10"), &images);
-    let layout = dataset::detect(&dir).unwrap();
+    let layout = dataset::detect(dir).unwrap();
     assert!(matches!(layout, Layout::Folders { .. }));
     let train = layout.train(OnCorrupt::Fail).unwrap();
     let test = layout.test(OnCorrupt::Fail).unwrap();
@@ -31,13 +24,14 @@ fn image_folders_from_the_real_archive() {
 
 #[test]
 fn corrupt_image_is_skipped_or_fails_by_choice() {
-    let dir = tmp("corrupt");
-    testdata::write_folders(&dir, &testdata::images("test", 1));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    testdata::write_folders(dir, &testdata::images("test", 1));
     fs::create_dir_all(dir.join("train")).unwrap();
-    testdata::write_folders(&dir, &testdata::images("train", 1));
+    testdata::write_folders(dir, &testdata::images("train", 1));
     let bad = dir.join("train/cat/broken.jpg");
     fs::write(&bad, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
-    let layout = dataset::detect(&dir).unwrap();
+    let layout = dataset::detect(dir).unwrap();
     let err = layout.train(OnCorrupt::Fail).unwrap_err();
     assert!(err.to_string().contains("broken.jpg"), "{err}");
     let split = layout.train(OnCorrupt::Skip).unwrap();
@@ -47,11 +41,12 @@ fn corrupt_image_is_skipped_or_fails_by_choice() {
 
 #[test]
 fn missing_empty_and_unknown_class_folders_are_errors() {
-    let dir = tmp("classes");
-    testdata::write_folders(&dir, &testdata::images("test", 1));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    testdata::write_folders(dir, &testdata::images("test", 1));
     fs::create_dir_all(dir.join("train")).unwrap();
-    testdata::write_folders(&dir, &testdata::images("train", 1));
-    let layout = dataset::detect(&dir).unwrap();
+    testdata::write_folders(dir, &testdata::images("train", 1));
+    let layout = dataset::detect(dir).unwrap();
 
     fs::remove_dir_all(dir.join("train/frog")).unwrap();
     assert!(
@@ -69,7 +64,8 @@ fn missing_empty_and_unknown_class_folders_are_errors() {
 
 #[test]
 fn official_binary_layout_is_detected_and_read() {
-    let dir = tmp("binary");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let bin = dir.join("cifar-10-batches-bin");
     fs::create_dir_all(&bin).unwrap();
     let p = model::Preprocessor::default();
@@ -89,7 +85,7 @@ fn official_binary_layout_is_detected_and_read() {
         .unwrap();
     }
     fs::write(bin.join("test_batch.bin"), to_binary(&samples)).unwrap();
-    let layout = dataset::detect(&dir).unwrap();
+    let layout = dataset::detect(dir).unwrap();
     assert!(matches!(layout, Layout::Binary { .. }));
     assert_eq!(layout.train(OnCorrupt::Fail).unwrap().samples.len(), 20);
     let test = layout.test(OnCorrupt::Fail).unwrap();
@@ -111,8 +107,9 @@ fn official_binary_layout_is_detected_and_read() {
 
 #[test]
 fn no_data_names_both_layouts() {
-    let dir = tmp("empty");
-    let err = dataset::detect(&dir).unwrap_err().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let err = dataset::detect(dir).unwrap_err().to_string();
     assert!(
         err.contains("train/<class>") && err.contains("data_batch_1.bin"),
         "{err}"

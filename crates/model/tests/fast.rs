@@ -1,7 +1,7 @@
 //! The CPU fast path computes what the reference backend computes: same weights (the shipped
 //! record and a freshly initialised network), real CIFAR-10 test images, logits compared.
 
-use model::{Backend, Inference, Preprocessor, default_config, testdata};
+use model::{Backend, Inference, Preprocessor, testdata};
 
 fn real_images(n: usize) -> Vec<f32> {
     let pre = Preprocessor::default();
@@ -27,7 +27,7 @@ fn fast_path_logits_match_the_reference_backend() {
     let shipped = model::record::load_shipped(&device)
         .expect("shipped record")
         .0;
-    let random = default_config().init(&device);
+    let random = model::Cnn::init(&device);
     for (name, net) in [("shipped", shipped), ("random init", random)] {
         let burn = Inference::new(net.clone(), reference).unwrap();
         let fast = Inference::new(net, Backend::Fast).unwrap();
@@ -56,10 +56,7 @@ fn fast_path_logits_match_the_reference_backend() {
 
 #[test]
 fn empty_input_gives_no_predictions() {
-    let inference = Inference::new(
-        default_config().init(&Backend::Fast.device()),
-        Backend::Fast,
-    )
-    .expect("fast path");
+    let inference = Inference::new(model::Cnn::init(&Backend::Fast.device()), Backend::Fast)
+        .expect("fast path");
     assert!(inference.predict(&[], 3).is_empty());
 }

@@ -6,7 +6,7 @@
 
 use burn::prelude::*;
 use model::preprocess::to_tensor;
-use model::{Cnn, Preprocessor, default_config, testdata};
+use model::{Cnn, Preprocessor, testdata};
 
 /// `n` real CIFAR-10 test images, preprocessed.
 fn cifar(n: usize) -> Vec<f32> {
@@ -60,7 +60,7 @@ fn random_net(device: &Device) -> Cnn {
     static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = DRAW.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(7);
-    default_config().init(device)
+    model::Cnn::init(device)
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {

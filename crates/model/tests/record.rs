@@ -1,17 +1,10 @@
 //! Saving and loading records: round trips, and every way a record file can be wrong.
 
-use std::path::PathBuf;
-
 use burn::prelude::*;
 use burn::store::{ModuleSnapshot, SafetensorsStore};
+use model::preprocess::Preprocessing;
 use model::record::{EXPECTED_TENSORS, inspect, load_model_bytes};
-use model::{Backend, RecordError, RecordMeta, default_config, load_model, save_model};
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("model-record-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
-}
+use model::{Backend, RecordError, RecordMeta, load_model, save_model};
 
 fn input(device: &Device) -> Tensor<4> {
     let data: Vec<f32> = (0..2 * 3 * 64 * 64)
@@ -23,14 +16,15 @@ fn input(device: &Device) -> Tensor<4> {
 #[test]
 fn round_trip_keeps_logits_and_metadata() {
     let device = Backend::default().device();
-    let net = default_config().init(&device);
+    let net = model::Cnn::init(&device);
     let meta = RecordMeta {
         test_accuracy: Some(0.7312),
         epochs: Some(3),
         recipe: Some("test".into()),
         ..RecordMeta::default()
     };
-    let path = tmp("roundtrip.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("roundtrip.safetensors");
     save_model(&net, &path, &meta).unwrap();
     let (loaded, loaded_meta) = load_model(&path, &device).unwrap();
     assert_eq!(loaded_meta, meta);
@@ -50,13 +44,9 @@ fn round_trip_keeps_logits_and_metadata() {
 #[test]
 fn saved_tensor_names_and_shapes_are_the_documented_ones() {
     let device = Backend::default().device();
-    let path = tmp("names.safetensors");
-    save_model(
-        &default_config().init(&device),
-        &path,
-        &RecordMeta::default(),
-    )
-    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("names.safetensors");
+    save_model(&model::Cnn::init(&device), &path, &RecordMeta::default()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<_> = st.names().into_iter().map(String::from).collect();
@@ -71,13 +61,9 @@ fn saved_tensor_names_and_shapes_are_the_documented_ones() {
 
 fn valid_bytes() -> Vec<u8> {
     let device = Backend::default().device();
-    let path = tmp("valid.safetensors");
-    save_model(
-        &default_config().init(&device),
-        &path,
-        &RecordMeta::default(),
-    )
-    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("valid.safetensors");
+    save_model(&model::Cnn::init(&device), &path, &RecordMeta::default()).unwrap();
     std::fs::read(path).unwrap()
 }
 
@@ -99,7 +85,11 @@ fn garbage_is_not_a_record() {
 
 #[test]
 fn missing_file_names_the_path() {
-    let err = load_model(&tmp("nope.safetensors"), &Backend::default().device()).unwrap_err();
+    let err = load_model(
+        &tempfile::tempdir().unwrap().path().join("nope.safetensors"),
+        &Backend::default().device(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("nope.safetensors"), "{err}");
 }
 
@@ -107,12 +97,10 @@ fn missing_file_names_the_path() {
 #[test]
 fn foreign_safetensors_is_refused() {
     let device = Backend::default().device();
-    let path = tmp("foreign.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("foreign.safetensors");
     let mut store = SafetensorsStore::from_file(&path).overwrite(true);
-    default_config()
-        .init(&device)
-        .save_into(&mut store)
-        .unwrap();
+    model::Cnn::init(&device).save_into(&mut store).unwrap();
     let err = load_model(&path, &device).unwrap_err();
     assert!(matches!(err, RecordError::Metadata(_)), "{err}");
 }
@@ -121,13 +109,9 @@ fn foreign_safetensors_is_refused() {
 #[test]
 fn wrong_architecture_is_refused() {
     let device = Backend::default().device();
-    let wide = default_config().with_hidden(128).init(&device);
-    let path = tmp("wide.safetensors");
-    let meta = serde_json::to_string(&RecordMeta::default()).unwrap();
-    let mut store = SafetensorsStore::from_file(&path)
-        .overwrite(true)
-        .metadata("cifar_cnn", meta);
-    wide.save_into(&mut store).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wide.safetensors");
+    std::fs::write(&path, model::testdata::record_with_hidden(128)).unwrap();
     let err = load_model(&path, &device).unwrap_err();
     assert!(matches!(err, RecordError::Architecture(_)), "{err}");
     assert!(err.to_string().contains("fc1.weight"), "{err}");
@@ -136,12 +120,51 @@ fn wrong_architecture_is_refused() {
 #[test]
 fn future_format_version_is_refused() {
     let device = Backend::default().device();
-    let path = tmp("future.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.safetensors");
     let meta = RecordMeta {
         format_version: 99,
         ..RecordMeta::default()
     };
-    save_model(&default_config().init(&device), &path, &meta).unwrap();
+    save_model(&model::Cnn::init(&device), &path, &meta).unwrap();
     let err = load_model(&path, &device).unwrap_err();
     assert!(err.to_string().contains("version 99"), "{err}");
+}
+
+/// A record's metadata as JSON, edited, written back into a copy of the record.
+fn with_meta(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let bytes = valid_bytes();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["cifar_cnn"]).unwrap();
+    edit(&mut meta);
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let info = std::collections::HashMap::from([("cifar_cnn".to_string(), meta.to_string())]);
+    safetensors::serialize(tensors.tensors(), Some(info)).unwrap()
+}
+
+/// A record written before records named their preprocessing was trained with the one this
+/// build has: it loads, and says so.
+#[test]
+fn a_record_without_preprocessing_is_served_with_the_original_one() {
+    let device = Backend::default().device();
+    let old = with_meta(|m| {
+        m.as_object_mut().unwrap().remove("preprocessing").unwrap();
+    });
+    let (_, meta) = load_model_bytes(old, &device).unwrap();
+    assert_eq!(meta.preprocessing, Preprocessing::RgbTriangle64Half);
+    // The shipped record is one of them.
+    let shipped = model::record::SHIPPED.expect("the shipped record is built in");
+    assert!(inspect(shipped).is_ok());
+}
+
+/// A record trained with a preprocessing this build does not know is refused, not served
+/// with the wrong pixels.
+#[test]
+fn an_unknown_preprocessing_is_refused() {
+    let device = Backend::default().device();
+    let new = with_meta(|m| m["preprocessing"] = "rgb-lanczos64-imagenet".into());
+    let err = load_model_bytes(new, &device).unwrap_err();
+    assert!(matches!(err, RecordError::Metadata(_)), "{err}");
+    assert!(err.to_string().contains("rgb-lanczos64-imagenet"), "{err}");
 }

@@ -6,7 +6,7 @@
 
 use burn::prelude::*;
 use model::preprocess::to_tensor;
-use model::{Backend, Preprocessor, default_config, testdata};
+use model::{Backend, Preprocessor, testdata};
 
 #[test]
 fn wgpu_logits_match_the_cpu_backend() {
@@ -17,7 +17,7 @@ fn wgpu_logits_match_the_cpu_backend() {
     let cpu_device = cpu.device();
     let gpu_device = Backend::Wgpu.device();
 
-    let net = default_config().init(&cpu_device);
+    let net = model::Cnn::init(&cpu_device);
     let p = Preprocessor::default();
     let images = testdata::images("test", 2);
     let pixels: Vec<f32> = images

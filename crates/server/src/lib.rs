@@ -61,6 +61,9 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     pub log: LogFormat,
     pub shutdown_timeout: Duration,
+    /// Test-time augmentation: each image's probabilities are the mean of its own and its
+    /// horizontal mirror's ([`Inference::with_tta`]). Off by default.
+    pub tta: bool,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +88,7 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             log: LogFormat::Human,
             shutdown_timeout: Duration::from_secs(30),
+            tta: false,
         }
     }
 }
@@ -106,6 +110,7 @@ pub struct AppState {
 
 /// The model to serve and where it came from.
 pub struct Loaded {
+    /// The network; [`serve`] sets its test-time augmentation from [`ServerConfig::tta`].
     pub inference: Inference,
     pub meta: RecordMeta,
     pub source: String,
@@ -120,7 +125,8 @@ pub fn serve(
 ) -> std::io::Result<Server> {
     let metrics = Arc::new(Metrics::default());
     let backend = loaded.inference.backend();
-    let engine = Engine::start(loaded.inference, config.batch, metrics.clone());
+    let inference = loaded.inference.with_tta(config.tta);
+    let engine = Engine::start(inference, config.batch, metrics.clone());
     // Request lines go to a writer thread through a bounded queue: a slow or blocked stderr
     // never stalls an async worker, and a flood of lines cannot grow memory.
     let (log_writer, log_guard) = NonBlockingBuilder::default()

@@ -75,6 +75,10 @@ struct Args {
     /// Request log format.
     #[arg(long, env = "CNN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// Test-time augmentation: average each image's class probabilities with its horizontal
+    /// mirror's (twice the model's compute per image). `CNN_TTA` takes true/false, 1/0, on/off.
+    #[arg(long, env = "CNN_TTA", value_parser = clap::builder::BoolishValueParser::new())]
+    tta: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -133,16 +137,18 @@ fn main() -> Result<()> {
         request_timeout: Duration::from_secs(args.request_timeout.max(1)),
         cors_origins: args.cors_origins,
         log: args.log_format,
+        tta: args.tta,
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     eprintln!(
-        "serving {source} (test accuracy {}) on http://{} with backend {}; memory bound {}",
+        "serving {source} (test accuracy {}) on http://{} with backend {}, test-time augmentation {}; memory bound {}",
         meta.test_accuracy
             .map_or("unknown".into(), |a| format!("{:.2}%", a * 100.0)),
         listener.local_addr()?,
         args.backend,
+        if config.tta { "on" } else { "off" },
         config.memory_bound()
     );
     let loaded = Loaded {

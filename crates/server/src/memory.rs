@@ -54,7 +54,8 @@ pub struct MemoryBound {
     pub bodies: u64,
     /// `decode_memory + workers × INLINE_DECODE_BYTES`.
     pub decoding: u64,
-    /// `max_images × 12 KiB` waiting, plus one batch of floats, features and logits.
+    /// `max_images × 12 KiB` waiting, plus one batch of floats, features and logits (and with
+    /// test-time augmentation the batch's mirrored floats and first pass's probabilities).
     pub images: u64,
     /// `LOG_LINES × LOG_LINE_BYTES`.
     pub log: u64,
@@ -93,7 +94,13 @@ impl ServerConfig {
     pub fn memory_bound(&self) -> MemoryBound {
         let n = |v: usize| v as u64;
         let workers = n(self.workers.max(1));
-        let per_image = n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 8) + FAST_PATH_BYTES_PER_IMAGE;
+        let mut per_image =
+            n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 8) + FAST_PATH_BYTES_PER_IMAGE;
+        if self.tta {
+            // The mirrored copy and the first pass's probabilities live through the second
+            // pass (model::Inference::probabilities), which runs the batch's size again.
+            per_image += n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 4);
+        }
         MemoryBound {
             base: BASE_BYTES,
             connections: workers * n(self.connections_per_worker()) * PER_CONNECTION_BYTES,
@@ -161,6 +168,21 @@ mod tests {
         let bound = ServerConfig::default().memory_bound();
         assert_eq!(bound.total() >> 20, 420, "{bound}");
         assert_eq!(bound.connections, 128 * PER_CONNECTION_BYTES);
+    }
+
+    /// Test-time augmentation holds a mirrored copy of the batch's floats besides the batch.
+    #[test]
+    fn tta_adds_one_batch_of_mirrored_floats() {
+        let plain = ServerConfig::default();
+        let tta = ServerConfig {
+            tta: true,
+            ..ServerConfig::default()
+        };
+        let extra = tta.memory_bound().images - plain.memory_bound().images;
+        assert_eq!(
+            extra,
+            64 * (IMAGE_FLOATS as u64 * 4 + model::NUM_CLASSES as u64 * 4)
+        );
     }
 
     #[test]

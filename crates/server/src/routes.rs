@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use actix_web::http::Method;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
-use model::{CLASSES, IMAGE_BYTES, PARAMETER_COUNT, Prediction, Ranked, RecordMeta};
+use model::{CLASSES, Gathered, PARAMETER_COUNT, Prediction, Ranked, RecordMeta};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -155,7 +155,7 @@ pub struct ModelInfo {
     architecture: &'static str,
     /// Height, width, channels.
     input_size: Vec<usize>,
-    layers: Vec<&'static str>,
+    layers: Vec<String>,
     total_parameters: usize,
     expected_parameters: usize,
     num_classes: usize,
@@ -166,25 +166,20 @@ pub struct ModelInfo {
     record: RecordMeta,
     model_source: String,
     backend: &'static str,
+    /// Whether predictions average each image's and its mirror's probabilities (`--tta`).
+    test_time_augmentation: bool,
 }
 
 #[utoipa::path(get, path = "/model/info", tag = "service", responses((status = 200, description = "Architecture, parameters, record", body = ModelInfo)))]
 async fn model_info(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(ModelInfo {
-        architecture: "SimpleCNN",
-        input_size: vec![model::INPUT_SIZE, model::INPUT_SIZE, 3],
-        layers: vec![
-            "Conv2d(3,16,k=3,s=1,p=1)",
-            "ReLU",
-            "MaxPool2d(2,2)",
-            "Conv2d(16,32,k=3,s=1,p=1)",
-            "ReLU",
-            "MaxPool2d(2,2)",
-            "Flatten",
-            "Linear(8192,100)",
-            "ReLU",
-            "Linear(100,10)",
+        architecture: model::net::ARCHITECTURE,
+        input_size: vec![
+            model::INPUT_SIZE,
+            model::INPUT_SIZE,
+            model::arch::INPUT_CHANNELS,
         ],
+        layers: model::arch::layers(),
         total_parameters: PARAMETER_COUNT,
         expected_parameters: PARAMETER_COUNT,
         num_classes: CLASSES.len(),
@@ -194,6 +189,7 @@ async fn model_info(state: web::Data<AppState>) -> HttpResponse {
         record: state.meta.clone(),
         model_source: state.model_source.clone(),
         backend: state.backend.name(),
+        test_time_augmentation: state.config.tta,
     })
 }
 
@@ -436,27 +432,21 @@ async fn classify_batch(
     let files = uploads(&state, &req, payload, "files").await?;
     let total = files.files.len();
     let admitted = state.engine.admit(total)?;
-    let mut prepared = prepare(&state, files).await?;
-    // Each image is moved into the model's input, not copied: it is held once while it waits.
-    let decoded = prepared.iter().filter(|(_, r)| r.is_ok()).count();
-    let mut pixels = Vec::with_capacity(decoded * IMAGE_BYTES);
-    for (_, r) in &mut prepared {
-        if let Ok(p) = r {
-            pixels.append(p);
-        }
-    }
-    let mut preds = state
+    // The decoded images go to the engine as one job (batched there with other requests');
+    // their predictions come back to their files, failures in their places. Each image is
+    // copied once into the job and its own buffer freed before the wait.
+    let (gathered, images) = Gathered::split(prepare(&state, files).await?);
+    let pixels = images.concat();
+    drop(images);
+    let preds = state
         .engine
         .classify(pixels, admitted, state.config.request_timeout)
-        .await?
-        .into_iter();
-    let results: Vec<BatchItem> = prepared
+        .await?;
+    let results: Vec<BatchItem> = gathered
+        .answer(preds)
         .into_iter()
         .map(|(filename, r)| match r {
-            Ok(_) => {
-                let p = preds.next().expect("one prediction per decoded image");
-                BatchItem::Classified(Classified::new(filename, p))
-            }
+            Ok(p) => BatchItem::Classified(Classified::new(filename, p)),
             Err(e) => {
                 state.metrics.error(e.kind());
                 BatchItem::Failed {

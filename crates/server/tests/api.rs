@@ -28,6 +28,9 @@ fn info_endpoints() {
     assert_eq!(info["total_parameters"], 825_398);
     assert_eq!(info["input_size"], serde_json::json!([64, 64, 3]));
     assert_eq!(info["backend"], Backend::default_inference().name());
+    assert_eq!(info["layers"][7], "Linear(8192,100)");
+    assert_eq!(info["test_time_augmentation"], false);
+    assert_eq!(info["record"]["preprocessing"], "rgb-triangle64-half");
     let classes: serde_json::Value = serde_json::from_str(&get(&s, "/classes").1).unwrap();
     assert_eq!(classes["num_classes"], 10);
     assert_eq!(classes["classes"][0], "airplane");
@@ -205,7 +208,7 @@ fn bad_inputs_get_clear_errors_and_the_server_stays_up() {
     let r = post(
         &s,
         "/classify",
-        &format!("multipart/form-data; boundary={BOUNDARY}"),
+        &model::multipart::content_type(),
         &no_filename,
     );
     assert_problem(&r, 400, "bad-request");
@@ -272,7 +275,7 @@ fn bad_inputs_get_clear_errors_and_the_server_stays_up() {
         &post(
             &s,
             "/classify",
-            &format!("multipart/form-data; boundary={BOUNDARY}"),
+            &model::multipart::content_type(),
             b"--nonsense\r\n\r\n",
         ),
         400,
@@ -375,7 +378,7 @@ fn overload_is_refused_with_retry_after() {
                     post(
                         &s,
                         "/classify/batch",
-                        &format!("multipart/form-data; boundary={BOUNDARY}"),
+                        &model::multipart::content_type(),
                         &body,
                     )
                 })

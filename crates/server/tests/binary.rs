@@ -1,32 +1,20 @@
-//! The `server` binary itself: start-up on good and bad records, the health-check probe, and
-//! a graceful stop on SIGTERM.
+//! The `server` binary itself: start-up on good and bad records, the health-check probe, a
+//! graceful stop on SIGTERM, and test-time augmentation switched on by flag or environment.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Process;
-use model::{Backend, RecordMeta, default_config, save_model};
+use model::{Backend, Inference, Preprocessor, RecordMeta, load_model, save_model, testdata};
 
-fn tmp() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("server-bin-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn good_record() -> PathBuf {
-    let path = tmp().join("good.safetensors");
-    if !path.exists() {
-        let device = Backend::default().device();
-        save_model(
-            &default_config().init(&device),
-            &path,
-            &RecordMeta::default(),
-        )
-        .unwrap();
-    }
+/// A record of weights made here, written into `dir`.
+fn good_record(dir: &Path) -> PathBuf {
+    let path = dir.join("good.safetensors");
+    let device = Backend::default().device();
+    save_model(&model::Cnn::init(&device), &path, &RecordMeta::default()).unwrap();
     path
 }
 
@@ -36,34 +24,23 @@ fn server() -> Command {
     cmd
 }
 
-/// Starts the binary on an ephemeral port with the good record.
-fn spawn() -> Process {
-    Process::spawn(&["--model", good_record().to_str().unwrap()])
+/// Starts the binary on an ephemeral port with a good record written into `dir`.
+fn spawn(dir: &Path) -> Process {
+    Process::spawn(&["--model", good_record(dir).to_str().unwrap()])
 }
 
 #[test]
 fn bad_records_fail_at_start_with_a_clear_message() {
-    let dir = tmp();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let truncated = dir.join("truncated.safetensors");
-    let bytes = std::fs::read(good_record()).unwrap();
+    let bytes = std::fs::read(good_record(dir)).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let garbage = dir.join("garbage.safetensors");
     std::fs::write(&garbage, b"hello").unwrap();
     let wide = dir.join("wide.safetensors");
-    let device = Backend::default().device();
     // Another architecture under our own metadata.
-    {
-        use burn::store::{ModuleSnapshot, SafetensorsStore};
-        let meta = serde_json::to_string(&RecordMeta::default()).unwrap();
-        let mut store = SafetensorsStore::from_file(&wide)
-            .overwrite(true)
-            .metadata("cifar_cnn", meta);
-        default_config()
-            .with_hidden(64)
-            .init(&device)
-            .save_into(&mut store)
-            .unwrap();
-    }
+    std::fs::write(&wide, testdata::record_with_hidden(64)).unwrap();
     for (path, expect) in [
         (dir.join("missing.safetensors"), "missing.safetensors"),
         (truncated, "not a valid record"),
@@ -86,7 +63,8 @@ fn bad_records_fail_at_start_with_a_clear_message() {
 
 #[test]
 fn healthcheck_probe_and_graceful_sigterm() {
-    let mut process = spawn();
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = spawn(dir.path());
     let (child, addr) = (&mut process.child, process.addr.clone());
     let port = addr.rsplit(':').next().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -129,7 +107,8 @@ fn healthcheck_probe_and_graceful_sigterm() {
 #[test]
 fn sigterm_drains_an_in_flight_request() {
     use std::io::{Read, Write};
-    let mut process = spawn();
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = spawn(dir.path());
     let (child, addr) = (&mut process.child, process.addr.clone());
     let deadline = Instant::now() + Duration::from_secs(30);
     let jpeg = model::testdata::images("test", 1).remove(0).bytes;
@@ -169,4 +148,81 @@ fn sigterm_drains_an_in_flight_request() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "{exit:?}");
+}
+
+/// `--tta` (or `CNN_TTA`) switches test-time augmentation on: the server says so as it starts,
+/// and answers `/classify` and `/classify/batch` with each image's and its mirror's mean
+/// probabilities, as the model crate computes them in-process, failed files in their places.
+#[test]
+fn tta_by_flag_or_environment_answers_with_the_mirrored_mean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let record = good_record(tmp.path());
+    let path = record.to_str().unwrap();
+    let banner = |p: Process| p.banner.clone();
+    let off = banner(Process::spawn(&["--model", path]));
+    assert!(off.contains("test-time augmentation off"), "{off}");
+    let by_env = banner(Process::spawn_with_env(
+        &["--model", path],
+        &[("CNN_TTA", "true")],
+    ));
+    assert!(by_env.contains("test-time augmentation on"), "{by_env}");
+    let env_off = banner(Process::spawn_with_env(
+        &["--model", path],
+        &[("CNN_TTA", "0")],
+    ));
+    assert!(env_off.contains("test-time augmentation off"), "{env_off}");
+
+    let server = Process::start(&["--model", path, "--tta"]);
+    assert!(
+        server.banner.contains("test-time augmentation on"),
+        "{}",
+        server.banner
+    );
+    let backend = Backend::default_inference();
+    let (net, _) = load_model(&record, &backend.device()).unwrap();
+    let local = Inference::new(net, backend).unwrap().with_tta(true);
+    let pre = Preprocessor::default();
+    let images: Vec<_> = testdata::images("test", 1).into_iter().take(4).collect();
+    let expected = |bytes: &[u8]| local.predict(&pre.preprocess(bytes).unwrap(), 3).remove(0);
+    let agrees = |answer: &serde_json::Value, bytes: &[u8]| {
+        let want = expected(bytes);
+        assert_eq!(answer["prediction"]["class_index"], want.best.class_index);
+        for (got, want) in answer["top_3_predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&want.top_k)
+        {
+            let confidence = got["confidence"].as_f64().unwrap();
+            assert!(
+                (confidence - f64::from(want.confidence)).abs() < 1e-5,
+                "{got}"
+            );
+        }
+    };
+
+    let one = server.post_multipart("/classify", &[("file", "a.jpg", &images[0].bytes)]);
+    assert_eq!(one.status, 200, "{}", one.body);
+    agrees(&one.json(), &images[0].bytes);
+
+    let mut parts: Vec<(&str, &str, &[u8])> = images
+        .iter()
+        .map(|i| ("files", i.class.as_str(), i.bytes.as_slice()))
+        .collect();
+    parts.insert(1, ("files", "notes.txt", b"not an image"));
+    let batch = server.post_multipart("/classify/batch", &parts);
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    let v = batch.json();
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    assert_eq!(results[1]["filename"], "notes.txt");
+    assert!(results[1]["error"].is_string());
+    for (answer, (_, name, bytes)) in results
+        .iter()
+        .zip(&parts)
+        .filter(|(_, p)| p.1 != "notes.txt")
+    {
+        assert_eq!(answer["filename"], *name);
+        agrees(answer, bytes);
+    }
 }

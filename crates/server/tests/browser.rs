@@ -12,12 +12,16 @@ use fantoccini::{ClientBuilder, Locator};
 use model::testdata;
 use server::ServerConfig;
 
-struct Driver(Child);
+/// chromedriver and Chromium's profile folder: the process is stopped, then the folder removed.
+struct Driver {
+    child: Child,
+    _profile: tempfile::TempDir,
+}
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -29,7 +33,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn chromedriver(port: u16) -> Driver {
+fn chromedriver(port: u16, profile: tempfile::TempDir) -> Driver {
     let child =
         Command::new(std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into()))
             .arg(format!("--port={port}"))
@@ -42,15 +46,18 @@ fn chromedriver(port: u16) -> Driver {
         assert!(Instant::now() < deadline, "chromedriver did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Driver(child)
+    Driver {
+        child,
+        _profile: profile,
+    }
 }
 
 /// Headless Chromium driven through a fresh chromedriver; both end with the returned guard.
-async fn browser(name: &str) -> (fantoccini::Client, Driver) {
-    let dir = std::env::temp_dir().join(format!("browser-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+async fn browser() -> (fantoccini::Client, Driver) {
+    let profile = tempfile::tempdir().unwrap();
+    let profile_dir = profile.path().join("profile");
     let port = free_port();
-    let driver = chromedriver(port);
+    let driver = chromedriver(port, profile);
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -60,7 +67,7 @@ async fn browser(name: &str) -> (fantoccini::Client, Driver) {
                 "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
-                format!("--user-data-dir={}", dir.join("profile").display()),
+                format!("--user-data-dir={}", profile_dir.display()),
             ],
         }),
     );
@@ -79,14 +86,13 @@ async fn web_page_classifies_an_uploaded_cifar_image() {
         .into_iter()
         .find(|i| i.class == "ship")
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("browser-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("ship.jpg");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ship.jpg");
     std::fs::write(&file, &image.bytes).unwrap();
     let expected =
         post_multipart(&server, "/classify", &[("file", "ship.jpg", &image.bytes)]).json();
 
-    let (client, _driver) = browser("ui").await;
+    let (client, _driver) = browser().await;
     client.goto(&format!("{}/ui", server.base)).await.unwrap();
     let input = client.find(Locator::Css("#file")).await.unwrap();
     input.send_keys(file.to_str().unwrap()).await.unwrap();
@@ -133,7 +139,7 @@ async fn web_page_classifies_an_uploaded_cifar_image() {
 #[tokio::test(flavor = "current_thread")]
 async fn docs_page_renders_the_api_offline() {
     let server = start(ServerConfig::default());
-    let (client, _driver) = browser("docs").await;
+    let (client, _driver) = browser().await;
     client.goto(&format!("{}/docs", server.base)).await.unwrap();
     client
         .wait()

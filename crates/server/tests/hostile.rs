@@ -180,12 +180,7 @@ fn multipart_body_cut_inside_a_part_is_a_bad_request() {
     let jpeg = testdata::images("test", 1).remove(0).bytes;
     let mut cut = multipart(&[("file", "a.jpg", &jpeg)]);
     cut.truncate(cut.len() - 10);
-    let r = post(
-        &s,
-        "/classify",
-        &format!("multipart/form-data; boundary={BOUNDARY}"),
-        &cut,
-    );
+    let r = post(&s, "/classify", &model::multipart::content_type(), &cut);
     assert_eq!(r.status, 400, "{}", r.body);
 }
 

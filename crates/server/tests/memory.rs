@@ -206,7 +206,7 @@ fn post_raw(addr: &str, path: &str, content_type: &str, body: &[u8]) -> u16 {
 fn hundreds_of_concurrent_batches_of_tiny_images() {
     let server = start();
     let body = tiny_batch(64);
-    let content_type = format!("multipart/form-data; boundary={}", common::BOUNDARY);
+    let content_type = model::multipart::content_type();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..400)
             .map(|_| {
@@ -234,7 +234,7 @@ fn hundreds_of_concurrent_batches_of_tiny_images() {
 fn a_slow_trickle_from_many_connections_times_out_while_health_answers() {
     let server = start();
     let body = tiny_batch(64);
-    let content_type = format!("multipart/form-data; boundary={}", common::BOUNDARY);
+    let content_type = model::multipart::content_type();
     let started = Instant::now();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
         // 48 of the 64 connections send a byte every 100 ms: none finishes within the 3 s

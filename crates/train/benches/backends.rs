@@ -10,7 +10,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams};
 use burn::prelude::*;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use model::{Backend, IMAGE_FLOATS, Inference, default_config};
+use model::{Backend, IMAGE_FLOATS, Inference};
 use train::batcher::CifarBatch;
 use train::learner::Classifier;
 
@@ -28,7 +28,7 @@ fn inference(c: &mut Criterion) {
         .filter(|b| *b != Backend::Wgpu)
     {
         let device = backend.device();
-        let net = Inference::new(default_config().init(&device), backend).unwrap();
+        let net = Inference::new(model::Cnn::init(&device), backend).unwrap();
         for batch in [1usize, 16, 64] {
             let pixels = images(batch, &device)
                 .into_data()
@@ -54,7 +54,7 @@ fn train_step(c: &mut Criterion) {
         let device = backend.device().autodiff();
         let batch = 64;
         let mut model = Some(Classifier::new(
-            default_config().init(&device),
+            model::Cnn::init(&device),
             0.1,
             0.0,
             &device,
@@ -100,7 +100,7 @@ fn flex_step(c: &mut Criterion) {
         .init(&device);
     group.throughput(Throughput::Elements(batch as u64));
     for (name, fused) in [("fused", true), ("generic", false)] {
-        let mut net = Some(default_config().init(&device));
+        let mut net = Some(model::Cnn::init(&device));
         let mut optim = AdamWConfig::new().with_weight_decay(0.05).init();
         group.bench_function(BenchmarkId::new(name, batch), |b| {
             b.iter(|| {
@@ -124,7 +124,7 @@ fn flex_step(c: &mut Criterion) {
 fn ema_update(c: &mut Criterion) {
     let mut group = c.benchmark_group("ema_update");
     let device = Device::flex().autodiff();
-    let current = default_config().init(&device);
+    let current = model::Cnn::init(&device);
     let mut average = Some(train::learner::detached_copy(&current));
     group.bench_function("flex", |b| {
         b.iter(|| {

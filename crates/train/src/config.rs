@@ -1,7 +1,6 @@
 //! The training recipe, saved as `config.json` in every run folder.
 
 use burn::prelude::*;
-use model::CnnConfig;
 
 /// Which optimiser updates the weights.
 #[derive(
@@ -29,7 +28,6 @@ pub enum ScheduleKind {
 
 #[derive(Config, Debug)]
 pub struct TrainConfig {
-    pub model: CnnConfig,
     #[config(default = 20)]
     pub epochs: usize,
     #[config(default = 64)]
@@ -54,7 +52,9 @@ pub struct TrainConfig {
     #[config(default = true)]
     pub augment: bool,
     /// How far the random crop may shift, in pixels of the stored 32×32 image (the image is
-    /// padded with black by this much on each side, then cropped back to its size).
+    /// padded with black by this much on each side, then cropped back to its size). The
+    /// defaults of this and `ema_decay` are what runs did before they were settings (see
+    /// [`TrainConfig::from_run_json`]); the shipped recipe is the `train` command's defaults.
     #[config(default = 4)]
     pub crop_padding: u32,
     /// Decay of the exponential moving average of the weights, updated every step; the average
@@ -72,6 +72,23 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// Reads a run folder's `config.json`. Settings added since the run was written take the
+    /// defaults above, which are what such a run did (Burn's `Config` deserialiser requires
+    /// every field); settings since removed (the fixed architecture's `model`) are ignored.
+    pub fn from_run_json(json: &str) -> Result<Self, serde_json::Error> {
+        let mut merged = serde_json::to_value(Self::new())?;
+        let saved: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)?;
+        let fields = merged
+            .as_object_mut()
+            .expect("a struct serialises as an object");
+        for (key, value) in saved {
+            if fields.contains_key(&key) {
+                fields.insert(key, value);
+            }
+        }
+        serde_json::from_value(merged)
+    }
+
     /// One line describing the recipe, stored in the record's metadata.
     pub fn recipe(&self) -> String {
         format!(
@@ -98,5 +115,29 @@ impl TrainConfig {
             },
             self.seed
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run folder from before the architecture left the recipe (and before the weight
+    /// average and the crop padding were settings) still resumes, with the defaults that
+    /// reproduce what it did.
+    #[test]
+    fn an_older_runs_recipe_still_loads() {
+        let old = r#"{
+            "model": { "num_classes": 10, "hidden": 100 },
+            "epochs": 20, "batch_size": 64, "learning_rate": 0.002, "min_learning_rate": 0.00001,
+            "warmup_epochs": 1, "optimizer": "Adamw", "weight_decay": 0.05, "schedule": "Cosine",
+            "label_smoothing": 0.1, "augment": true, "valid_fraction": 0.05, "seed": 42,
+            "workers": 1
+        }"#;
+        let config = TrainConfig::from_run_json(old).unwrap();
+        assert_eq!(config.epochs, 20);
+        assert_eq!(config.optimizer, OptimizerKind::Adamw);
+        assert_eq!(config.crop_padding, 4);
+        assert_eq!(config.ema_decay, 0.0);
     }
 }

@@ -149,7 +149,7 @@ mod tests {
         impl ModuleVisitor for All {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
                 self.0
-                    .extend(param.val().into_data().to_vec::<f32>().unwrap());
+                    .extend(param.val().into_data().try_to_vec::<f32>().unwrap());
             }
         }
         let mut all = All(Vec::new());
@@ -160,8 +160,7 @@ mod tests {
     #[test]
     fn blend_moves_each_weight_toward_the_current_network() {
         let device = model::Backend::default().device();
-        let config = model::default_config();
-        let (a, b) = (config.init(&device), config.init(&device));
+        let (a, b) = (model::Cnn::init(&device), model::Cnn::init(&device));
         let (va, vb) = (values(&a), values(&b));
         let copy = detached_copy(&a);
         assert_eq!(values(&copy), va);

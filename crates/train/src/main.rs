@@ -3,10 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use burn::prelude::Config;
 use clap::{Parser, Subcommand};
+use model::Backend;
 use model::dataset::OnCorrupt;
-use model::{Backend, CnnConfig};
 use train::config::{OptimizerKind, ScheduleKind};
 use train::download::{self, Checksum, DownloadOptions};
 use train::run::{CONFIG_FILE, default_run_dir};
@@ -119,13 +118,14 @@ fn main() -> Result<()> {
     let (config, out, resume) = match &args.resume {
         Some(dir) => {
             let path = dir.join(CONFIG_FILE);
-            let config = TrainConfig::load(&path)
-                .map_err(|e| anyhow::anyhow!("{e}"))
+            let config = std::fs::read_to_string(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|json| Ok(TrainConfig::from_run_json(&json)?))
                 .with_context(|| format!("cannot read the run's recipe {}", path.display()))?;
             (config, dir.clone(), true)
         }
         None => {
-            let config = TrainConfig::new(CnnConfig::new())
+            let config = TrainConfig::new()
                 .with_epochs(args.epochs)
                 .with_batch_size(args.batch_size)
                 .with_learning_rate(args.lr)

@@ -168,7 +168,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         training = training.checkpoint(epoch);
     }
 
-    let net = config.model.init(&autodiff);
+    let net = model::Cnn::init(&autodiff);
     let classifier = Classifier::new(net, config.label_smoothing, config.ema_decay, &autodiff);
     let learner = Learner::new(
         classifier,

@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use actix_web::dev::ServerHandle;
-use model::{Backend, Cnn, Inference, RecordMeta, default_config};
+use model::{Backend, Cnn, Inference, RecordMeta};
 use server::{Loaded, LogFormat, ServerConfig};
 
 pub struct TestServer {
@@ -28,7 +28,7 @@ pub fn start(mut config: ServerConfig) -> TestServer {
     config.log = LogFormat::Off;
     let backend = Backend::default_inference();
     let device = backend.device();
-    let model = default_config().init(&device);
+    let model = model::Cnn::init(&device);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let loaded = Loaded {
@@ -127,27 +127,13 @@ pub fn post(server: &TestServer, path: &str, content_type: &str, body: &[u8]) ->
     )
 }
 
-pub const BOUNDARY: &str = "----cifar-test-boundary-7d1f";
-
-/// A multipart/form-data body of `(field, filename, bytes)` parts.
-pub fn multipart(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, filename, bytes) in parts {
-        body.extend(format!(
-            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        ).bytes());
-        body.extend_from_slice(bytes);
-        body.extend(b"\r\n");
-    }
-    body.extend(format!("--{BOUNDARY}--\r\n").bytes());
-    body
-}
+pub use model::multipart::multipart;
 
 pub fn post_multipart(server: &TestServer, path: &str, parts: &[(&str, &str, &[u8])]) -> Reply {
     post(
         server,
         path,
-        &format!("multipart/form-data; boundary={BOUNDARY}"),
+        &model::multipart::content_type(),
         &multipart(parts),
     )
 }
@@ -158,12 +144,19 @@ pub struct Process {
     pub child: std::process::Child,
     /// `host:port`.
     pub addr: String,
+    /// The server's first line: what it serves, where, and with which settings.
+    pub banner: String,
 }
 
 impl Process {
     /// Starts `server --port 0 --log-format off <args>` and waits until `/ready` answers 200.
     pub fn start(args: &[&str]) -> Self {
-        let process = Self::spawn(args);
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Process::start`] with environment variables set for the server.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let process = Self::spawn_with_env(args, env);
         let deadline = Instant::now() + Duration::from_secs(60);
         while process.get("/ready").0 != 200 {
             assert!(Instant::now() < deadline, "server never became ready");
@@ -175,11 +168,18 @@ impl Process {
     /// Starts `server --port 0 --log-format off <args>` and returns once it has said where it
     /// listens (its first line), before the model is necessarily ready.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_with_env(args, &[])
+    }
+
+    /// [`Process::spawn`] with environment variables set for the server.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
             .env_remove("CNN_PORT")
             .env_remove("CNN_MODEL")
+            .env_remove("CNN_TTA")
+            .envs(env.iter().copied())
             .args(["--port", "0", "--log-format", "off"])
             .args(args)
             .stderr(Stdio::piped())
@@ -196,7 +196,11 @@ impl Process {
             .to_string();
         // Keep reading, so that the server never writes into a full or closed pipe.
         std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-        Self { child, addr }
+        Self {
+            child,
+            addr,
+            banner: line,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
@@ -219,8 +223,7 @@ impl Process {
     }
 
     pub fn post_multipart(&self, path: &str, parts: &[(&str, &str, &[u8])]) -> Reply {
-        let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
-        self.post(path, &content_type, &multipart(parts))
+        self.post(path, &model::multipart::content_type(), &multipart(parts))
     }
 
     /// A `kB` line of the process's `/proc/<pid>/status` (`VmRSS`, `VmHWM`), in bytes.
