@@ -26,6 +26,8 @@ struct Cli {
     command: Command,
 }
 
+// clap prints these docs as the --help text, where backticks and `<..>` would show as typed.
+#[allow(clippy::doc_markdown)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Classify image files, or every file under directories.
@@ -92,16 +94,31 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    init_logging();
+    match run(&cli) {
         Ok(code) => code,
         // The reader of our output has gone (`cnn eval ... | head`): nothing is left to say,
         // and it is not a failure (as ripgrep and the coreutils see it).
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::from(2)
         }
     }
+}
+
+/// Diagnostics (ours and the libraries', `log` records included) go to stderr, filtered by
+/// `RUST_LOG` (default: warnings and errors); results go to stdout.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .without_time()
+        .init();
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
@@ -123,7 +140,7 @@ fn load(cli: &Cli, device: &Device) -> Result<(Cnn, RecordMeta, String)> {
     Ok((loaded.model, loaded.meta, loaded.source))
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: &Cli) -> Result<ExitCode> {
     if let Command::Remote {
         url,
         files,
@@ -164,7 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Info => {
-            let (_, meta, source) = load(&cli, &device)?;
+            let (_, meta, source) = load(cli, &device)?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "architecture  {}", model::net::summary())?;
             writeln!(
@@ -205,7 +222,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             batch_size,
             tta,
         } => {
-            let (net, _, _) = load(&cli, &device)?;
+            let (net, _, _) = load(cli, &device)?;
             let net = Inference::new(net, cli.backend)?.with_tta(*tta);
             classify(&net, paths, *top_k, *json, *jsonl, *batch_size)
         }
@@ -215,7 +232,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             batch_size,
             tta,
         } => {
-            let (net, meta, source) = load(&cli, &device)?;
+            let (net, meta, source) = load(cli, &device)?;
             let net = Inference::new(net, cli.backend)?.with_tta(*tta);
             let split = dataset::labelled_set(data, OnCorrupt::Skip)?;
             // A progress bar on a terminal only: scripts and logs get just the result.
@@ -231,7 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .expect("valid template"),
             );
             let e = evaluate(&net, &split.samples, *batch_size, |done| {
-                bar.set_position(done as u64)
+                bar.set_position(done as u64);
             });
             bar.finish_and_clear();
             let mut out = std::io::stdout().lock();

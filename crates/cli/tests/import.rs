@@ -1,4 +1,4 @@
-//! `cnn import-pytorch` on a state_dict saved by PyTorch itself (fixture made by
+//! `cnn import-pytorch` on a `state_dict` saved by PyTorch itself (fixture made by
 //! `fixtures/make_pth.py`): the converted record gives the logits PyTorch computed.
 
 use std::path::Path;

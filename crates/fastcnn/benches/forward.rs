@@ -3,6 +3,9 @@
 //!
 //!     cargo bench -p fastcnn
 
+// `criterion_group!` defines an undocumented `pub fn`; a bench target exports nothing anyway.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -31,7 +34,7 @@ fn forward(c: &mut Criterion) {
         let images = filled(batch * IMAGE_FLOATS, 1.0);
         group.throughput(Throughput::Elements(batch as u64));
         group.bench_with_input(BenchmarkId::from_parameter(batch), &images, |b, x| {
-            b.iter(|| black_box(net.forward(x)))
+            b.iter(|| black_box(net.forward(x)));
         });
     }
     group.finish();

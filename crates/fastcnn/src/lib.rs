@@ -39,13 +39,21 @@ const _: () = assert!(arch::KERNEL == 3 && arch::PADDING == 1 && arch::POOL == 2
 /// `[out, in, 3, 3]`, linear weights `[in, out]` (the transpose of PyTorch's), biases `[out]`.
 #[derive(Debug, Clone)]
 pub struct Weights {
+    /// First convolution's kernels, `[16, 3, 3, 3]`: RGB input to 16 feature maps.
     pub conv1_weight: Vec<f32>,
+    /// First convolution's bias, one per output channel (`[16]`).
     pub conv1_bias: Vec<f32>,
+    /// Second convolution's kernels, `[32, 16, 3, 3]`.
     pub conv2_weight: Vec<f32>,
+    /// Second convolution's bias, one per output channel (`[32]`).
     pub conv2_bias: Vec<f32>,
+    /// Hidden layer's weights, `[8192, hidden]`: the flattened feature map to the hidden units.
     pub fc1_weight: Vec<f32>,
+    /// Hidden layer's bias; its length sets the hidden width.
     pub fc1_bias: Vec<f32>,
+    /// Output layer's weights, `[hidden, classes]`.
     pub fc2_weight: Vec<f32>,
+    /// Output layer's bias; its length sets the number of classes (logits per image).
     pub fc2_bias: Vec<f32>,
 }
 
@@ -53,8 +61,11 @@ pub struct Weights {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("{name} has {got} values, the architecture needs {expected}")]
 pub struct ShapeError {
+    /// The parameter, as named in the record (`"conv1.weight"`, `"fc2.bias"`, ...).
     pub name: &'static str,
+    /// Values the architecture (and the hidden width and class count) call for.
     pub expected: usize,
+    /// Values the array has.
     pub got: usize,
 }
 
@@ -139,6 +150,8 @@ impl FastCnn {
                 .par_chunks_mut(FEATURES)
                 .zip(images.par_chunks_exact(IMAGE_FLOATS))
                 .for_each(|(out, image)| {
+                    // 64 KiB on the worker's stack rather than an allocation per image.
+                    #[allow(clippy::large_stack_arrays)]
                     let p1 = &mut [0.0f32; C1 * S2 * S2][..];
                     self.conv1.run(image, 0..S1, p1);
                     self.conv2.run(p1, 0..S2, out);
@@ -349,7 +362,7 @@ pub(crate) fn gemm_into(
             false,
             false,
             par,
-        )
+        );
     }
 }
 
@@ -423,13 +436,13 @@ mod tests {
     /// Deterministic pseudo-random values in [-1, 1) (the training kernels' tests use them too).
     pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (0..n)
             .map(|_| {
                 x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
                 ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -464,16 +477,17 @@ mod tests {
         for co in 0..cout {
             for y in 0..s {
                 for xx in 0..s {
-                    let mut acc = b[co] as f64;
+                    let mut acc = f64::from(b[co]);
                     for ci in 0..cin {
                         for kh in 0..3 {
                             for kw in 0..3 {
                                 let (sy, sx) =
                                     (y as isize + kh as isize - 1, xx as isize + kw as isize - 1);
                                 if sy >= 0 && sx >= 0 && (sy as usize) < s && (sx as usize) < s {
-                                    acc += (w[((co * cin + ci) * 3 + kh) * 3 + kw]
-                                        * x[(ci * s + sy as usize) * s + sx as usize])
-                                        as f64;
+                                    acc += f64::from(
+                                        w[((co * cin + ci) * 3 + kh) * 3 + kw]
+                                            * x[(ci * s + sy as usize) * s + sx as usize],
+                                    );
                                 }
                             }
                         }
@@ -503,17 +517,17 @@ mod tests {
         let h: Vec<f32> = (0..hidden)
             .map(|j| {
                 let s: f64 = (0..FEATURES)
-                    .map(|i| (f[i] * w.fc1_weight[i * hidden + j]) as f64)
+                    .map(|i| f64::from(f[i] * w.fc1_weight[i * hidden + j]))
                     .sum();
-                ((s + w.fc1_bias[j] as f64) as f32).max(0.0)
+                ((s + f64::from(w.fc1_bias[j])) as f32).max(0.0)
             })
             .collect();
         (0..classes)
             .map(|j| {
                 let s: f64 = (0..hidden)
-                    .map(|i| (h[i] * w.fc2_weight[i * classes + j]) as f64)
+                    .map(|i| f64::from(h[i] * w.fc2_weight[i * classes + j]))
                     .sum();
-                (s + w.fc2_bias[j] as f64) as f32
+                (s + f64::from(w.fc2_bias[j])) as f32
             })
             .collect()
     }

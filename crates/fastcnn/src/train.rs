@@ -66,9 +66,13 @@ const CHUNK: usize = 4;
 /// bias `[cout]`, output `[batch, cout, size/2, size/2]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Block {
+    /// Images in the batch.
     pub batch: usize,
+    /// Input channels.
     pub cin: usize,
+    /// Output channels: one 3×3 kernel (over all input channels) and one bias each.
     pub cout: usize,
+    /// Side of the square input; the output's is half of it.
     pub size: usize,
 }
 
@@ -376,6 +380,8 @@ fn bias_relu_pool_argmax(
 
 /// The larger of two candidates, the first on a tie (and the first when either is NaN: the
 /// caller handles NaN).
+// Called four times per output in the innermost loop, which must stay branch-free.
+#[allow(clippy::inline_always)]
 #[inline(always)]
 fn pick(a: f32, a_at: u8, b: f32, b_at: u8) -> (f32, u8) {
     let later = b > a;

@@ -5,6 +5,9 @@
 //!     cargo bench -p model --bench preprocess
 //!     cargo bench -p model --bench preprocess -- predict
 
+// `criterion_group!` defines an undocumented `pub fn`; a bench target exports nothing anyway.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::io::Cursor;
 
@@ -33,16 +36,16 @@ fn preprocess(c: &mut Criterion) {
     let cifar = testdata::images("test", 1).remove(0).bytes;
     let mut group = c.benchmark_group("preprocess");
     group.bench_function("jpeg_32x32", |b| {
-        b.iter(|| black_box(p.preprocess(&cifar).unwrap()))
+        b.iter(|| black_box(p.preprocess(&cifar).unwrap()));
     });
     let medium = jpeg(512, 512);
     group.bench_function("jpeg_512x512", |b| {
-        b.iter(|| black_box(p.preprocess(&medium).unwrap()))
+        b.iter(|| black_box(p.preprocess(&medium).unwrap()));
     });
     let large = jpeg(4000, 3000);
     group.sample_size(10);
     group.bench_function("jpeg_4000x3000", |b| {
-        b.iter(|| black_box(p.preprocess(&large).unwrap()))
+        b.iter(|| black_box(p.preprocess(&large).unwrap()));
     });
     group.finish();
 }
@@ -56,7 +59,7 @@ fn resize(c: &mut Criterion) {
             image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) & 0xff) as u8])
         });
         group.bench_function(format!("ours_{side}"), |b| {
-            b.iter(|| black_box(model::preprocess::resize(&img)))
+            b.iter(|| black_box(model::preprocess::resize(&img)));
         });
         group.bench_function(format!("image_{side}"), |b| {
             b.iter(|| {
@@ -65,8 +68,8 @@ fn resize(c: &mut Criterion) {
                     64,
                     64,
                     image::imageops::FilterType::Triangle,
-                ))
-            })
+                ));
+            });
         });
     }
     group.finish();
@@ -88,7 +91,7 @@ fn predict(c: &mut Criterion) {
         group.throughput(Throughput::Elements(batch as u64));
         for (name, net) in [("plain", &plain), ("tta", &tta)] {
             group.bench_with_input(BenchmarkId::new(name, batch), &pixels, |b, x| {
-                b.iter(|| black_box(net.predict(x, 3)))
+                b.iter(|| black_box(net.predict(x, 3)));
             });
         }
     }

@@ -19,26 +19,39 @@ pub const BIN_RECORD: usize = 1 + 3 * 32 * 32;
 /// Errors while locating or reading a data set.
 #[derive(Debug, Error)]
 pub enum DataError {
+    /// Neither layout is in the folder given (nor one level below it).
     #[error(
         "no CIFAR-10 data found under {0}: expected image folders train/<class>/ and test/<class>/ \
          (for example the unpacked cifar10-jpg archive), or the official binary release \
          cifar-10-batches-bin/data_batch_1.bin .. data_batch_5.bin and test_batch.bin"
     )]
     NotFound(PathBuf),
+    /// A split's folder lacks one of the ten class folders.
     #[error("class folder {0} is missing")]
     MissingClass(PathBuf),
+    /// A class folder exists but has no files: training on it would silently drop the class.
     #[error("class folder {0} holds no images")]
     EmptyClass(PathBuf),
+    /// A split's folder has a subfolder that names no class, most likely a misspelt one.
     #[error("unknown class folder {0}: class folders must be named {classes}", classes = CLASSES.join(", "))]
     UnknownClass(PathBuf),
+    /// Listing a folder or reading a file failed.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The folder or file.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
+    /// An image or binary record could not be decoded, under [`OnCorrupt::Fail`].
     #[error("{path}: {reason}")]
-    Corrupt { path: PathBuf, reason: String },
+    Corrupt {
+        /// The image file, or the binary batch file holding the record.
+        path: PathBuf,
+        /// Why it could not be read.
+        reason: String,
+    },
 }
 
 /// What to do with an entry that cannot be read.
@@ -65,22 +78,35 @@ impl std::str::FromStr for OnCorrupt {
 /// The two layouts `--data` may hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
-    Folders { root: PathBuf },
-    Binary { root: PathBuf },
+    /// Image files in `train/<class>/` and `test/<class>/`, like the unpacked cifar10-jpg archive.
+    Folders {
+        /// The folder holding `train/` and `test/`.
+        root: PathBuf,
+    },
+    /// The official binary release: `data_batch_1.bin` .. `data_batch_5.bin` and `test_batch.bin`.
+    Binary {
+        /// The folder holding the `.bin` files (`cifar-10-batches-bin/`).
+        root: PathBuf,
+    },
 }
 
 /// One labelled image, at most 64×64 (larger ones are shrunk once at load, since the network
 /// never sees more), CIFAR's own 32×32 kept as is so the batcher applies the server's resize.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// The pixels, as decoded (or shrunk to 64×64).
     pub image: RgbImage,
+    /// Index of the class in [`CLASSES`].
     pub label: u8,
 }
 
 /// A split read into memory, with the entries that were skipped.
 #[derive(Debug, Default)]
 pub struct Split {
+    /// The images that were read, in a fixed order: class by class and by file name for folders,
+    /// record order for binary batches.
     pub samples: Vec<Sample>,
+    /// One `path: reason` line per entry skipped under [`OnCorrupt::Skip`], for the run's report.
     pub skipped: Vec<String>,
 }
 
@@ -177,7 +203,7 @@ pub fn read_folders(dir: &Path, on_corrupt: OnCorrupt) -> Result<Split, DataErro
         files.extend(paths.into_iter().map(|p| (p, label as u8)));
     }
 
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let chunk = files.len().div_ceil(threads).max(1);
     let pre = Preprocessor::default();
     let decoded: Vec<Vec<Decoded>> = std::thread::scope(|s| {

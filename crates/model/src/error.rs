@@ -14,9 +14,13 @@ pub enum ImageError {
     /// The header announces more pixels than the configured limit allows.
     #[error("image is {width}x{height} = {pixels} pixels, over the limit of {limit} pixels")]
     TooLarge {
+        /// Width from the header, in pixels.
         width: u32,
+        /// Height from the header, in pixels.
         height: u32,
+        /// `width × height`: what decoding would allocate, in pixels.
         pixels: u64,
+        /// The most pixels the preprocessor accepts.
         limit: u64,
     },
     /// The image has a zero width or height.
@@ -30,9 +34,12 @@ pub enum ImageError {
 /// Why a weights record could not be saved or loaded.
 #[derive(Debug, Error)]
 pub enum RecordError {
+    /// The file could not be read (or this build has no shipped record to fall back on).
     #[error("cannot read record {path}: {source}")]
     Io {
+        /// The record's path, as shown to the user.
         path: String,
+        /// What the operating system reported.
         #[source]
         source: std::io::Error,
     },
@@ -45,6 +52,7 @@ pub enum RecordError {
     /// The tensors do not match the network's architecture.
     #[error("record does not match the CNN architecture: {0}")]
     Architecture(String),
+    /// Serialising the metadata or writing the file failed.
     #[error("cannot write record: {0}")]
     Save(String),
 }

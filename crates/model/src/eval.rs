@@ -10,6 +10,7 @@ use crate::preprocess::{IMAGE_FLOATS, normalize_into, resize};
 /// The result of [`evaluate`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Evaluation {
+    /// Images evaluated: what the top-1 and top-3 accuracies are shares of.
     pub images: usize,
     /// Top-1 accuracy in [0, 1].
     pub accuracy: f64,

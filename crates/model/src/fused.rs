@@ -28,6 +28,9 @@ use fastcnn::train::{self as kernels, Block};
 /// `x [N, C, H, H] (H even), weight [O, C, 3, 3], bias [O] → [N, O, H/2, H/2]`.
 #[backend_extension(Flex, Autodiff)]
 pub trait ConvReluPoolBackend: Backend {
+    /// One convolution block as a single op: 3×3 convolution (stride 1, padding 1) plus bias,
+    /// ReLU, then 2×2 max-pool (stride 2). Under autodiff it keeps one argmax byte per output
+    /// for the hand-written backward instead of the four ops' intermediate tensors.
     fn conv3x3_relu_pool2(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -129,7 +132,7 @@ impl std::fmt::Debug for Saved {
         f.debug_struct("Saved")
             .field("x", &dims::<4>(&self.x))
             .field("weight", &dims::<4>(&self.weight))
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 

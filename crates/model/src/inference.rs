@@ -48,6 +48,7 @@ impl Inference {
     /// Switches test-time augmentation on or off (off by default): when on, an image's class
     /// probabilities are the mean of its own and its horizontal mirror's, at twice the
     /// compute. [`Inference::logits`] is never augmented.
+    #[must_use]
     pub fn with_tta(mut self, on: bool) -> Self {
         self.tta = on;
         self
@@ -88,15 +89,26 @@ impl Inference {
     /// or with test-time augmentation the mean of the image's and its mirror's (two passes
     /// of `n` images, so that a batch never takes more than one batch's working memory).
     pub fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
+        self.scores(pixels).probabilities
+    }
+
+    /// The logits and the class probabilities of `pixels` together, from one forward pass
+    /// (two with test-time augmentation): [`Inference::logits`] and
+    /// [`Inference::probabilities`] without computing the logits twice.
+    pub fn scores(&self, pixels: &[f32]) -> Scores {
         let classes = self.classes();
-        let mut probs = softmax(&self.logits(pixels), classes);
-        if self.tta && !probs.is_empty() {
+        let logits = self.logits(pixels);
+        let mut probabilities = softmax(&logits, classes);
+        if self.tta && !probabilities.is_empty() {
             let mirrored = softmax(&self.logits(&mirror(pixels)), classes);
-            for (p, m) in probs.iter_mut().zip(mirrored) {
+            for (p, m) in probabilities.iter_mut().zip(mirrored) {
                 *p = (*p + m) * 0.5;
             }
         }
-        probs
+        Scores {
+            logits,
+            probabilities,
+        }
     }
 
     /// Ranked predictions, keeping the `k` most likely classes of each image.
@@ -120,6 +132,16 @@ impl Inference {
     fn classes(&self) -> usize {
         self.model.fc2.weight.dims()[1]
     }
+}
+
+/// What the network says about some images, each `n × classes`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    /// The last layer's outputs (never test-time augmented).
+    pub logits: Vec<f32>,
+    /// Class probabilities: the softmax of the logits, or with test-time augmentation the mean
+    /// of the image's and its mirror's.
+    pub probabilities: Vec<f32>,
 }
 
 /// `pixels` (preprocessed CHW images back to back) mirrored left to right: every row of every
@@ -187,20 +209,26 @@ impl<K, E> Gathered<K, E> {
 
 /// Copies `model`'s weights into the CPU fast path.
 pub fn fast_path(model: &Cnn) -> Result<FastCnn, RecordError> {
-    let bias = |b: Option<Tensor<1>>, len: usize| b.map(values).unwrap_or_else(|| vec![0.0; len]);
+    let bias = |b: Option<Tensor<1>>, len: usize| b.map_or_else(|| vec![0.0; len], values);
     let [c1, ..] = model.conv1.weight.dims();
     let [c2, ..] = model.conv2.weight.dims();
     let [_, hidden] = model.fc1.weight.dims();
     let [_, classes] = model.fc2.weight.dims();
     FastCnn::new(fastcnn::Weights {
         conv1_weight: values(model.conv1.weight.val()),
-        conv1_bias: bias(model.conv1.bias.as_ref().map(|b| b.val()), c1),
+        conv1_bias: bias(model.conv1.bias.as_ref().map(burn::module::Param::val), c1),
         conv2_weight: values(model.conv2.weight.val()),
-        conv2_bias: bias(model.conv2.bias.as_ref().map(|b| b.val()), c2),
+        conv2_bias: bias(model.conv2.bias.as_ref().map(burn::module::Param::val), c2),
         fc1_weight: values(model.fc1.weight.val()),
-        fc1_bias: bias(model.fc1.bias.as_ref().map(|b| b.val()), hidden),
+        fc1_bias: bias(
+            model.fc1.bias.as_ref().map(burn::module::Param::val),
+            hidden,
+        ),
         fc2_weight: values(model.fc2.weight.val()),
-        fc2_bias: bias(model.fc2.bias.as_ref().map(|b| b.val()), classes),
+        fc2_bias: bias(
+            model.fc2.bias.as_ref().map(burn::module::Param::val),
+            classes,
+        ),
     })
     .map_err(|e| RecordError::Architecture(e.to_string()))
 }

@@ -20,9 +20,13 @@ pub const ARCHITECTURE: &str = "SimpleCNN";
 /// read too.
 #[derive(Module, Debug)]
 pub struct Cnn {
+    /// First convolution: RGB to 16 feature maps (3×3, padding 1), at 64×64.
     pub conv1: Conv2d,
+    /// Second convolution: 16 to 32 feature maps (3×3, padding 1), at 32×32.
     pub conv2: Conv2d,
+    /// Hidden layer: the flattened 32×16×16 feature map to 100 units.
     pub fc1: Linear,
+    /// Output layer: 100 hidden units to one logit per class.
     pub fc2: Linear,
     pool: MaxPool2d,
     relu: Relu,

@@ -22,7 +22,9 @@ pub struct Ranked {
 /// The prediction for one image: the most likely class and the `k` best.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Prediction {
+    /// The most likely class (the first of `top_k`).
     pub best: Ranked,
+    /// The `k` most likely classes, most likely first.
     pub top_k: Vec<Ranked>,
 }
 
@@ -58,7 +60,9 @@ pub fn softmax(logits: &[f32], classes: usize) -> Vec<f32> {
             *p = (*p - max).exp();
             sum += *p;
         }
-        row.iter_mut().for_each(|p| *p /= sum);
+        for p in row.iter_mut() {
+            *p /= sum;
+        }
     }
     probs
 }

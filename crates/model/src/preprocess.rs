@@ -64,7 +64,7 @@ impl Preprocessor {
     }
 
     /// The pixel count of a `width × height` image, refused when empty or over the limit.
-    fn check_dimensions(&self, width: u32, height: u32) -> Result<u64, ImageError> {
+    fn check_dimensions(self, width: u32, height: u32) -> Result<u64, ImageError> {
         let pixels = u64::from(width) * u64::from(height);
         if pixels == 0 {
             return Err(ImageError::ZeroSized);
@@ -173,7 +173,9 @@ impl Preprocessor {
 /// What an image's header says, before anything is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Width in pixels, as the header gives it.
     pub width: u32,
+    /// Height in pixels, as the header gives it.
     pub height: u32,
     /// Bytes that decoding and resizing it allocate at their peak (an upper estimate from
     /// the header's dimensions and colour type).
@@ -273,7 +275,9 @@ fn taps(src: usize, dst: usize) -> Vec<(usize, Vec<f32>)> {
                 })
                 .collect();
             let sum: f32 = weights.iter().fold(0.0, |s, w| s + w);
-            weights.iter_mut().for_each(|w| *w /= sum);
+            for w in &mut weights {
+                *w /= sum;
+            }
             (left as usize, weights)
         })
         .collect()
@@ -315,8 +319,8 @@ mod tests {
         let mut seed = 12345u64;
         let mut next = move || {
             seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
             (seed >> 33) as u32
         };
         let mut sizes = vec![
@@ -346,7 +350,7 @@ mod tests {
     use super::*;
     use image::{ImageBuffer, ImageFormat, Luma, Rgba};
 
-    fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
         let mut out = Cursor::new(Vec::new());
         img.write_to(&mut out, format).unwrap();
         out.into_inner()
@@ -365,7 +369,7 @@ mod tests {
     #[test]
     fn grayscale_becomes_equal_channels() {
         let gray = ImageBuffer::from_pixel(10, 7, Luma([200u8]));
-        let bytes = encode(DynamicImage::ImageLuma8(gray), ImageFormat::Png);
+        let bytes = encode(&DynamicImage::ImageLuma8(gray), ImageFormat::Png);
         let v = Preprocessor::default().preprocess(&bytes).unwrap();
         let expected = 200.0 / 127.5 - 1.0;
         assert!(v.iter().all(|x| (x - expected).abs() < 1e-6));
@@ -374,7 +378,7 @@ mod tests {
     #[test]
     fn sixteen_bit_and_alpha_convert() {
         let img = ImageBuffer::from_pixel(8, 8, Rgba([65535u16, 0, 32768, 0]));
-        let bytes = encode(DynamicImage::ImageRgba16(img), ImageFormat::Png);
+        let bytes = encode(&DynamicImage::ImageRgba16(img), ImageFormat::Png);
         let rgb = Preprocessor::default().decode(&bytes).unwrap();
         assert_eq!(rgb.get_pixel(3, 3).0, [255, 0, 128]);
     }
@@ -392,7 +396,7 @@ mod tests {
     #[test]
     fn header_reads_dimensions_and_decode_cost_without_decoding() {
         let rgb = encode(
-            DynamicImage::ImageRgb8(RgbImage::new(100, 50)),
+            &DynamicImage::ImageRgb8(RgbImage::new(100, 50)),
             ImageFormat::Png,
         );
         let h = Preprocessor::default().header(&rgb).unwrap();
@@ -400,7 +404,7 @@ mod tests {
         assert_eq!(h.decode_bytes, 100 * 50 * 3 + 150 * 64 * 16);
         // RGBA16 needs its own frame (8 bytes a pixel) and the 8-bit RGB copy.
         let img = ImageBuffer::from_pixel(100, 50, Rgba([1u16, 2, 3, 4]));
-        let rgba = encode(DynamicImage::ImageRgba16(img), ImageFormat::Png);
+        let rgba = encode(&DynamicImage::ImageRgba16(img), ImageFormat::Png);
         let h = Preprocessor::default().header(&rgba).unwrap();
         assert_eq!(h.decode_bytes, 100 * 50 * (8 + 3) + 150 * 64 * 16);
         assert!(matches!(
@@ -412,7 +416,7 @@ mod tests {
     #[test]
     fn prepared_bytes_normalise_to_the_same_floats() {
         let img = RgbImage::from_fn(40, 30, |x, y| image::Rgb([x as u8 * 6, y as u8 * 8, 77]));
-        let png = encode(DynamicImage::ImageRgb8(img), ImageFormat::Png);
+        let png = encode(&DynamicImage::ImageRgb8(img), ImageFormat::Png);
         let p = Preprocessor::default();
         let bytes = p.prepare(&png).unwrap();
         assert_eq!(bytes.len(), IMAGE_BYTES);
@@ -424,7 +428,7 @@ mod tests {
     #[test]
     fn limit_is_configurable() {
         let bytes = encode(
-            DynamicImage::ImageRgb8(RgbImage::new(100, 100)),
+            &DynamicImage::ImageRgb8(RgbImage::new(100, 100)),
             ImageFormat::Png,
         );
         assert!(Preprocessor::new(10_000).decode(&bytes).is_ok());

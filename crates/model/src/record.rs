@@ -177,7 +177,9 @@ pub fn load_shipped(device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
 
 /// A loaded record, and where it came from (for logs and `/model/info`).
 pub struct Loaded {
+    /// The network with the record's weights, on the device asked for.
     pub model: Cnn,
+    /// What the record says about itself: format version, accuracy, recipe, preprocessing.
     pub meta: RecordMeta,
     /// The record's path, or "built-in (assets/model.safetensors)".
     pub source: String,

@@ -13,7 +13,9 @@ pub struct ArchiveImage {
     pub path: String,
     /// `train` or `test`.
     pub split: String,
+    /// The class folder it sits in, one of [`crate::CLASSES`].
     pub class: String,
+    /// The JPEG file as stored, undecoded.
     pub bytes: Vec<u8>,
 }
 
@@ -55,6 +57,8 @@ pub fn images(split: &str, per_class: usize) -> Vec<ArchiveImage> {
         let Some(i) = parts.iter().position(|p| *p == split) else {
             continue;
         };
+        // The archive names its images in lowercase; nothing else under a class folder counts.
+        #[allow(clippy::case_sensitive_file_extension_comparisons)]
         if parts.len() != i + 3 || !path.ends_with(".jpg") {
             continue;
         }

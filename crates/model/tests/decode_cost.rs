@@ -44,7 +44,7 @@ static ALLOCATOR: Counting = Counting;
 /// The allocator's counters are process-wide: one measurement at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     img.write_to(&mut out, format).unwrap();
     out.into_inner()
@@ -72,23 +72,23 @@ fn decode_bytes_bound_what_decoding_allocates() {
         Rgb([noise(x, y), noise(y, x), 99])
     }));
     let cases = [
-        ("jpeg rgb", encode(rgb.clone(), ImageFormat::Jpeg)),
-        ("png rgb", encode(rgb.clone(), ImageFormat::Png)),
-        ("bmp rgb", encode(rgb.clone(), ImageFormat::Bmp)),
-        ("webp rgb", encode(rgb.clone(), ImageFormat::WebP)),
-        ("tiff rgb", encode(rgb.clone(), ImageFormat::Tiff)),
-        ("gif", encode(rgb, ImageFormat::Gif)),
+        ("jpeg rgb", encode(&rgb, ImageFormat::Jpeg)),
+        ("png rgb", encode(&rgb, ImageFormat::Png)),
+        ("bmp rgb", encode(&rgb, ImageFormat::Bmp)),
+        ("webp rgb", encode(&rgb, ImageFormat::WebP)),
+        ("tiff rgb", encode(&rgb, ImageFormat::Tiff)),
+        ("gif", encode(&rgb, ImageFormat::Gif)),
         (
             "png grey",
             encode(
-                DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([noise(x, y)]))),
+                &DynamicImage::ImageLuma8(ImageBuffer::from_fn(w, h, |x, y| Luma([noise(x, y)]))),
                 ImageFormat::Png,
             ),
         ),
         (
             "png grey+alpha",
             encode(
-                DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |x, y| {
+                &DynamicImage::ImageLumaA8(ImageBuffer::from_fn(w, h, |x, y| {
                     LumaA([noise(x, y), 200])
                 })),
                 ImageFormat::Png,
@@ -97,7 +97,7 @@ fn decode_bytes_bound_what_decoding_allocates() {
         (
             "png rgba",
             encode(
-                DynamicImage::ImageRgba8(ImageBuffer::from_fn(w, h, |x, y| {
+                &DynamicImage::ImageRgba8(ImageBuffer::from_fn(w, h, |x, y| {
                     Rgba([noise(x, y), 1, 2, 200])
                 })),
                 ImageFormat::Png,
@@ -106,7 +106,7 @@ fn decode_bytes_bound_what_decoding_allocates() {
         (
             "png rgba16",
             encode(
-                DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |x, y| {
+                &DynamicImage::ImageRgba16(ImageBuffer::from_fn(w, h, |x, y| {
                     Rgba([u16::from(noise(x, y)) * 257, 1, 2, 60000])
                 })),
                 ImageFormat::Png,
@@ -115,7 +115,7 @@ fn decode_bytes_bound_what_decoding_allocates() {
         (
             "jpeg grey, tall",
             encode(
-                DynamicImage::ImageLuma8(ImageBuffer::from_fn(300, 6000, |x, y| {
+                &DynamicImage::ImageLuma8(ImageBuffer::from_fn(300, 6000, |x, y| {
                     Luma([noise(x, y)])
                 })),
                 ImageFormat::Jpeg,
@@ -123,7 +123,7 @@ fn decode_bytes_bound_what_decoding_allocates() {
         ),
         ("jpeg, 4 MB of junk after it", {
             let mut padded = encode(
-                DynamicImage::ImageRgb8(ImageBuffer::from_fn(64, 64, |x, y| {
+                &DynamicImage::ImageRgb8(ImageBuffer::from_fn(64, 64, |x, y| {
                     Rgb([noise(x, y), 1, 2])
                 })),
                 ImageFormat::Jpeg,

@@ -34,9 +34,9 @@ fn dithered(images: &[f32]) -> Vec<f32> {
         .enumerate()
         .map(|(i, v)| {
             // splitmix64 of the index: no pattern a 3×3 kernel could cancel.
-            let mut z = (i as u64).wrapping_add(0x9e3779b97f4a7c15);
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+            let mut z = (i as u64).wrapping_add(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^= z >> 31;
             v + (z >> 40) as f32 / (1u64 << 24) as f32 * 4e-3 - 2e-3
         })
@@ -58,7 +58,9 @@ fn ties(n: usize) -> Vec<f32> {
 /// tests of this file, so seeding and drawing happen under one lock.
 fn random_net(device: &Device) -> Cnn {
     static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = DRAW.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = DRAW
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     device.seed(7);
     model::Cnn::init(device)
 }

@@ -93,10 +93,10 @@ fn large_images_resize_to_the_input() {
 
 /// A PNG whose header claims `w`×`h` pixels, with a token IDAT: a few dozen bytes.
 fn png_bomb(w: u32, h: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    fn chunk(out: &mut Vec<u8>, kind: [u8; 4], data: &[u8]) {
         out.extend((data.len() as u32).to_be_bytes());
         let mut crc = flate2::Crc::new();
-        crc.update(kind);
+        crc.update(&kind);
         crc.update(data);
         out.extend(kind);
         out.extend(data);
@@ -107,13 +107,13 @@ fn png_bomb(w: u32, h: u32) -> Vec<u8> {
     ihdr.extend(w.to_be_bytes());
     ihdr.extend(h.to_be_bytes());
     ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
-    chunk(&mut png, b"IHDR", &ihdr);
+    chunk(&mut png, *b"IHDR", &ihdr);
     chunk(
         &mut png,
-        b"IDAT",
+        *b"IDAT",
         &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
     );
-    chunk(&mut png, b"IEND", &[]);
+    chunk(&mut png, *b"IEND", &[]);
     png
 }
 

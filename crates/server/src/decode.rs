@@ -41,6 +41,8 @@ pub struct DecodeBudget {
 }
 
 impl DecodeBudget {
+    /// A budget of `bytes` (`--decode-memory`), counted in whole KiB. Decodes wait for room in
+    /// it, so a burst of large images queues instead of taking the memory all at once.
     pub fn new(bytes: u64) -> Self {
         let kib = (bytes / UNIT).min(Semaphore::MAX_PERMITS as u64) as usize;
         Self {
@@ -49,14 +51,32 @@ impl DecodeBudget {
         }
     }
 
+    /// The whole budget, in bytes: what one reservation can take at most.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
     /// Waits (asynchronously, at most `wait`) until `bytes` of the budget are free and
-    /// reserves them until the returned permit is dropped.
-    async fn reserve(&self, bytes: u64, wait: Duration) -> Result<OwnedSemaphorePermit, ApiError> {
+    /// reserves them until the returned permit is dropped (also for other decoded data than
+    /// images: the floats of a `/v2` tensor).
+    pub(crate) async fn reserve(
+        &self,
+        bytes: u64,
+        wait: Duration,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
         let kib = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
         tokio::time::timeout(wait, self.kib.clone().acquire_many_owned(kib))
             .await
             .map_err(|_| ApiError::Overloaded)?
             .map_err(|_| ApiError::Internal("decode budget closed".into()))
+    }
+}
+
+/// Gives back all of a reservation beyond `bytes` (what its holder turned out to need).
+pub(crate) fn keep_only(reserved: &mut OwnedSemaphorePermit, bytes: u64) {
+    let keep = usize::try_from(bytes.div_ceil(UNIT)).unwrap_or(usize::MAX);
+    if let Some(excess) = reserved.num_permits().checked_sub(keep).filter(|&n| n > 0) {
+        drop(reserved.split(excess));
     }
 }
 
@@ -99,14 +119,14 @@ pub async fn prepare(
     // that is cheaper on this worker than a hand-off to the blocking pool.
     let total: usize = uploads.files.iter().map(|f| f.bytes.len()).sum();
     let costs = if total <= INLINE_HEADER_BYTES {
-        uploads.files.iter().map(|f| cost(&pre, f, limit)).collect()
+        uploads.files.iter().map(|f| cost(pre, f, limit)).collect()
     } else {
         let uploads = uploads.clone();
         blocking(move || {
             uploads
                 .files
                 .iter()
-                .map(|f| cost(&pre, f, limit))
+                .map(|f| cost(pre, f, limit))
                 .collect::<Vec<_>>()
         })
         .await?
@@ -149,7 +169,7 @@ pub async fn prepare(
 }
 
 /// What decoding `file` takes, or why it will not be decoded.
-fn cost(pre: &Preprocessor, file: &Upload, limit: u64) -> Result<u64, ApiError> {
+fn cost(pre: Preprocessor, file: &Upload, limit: u64) -> Result<u64, ApiError> {
     let needed = pre.header(&file.bytes)?.decode_bytes;
     if needed > limit {
         return Err(ApiError::DecodeTooLarge { needed, limit });

@@ -4,17 +4,20 @@
 //!
 //! Admission is counted in images, not requests: [`Engine::admit`] takes one permit per image
 //! before anything is decoded, and the permits travel with the job until its answer is sent or
-//! the job is dropped. Images wait as 64×64 RGB bytes (12 KiB) and become floats only on the
-//! inference thread, in a buffer it reuses. A job whose requester has gone (disconnected, timed
-//! out) is dropped before it reaches the model.
+//! the job is dropped. Decoded images wait as 64×64 RGB bytes (12 KiB) and become floats only
+//! on the inference thread, in a buffer it reuses; tensors that arrive already preprocessed
+//! (`/v2` FP32 inputs) wait as floats, with the decode-budget reservation that pays for them.
+//! A job whose requester has gone (disconnected, timed out) is dropped before it reaches the
+//! model. Every job gets its images' logits and probabilities back ([`Scores`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
+use model::inference::Scores;
 use model::preprocess::{IMAGE_BYTES, IMAGE_FLOATS, normalize_bytes_into};
-use model::{Inference, Prediction};
+use model::{Inference, Prediction, rank_probabilities};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::metrics::Metrics;
@@ -34,12 +37,32 @@ pub struct BatchPolicy {
     pub top_k: usize,
 }
 
+/// The images of one job, as the model is handed them.
+#[derive(Debug)]
+pub enum Pixels {
+    /// Decoded and resized images back to back, [`IMAGE_BYTES`] of 64×64 RGB each; normalised
+    /// on the inference thread.
+    Rgb(Vec<u8>),
+    /// Preprocessed CHW floats back to back, [`IMAGE_FLOATS`] each, with the reservation
+    /// (from the decode budget) that pays for them until the model has run.
+    Floats(Vec<f32>, OwnedSemaphorePermit),
+}
+
+impl Pixels {
+    /// Whole images held.
+    fn images(&self) -> usize {
+        match self {
+            Pixels::Rgb(bytes) => bytes.len() / IMAGE_BYTES,
+            Pixels::Floats(floats, _) => floats.len() / IMAGE_FLOATS,
+        }
+    }
+}
+
 struct Job {
-    /// `images` prepared images back to back, [`IMAGE_BYTES`] each.
-    pixels: Vec<u8>,
+    pixels: Pixels,
     images: usize,
     queued: Instant,
-    reply: oneshot::Sender<Result<Vec<Prediction>, String>>,
+    reply: oneshot::Sender<Result<Scores, String>>,
     _admitted: Admission,
 }
 
@@ -53,6 +76,10 @@ pub struct Engine {
     tx: SyncSender<Job>,
     ready: Arc<AtomicBool>,
     images: Arc<Semaphore>,
+    /// The permits `images` started with.
+    max_images: usize,
+    /// Classes kept by [`Engine::classify`].
+    top_k: usize,
 }
 
 impl Engine {
@@ -69,7 +96,7 @@ impl Engine {
             .spawn(move || {
                 let serve = || {
                     // Warm-up: the first call allocates and picks kernels.
-                    let _ = model.predict(&[0.0; IMAGE_FLOATS], 1);
+                    let _ = model.predict(&vec![0.0; IMAGE_FLOATS], 1);
                     flag.store(true, Ordering::Release);
                     run(rx, &model, policy, &metrics);
                 };
@@ -89,6 +116,8 @@ impl Engine {
             tx,
             ready,
             images: Arc::new(Semaphore::new(max_images)),
+            max_images,
+            top_k: policy.top_k,
         }
     }
 
@@ -104,22 +133,49 @@ impl Engine {
             .ok_or(ApiError::Overloaded)
     }
 
+    /// Images admitted and not yet answered: being decoded, waiting for the model, or in it.
+    #[must_use]
+    pub fn images_in_flight(&self) -> usize {
+        self.max_images
+            .saturating_sub(self.images.available_permits())
+    }
+
     /// True once the model is loaded and has run once.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// Queues prepared images ([`IMAGE_BYTES`] each, concatenated) under their admission and
-    /// waits for their predictions.
+    /// waits for their predictions (the policy's `top_k` classes of each).
     pub async fn classify(
         &self,
         pixels: Vec<u8>,
         admitted: Admission,
         timeout: Duration,
     ) -> Result<Vec<Prediction>, ApiError> {
-        let images = pixels.len() / IMAGE_BYTES;
+        let scores = self.scores(Pixels::Rgb(pixels), admitted, timeout).await?;
+        let classes = model::NUM_CLASSES;
+        Ok(rank_probabilities(
+            &scores.probabilities,
+            classes,
+            self.top_k,
+        ))
+    }
+
+    /// Queues images under their admission and waits for their logits and probabilities
+    /// (`images × classes` each, in the images' order).
+    pub async fn scores(
+        &self,
+        pixels: Pixels,
+        admitted: Admission,
+        timeout: Duration,
+    ) -> Result<Scores, ApiError> {
+        let images = pixels.images();
         if images == 0 {
-            return Ok(Vec::new());
+            return Ok(Scores {
+                logits: Vec::new(),
+                probabilities: Vec::new(),
+            });
         }
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -141,6 +197,9 @@ impl Engine {
     }
 }
 
+// By value: the receiver is not `Sync`, so the closure that hands this loop to the model's
+// rayon pool must own it, not borrow it; and the loop owning it says whose end it is.
+#[allow(clippy::needless_pass_by_value)]
 fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metrics) {
     let mut pending: Option<Job> = None;
     let mut floats = Vec::new();
@@ -190,7 +249,7 @@ fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metr
         });
         let images = jobs.iter().map(|job| job.images).sum();
         if images > 0 {
-            infer(jobs, images, &mut floats, model, policy, metrics);
+            infer(jobs, images, &mut floats, model, metrics);
         }
     }
 }
@@ -200,27 +259,40 @@ fn infer(
     images: usize,
     floats: &mut Vec<f32>,
     model: &Inference,
-    policy: BatchPolicy,
     metrics: &Metrics,
 ) {
     let now = Instant::now();
     floats.resize(images * IMAGE_FLOATS, 0.0);
     let mut out = floats.chunks_exact_mut(IMAGE_FLOATS);
     for job in &jobs {
-        metrics.queue_wait.observe((now - job.queued).as_secs_f64());
-        for (image, dst) in job.pixels.chunks_exact(IMAGE_BYTES).zip(&mut out) {
-            normalize_bytes_into(image, dst);
+        metrics.queue_wait(now - job.queued);
+        match &job.pixels {
+            Pixels::Rgb(bytes) => {
+                for (image, dst) in bytes.chunks_exact(IMAGE_BYTES).zip(&mut out) {
+                    normalize_bytes_into(image, dst);
+                }
+            }
+            Pixels::Floats(tensor, _) => {
+                for (image, dst) in tensor.chunks_exact(IMAGE_FLOATS).zip(&mut out) {
+                    dst.copy_from_slice(image);
+                }
+            }
         }
     }
-    metrics.batch_size.observe(images as f64);
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        model.predict(floats, policy.top_k)
-    }));
+    metrics.batch(images);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.scores(floats)));
     match result {
-        Ok(mut preds) => {
-            metrics.images.fetch_add(images as u64, Ordering::Relaxed);
-            for job in jobs.into_iter().rev() {
-                let mine = preds.split_off(preds.len() - job.images);
+        Ok(scores) => {
+            metrics.classified(images);
+            let classes = scores.logits.len() / images;
+            let mut start = 0;
+            for job in jobs {
+                let rows = start..start + job.images * classes;
+                start = rows.end;
+                let mine = Scores {
+                    logits: scores.logits[rows.clone()].to_vec(),
+                    probabilities: scores.probabilities[rows].to_vec(),
+                };
                 answer(job, Ok(mine));
             }
         }
@@ -234,13 +306,13 @@ fn infer(
 
 /// Sends a job's answer, its images and permits released first: the requester, woken by the
 /// answer, may come back with its next request before this thread runs again.
-fn answer(job: Job, result: Result<Vec<Prediction>, String>) {
+fn answer(job: Job, result: Result<Scores, String>) {
     let Job {
         reply,
         pixels,
-        _admitted,
+        _admitted: admitted,
         ..
     } = job;
-    drop((pixels, _admitted));
+    drop((pixels, admitted));
     let _ = reply.send(result);
 }

@@ -3,20 +3,21 @@
 //! [`serve`] binds the server and returns it running; requests are decoded on the blocking
 //! pool, gathered into model batches by the [`engine`], and answered in the original Python
 //! service's JSON shapes. Errors are RFC 9457 problem documents ([`problem`]); every request
-//! is counted in [`metrics`] and logged on one line.
+//! is counted in [`metrics`] and logged in a span that carries its request id ([`logging`]).
 //!
 //! Memory is bounded by the settings, whatever clients send: see [`memory`].
 
 pub mod decode;
 pub mod engine;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod upload;
+pub mod v2;
 
-use std::io::Write;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,42 +25,56 @@ use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
 use actix_web::dev::{Server, Service};
-use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::http::header::HeaderName;
+use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
 use model::{Backend, Inference, Preprocessor, RecordMeta};
-use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+use tracing_actix_web::TracingLogger;
 
 use crate::decode::DecodeBudget;
 use crate::engine::{BatchPolicy, Engine};
-use crate::memory::{BLOCKING_THREADS_PER_WORKER, LOG_LINES, LOG_METHOD_BYTES, LOG_PATH_BYTES};
-use crate::metrics::Metrics;
+use crate::logging::{REQUEST_TARGET, RequestSpan, RequestTag};
+use crate::memory::BLOCKING_THREADS_PER_WORKER;
+use crate::metrics::{Metrics, UPKEEP_PERIOD};
 use crate::problem::ApiError;
 use crate::upload::{BodyBudget, UploadLimits};
 
-/// How request lines are logged.
+/// How the server logs ([`logging`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
+    /// Text lines for people (`text` is an alias).
+    #[value(alias = "text")]
     Human,
+    /// One JSON object per line.
     Json,
+    /// Text lines, without the per-request ones.
     Off,
 }
 
 /// Run-time settings of the service.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
+    /// HTTP worker threads (at least one), each with its own blocking pool for decoding.
     pub workers: usize,
     /// Open connections, all workers together; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// How the inference thread forms batches and how many images it admits at once.
     pub batch: BatchPolicy,
+    /// What one request may send: body bytes and files per batch.
     pub upload: UploadLimits,
     /// Request-body bytes all requests may hold in memory at once.
     pub body_memory: usize,
     /// Bytes all image decodes may take at once.
     pub decode_memory: u64,
+    /// Largest image accepted, in pixels, checked from the header before decoding.
     pub max_pixels: u64,
+    /// Time allowed to receive a request's body (408), and again to wait for decode memory and
+    /// for inference (503).
     pub request_timeout: Duration,
+    /// Origins CORS allows (`*`: any); none by default, so browsers allow same-origin only.
     pub cors_origins: Vec<String>,
+    /// How requests are logged.
     pub log: LogFormat,
+    /// How long a graceful shutdown waits for requests in progress.
     pub shutdown_timeout: Duration,
     /// Test-time augmentation: each image's probabilities are the mean of its own and its
     /// horizontal mirror's ([`Inference::with_tta`]). Off by default.
@@ -95,14 +110,23 @@ impl Default for ServerConfig {
 
 /// Shared by every handler.
 pub struct AppState {
+    /// The inference thread's queue: admits images and batches requests together.
     pub engine: Engine,
+    /// Request-body bytes all requests together may hold ([`ServerConfig::body_memory`]).
     pub body_budget: BodyBudget,
+    /// Bytes all decodes together may take ([`ServerConfig::decode_memory`]).
     pub decode_budget: DecodeBudget,
+    /// What `/metrics` reports.
     pub metrics: Arc<Metrics>,
+    /// The served record's metadata, for `/model/info`.
     pub meta: RecordMeta,
+    /// Where the record came from (its path, or the built-in one), for `/model/info`.
     pub model_source: String,
+    /// The backend inference runs on, for `/model/info`.
     pub backend: Backend,
+    /// Decodes uploads under [`ServerConfig::max_pixels`].
     pub preprocessor: Preprocessor,
+    /// The settings the server was started with.
     pub config: ServerConfig,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: web::Bytes,
@@ -112,28 +136,29 @@ pub struct AppState {
 pub struct Loaded {
     /// The network; [`serve`] sets its test-time augmentation from [`ServerConfig::tta`].
     pub inference: Inference,
+    /// The record's metadata (format, accuracy, recipe, preprocessing).
     pub meta: RecordMeta,
+    /// The record's path, or "built-in (assets/model.safetensors)".
     pub source: String,
 }
 
 /// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned) and
 /// stops gracefully on SIGINT/SIGTERM.
+// The settings are the server's to keep (a copy goes into `AppState`): taking a reference would
+// only move that clone into every caller.
+#[allow(clippy::needless_pass_by_value)]
 pub fn serve(
     listener: TcpListener,
     loaded: Loaded,
     config: ServerConfig,
 ) -> std::io::Result<Server> {
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new());
+    Metrics::keep_up(&metrics, UPKEEP_PERIOD);
     let backend = loaded.inference.backend();
     let inference = loaded.inference.with_tta(config.tta);
     let engine = Engine::start(inference, config.batch, metrics.clone());
-    // Request lines go to a writer thread through a bounded queue: a slow or blocked stderr
-    // never stalls an async worker, and a flood of lines cannot grow memory.
-    let (log_writer, log_guard) = NonBlockingBuilder::default()
-        .lossy(true)
-        .buffered_lines_limit(LOG_LINES)
-        .finish(std::io::stderr());
     let workers = config.workers.max(1);
+    let openapi = openapi::spec_json(config.upload.files, &v2::version(&loaded.meta));
     let state = web::Data::new(AppState {
         engine,
         body_budget: BodyBudget::new(config.body_memory),
@@ -144,15 +169,12 @@ pub fn serve(
         backend,
         preprocessor: Preprocessor::new(config.max_pixels),
         config: config.clone(),
-        openapi: web::Bytes::from(openapi::spec_json(config.upload.files)),
+        openapi: web::Bytes::from(openapi),
     });
-    let request_ids = Arc::new(AtomicU64::new(0));
     let served = Arc::new(AtomicU64::new(0));
     memory::give_back_when_idle(served.clone(), Duration::from_secs(2));
-    let log_guard = Arc::new(log_guard);
     let server = HttpServer::new(move || {
         let state = state.clone();
-        let ids = request_ids.clone();
         let served = served.clone();
         let mut cors = Cors::default()
             .allow_any_header()
@@ -164,11 +186,8 @@ pub fn serve(
                 cors.allowed_origin(origin)
             };
         }
-        let log = Log {
-            format: state.config.log,
-            writer: log_writer.clone(),
-            _guard: log_guard.clone(),
-        };
+        // The request lines go through the process's `tracing` subscriber (logging::init).
+        let log = state.config.log != LogFormat::Off;
         let metrics = state.metrics.clone();
         App::new()
             .app_data(state)
@@ -178,48 +197,36 @@ pub fn serve(
             .wrap_fn(move |req, srv| {
                 let start = Instant::now();
                 served.fetch_add(1, Ordering::Relaxed);
-                let id = req
-                    .headers()
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .filter(|v| {
-                        !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
-                    })
-                    .map(str::to_string)
-                    .unwrap_or_else(|| {
-                        format!(
-                            "{:x}-{}",
-                            std::process::id(),
-                            ids.fetch_add(1, Ordering::Relaxed)
-                        )
-                    });
-                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-                let method = req.method().to_string();
-                let path = req.path().to_string();
+                // Put there by RequestSpan, which chose the request id.
+                let tag = req.extensions_mut().remove::<RequestTag>();
                 let fut = srv.call(req);
                 let metrics = metrics.clone();
-                let log = log.clone();
                 async move {
                     let mut res = fut.await?;
                     let status = res.status().as_u16();
                     let elapsed = start.elapsed();
-                    metrics.request(&route, status, elapsed);
-                    let kind = res
-                        .headers_mut()
-                        .remove("x-error-kind")
-                        .next()
-                        .and_then(|v| v.to_str().ok().map(str::to_string));
-                    if let Some(kind) = &kind {
+                    let route = tag.as_ref().map_or("unmatched", |t| t.route.as_str());
+                    metrics.request(route, status, elapsed);
+                    let kind = res.headers_mut().remove("x-error-kind").next();
+                    let kind = kind.as_ref().and_then(|v| v.to_str().ok());
+                    if let Some(kind) = kind {
                         metrics.error(kind);
+                        if (400..500).contains(&status) || status == 503 {
+                            metrics.refusal(kind);
+                        }
                     }
-                    if let Ok(v) = HeaderValue::from_str(&id) {
+                    if let Some(tag) = tag {
                         res.headers_mut()
-                            .insert(HeaderName::from_static("x-request-id"), v);
+                            .insert(HeaderName::from_static("x-request-id"), tag.id);
                     }
-                    log.line(&id, &method, &path, status, elapsed, kind.as_deref());
+                    if log {
+                        answered(status, elapsed, kind);
+                    }
                     Ok(res)
                 }
             })
+            // Outermost: every request runs in its span, with its id chosen before anything.
+            .wrap(TracingLogger::<RequestSpan>::new())
     })
     .workers(workers)
     .max_connections(config.connections_per_worker())
@@ -240,44 +247,13 @@ async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError
     Err(ApiError::NotFound(req.path().to_string()))
 }
 
-/// The request log: one line per request, written by a background thread.
-#[derive(Clone)]
-struct Log {
-    format: LogFormat,
-    writer: NonBlocking,
-    /// Flushes the writer thread when the last worker's copy is dropped.
-    _guard: Arc<WorkerGuard>,
-}
-
-impl Log {
-    fn line(
-        &self,
-        id: &str,
-        method: &str,
-        path: &str,
-        status: u16,
-        elapsed: Duration,
-        error: Option<&str>,
-    ) {
-        let ms = elapsed.as_secs_f64() * 1e3;
-        // Client-chosen text is cut, so that a line stays within LOG_LINE_BYTES however it
-        // is escaped (at most 6 bytes for a byte of input).
-        let path = &path[..path.floor_char_boundary(LOG_PATH_BYTES)];
-        let method = &method[..method.floor_char_boundary(LOG_METHOD_BYTES)];
-        let line = match self.format {
-            LogFormat::Off => return,
-            // serde_json escapes control characters, so a hostile path cannot forge log lines.
-            LogFormat::Json => serde_json::json!({"request_id": id, "method": method, "path": path, "status": status, "ms": ms, "error": error}).to_string(),
-            LogFormat::Human => format!(
-                "{method} {path:?} {status} {ms:.2} ms id={id}{}",
-                error.map(|e| format!(" error={e}")).unwrap_or_default()
-            ),
-        };
-        // A full queue drops the line (lossy writer): never an error worth a request.
-        // One write per line: the writer sends each write as one message.
-        let _ = self
-            .writer
-            .clone()
-            .write_all(format!("{line}\n").as_bytes());
+/// Logs a request's outcome in its span (which holds its id, method, path and route).
+fn answered(status: u16, elapsed: Duration, error: Option<&str>) {
+    // Whole microseconds: exact in the log, and 71 minutes at most (any longer reads 71 minutes).
+    let duration_ms = f64::from(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)) / 1e3;
+    if status >= 500 && status != 503 {
+        tracing::warn!(target: REQUEST_TARGET, status, duration_ms, error, "answered");
+    } else {
+        tracing::info!(target: REQUEST_TARGET, status, duration_ms, error, "answered");
     }
 }

@@ -3,6 +3,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -72,7 +73,8 @@ struct Args {
     /// Origins allowed by CORS (comma-separated; `*` for any). None by default.
     #[arg(long, env = "CNN_CORS_ORIGINS", value_delimiter = ',')]
     cors_origins: Vec<String>,
-    /// Request log format.
+    /// Log format: `human` (or `text`) lines, one `json` object per line, or `off`: human
+    /// lines without the one per request. `RUST_LOG` filters them (default `info`).
     #[arg(long, env = "CNN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
     /// Test-time augmentation: average each image's class probabilities with its horizontal
@@ -87,12 +89,32 @@ enum Command {
     Healthcheck,
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(Command::Healthcheck) = args.command {
-        return healthcheck(&args.host, args.port);
+        return match healthcheck(&args.host, args.port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
+    let logs = server::logging::init(args.log_format);
+    let result = run(args);
+    if let Err(e) = &result {
+        tracing::error!("{e:#}");
+    }
+    // Writes out the lines still queued.
+    drop(logs);
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
 
+fn run(args: Args) -> Result<()> {
     if args.max_images < args.max_files {
         bail!(
             "--max-images ({}) must be at least --max-files ({}): a full batch could never be admitted",
@@ -142,14 +164,18 @@ fn main() -> Result<()> {
     };
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
-    eprintln!(
-        "serving {source} (test accuracy {}) on http://{} with backend {}, test-time augmentation {}; memory bound {}",
+    let addr = listener.local_addr()?;
+    let bound = config.memory_bound();
+    tracing::info!(
+        %addr,
+        backend = %args.backend,
+        tta = config.tta,
+        memory_bound_bytes = bound.total(),
+        "serving {source} (test accuracy {}) on http://{addr} with backend {}, test-time augmentation {}; memory bound {bound}",
         meta.test_accuracy
             .map_or("unknown".into(), |a| format!("{:.2}%", a * 100.0)),
-        listener.local_addr()?,
         args.backend,
         if config.tta { "on" } else { "off" },
-        config.memory_bound()
     );
     let loaded = Loaded {
         inference: model::Inference::new(model, args.backend)?,
@@ -158,6 +184,7 @@ fn main() -> Result<()> {
     };
     actix_web::rt::System::new()
         .block_on(async move { server::serve(listener, loaded, config)?.await })?;
+    tracing::info!("stopped");
     Ok(())
 }
 

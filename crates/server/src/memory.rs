@@ -3,7 +3,9 @@
 //! Each term of [`MemoryBound`] is held to its size by a limit in the code: open connections
 //! (`max_connections`), request bodies (the body budget in [`crate::upload`]), decoding (the
 //! decode budget in [`crate::decode`]), images waiting for the model (the image permits in
-//! [`crate::engine`]) and the request log (a bounded, lossy queue). [`give_back_when_idle`]
+//! [`crate::engine`]), the log (a bounded, lossy queue of bounded lines, and one bounded span
+//! per request in progress) and the metrics (closed label sets, histogram samples folded every
+//! second). [`give_back_when_idle`]
 //! returns freed memory to the system once a burst is over.
 
 use std::fmt;
@@ -25,16 +27,26 @@ pub const BASE_BYTES: u64 = 48 << 20;
 /// (kept up to 128 KiB), and the multipart parser's 64 KiB buffer with one pending chunk.
 pub const PER_CONNECTION_BYTES: u64 = 512 << 10;
 
-/// Request log lines waiting for the log writer thread; beyond that lines are dropped, never
-/// waited for.
+/// Log lines waiting for the log writer thread; beyond that lines are dropped, never waited
+/// for.
 pub const LOG_LINES: usize = 4096;
 
-/// Longest request log line: the logged path and method are cut to [`LOG_PATH_BYTES`] and
-/// [`LOG_METHOD_BYTES`], and escaping at most sextuples them; the request id is at most 128
-/// printable bytes.
+/// Longest log line; the writer cuts any longer one. A request's line fits whole: the logged
+/// path and method are cut to [`LOG_PATH_BYTES`] and [`LOG_METHOD_BYTES`], escaping at most
+/// sextuples them, and the request id is at most 128 printable bytes.
 pub const LOG_LINE_BYTES: u64 = 2 << 10;
-pub(crate) const LOG_PATH_BYTES: usize = 256;
-pub(crate) const LOG_METHOD_BYTES: usize = 16;
+/// Longest request path logged (the rest is cut).
+pub const LOG_PATH_BYTES: usize = 200;
+/// Longest request method logged (the rest is cut).
+pub const LOG_METHOD_BYTES: usize = 16;
+
+/// One request in progress (at most one per open connection) holds a log span: its fields,
+/// formatted once (as bounded as a line), and its slot in the span registry.
+pub const REQUEST_SPAN_BYTES: u64 = 4 << 10;
+
+/// The metrics: a closed set of series (route patterns × status codes, problem kinds) and the
+/// histogram samples of at most a second (folded into buckets every second), with room to spare.
+pub const METRICS_BYTES: u64 = 1 << 20;
 
 /// Threads of each worker's blocking pool (they decode images).
 pub const BLOCKING_THREADS_PER_WORKER: usize = 4;
@@ -46,6 +58,7 @@ const FAST_PATH_BYTES_PER_IMAGE: u64 = 33 << 10;
 /// The most memory the server takes, term by term, as a function of its settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryBound {
+    /// `BASE_BYTES`: what the process takes before it serves anything.
     pub base: u64,
     /// `workers × ceil(max_connections / workers) × PER_CONNECTION_BYTES`.
     pub connections: u64,
@@ -57,29 +70,40 @@ pub struct MemoryBound {
     /// `max_images × 12 KiB` waiting, plus one batch of floats, features and logits (and with
     /// test-time augmentation the batch's mirrored floats and first pass's probabilities).
     pub images: u64,
-    /// `LOG_LINES × LOG_LINE_BYTES`.
+    /// `LOG_LINES × LOG_LINE_BYTES` queued, plus `REQUEST_SPAN_BYTES` per open connection.
     pub log: u64,
+    /// `METRICS_BYTES`.
+    pub metrics: u64,
 }
 
 impl MemoryBound {
+    /// The sum of the terms: the most the server takes with these settings, logged at start-up
+    /// and what a container's memory limit should allow.
     pub fn total(&self) -> u64 {
-        self.base + self.connections + self.bodies + self.decoding + self.images + self.log
+        self.base
+            + self.connections
+            + self.bodies
+            + self.decoding
+            + self.images
+            + self.log
+            + self.metrics
     }
 }
 
 impl fmt::Display for MemoryBound {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
         write!(
             f,
-            "{:.0} MiB = base {:.0} + connections {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1}",
+            "{:.0} MiB = base {:.0} + connections {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1}",
             mib(self.total()),
             mib(self.base),
             mib(self.connections),
             mib(self.bodies),
             mib(self.decoding),
             mib(self.images),
-            mib(self.log)
+            mib(self.log),
+            mib(self.metrics)
         )
     }
 }
@@ -101,13 +125,15 @@ impl ServerConfig {
             // pass (model::Inference::probabilities), which runs the batch's size again.
             per_image += n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 4);
         }
+        let connections = workers * n(self.connections_per_worker());
         MemoryBound {
             base: BASE_BYTES,
-            connections: workers * n(self.connections_per_worker()) * PER_CONNECTION_BYTES,
+            connections: connections * PER_CONNECTION_BYTES,
             bodies: 3 * n(self.body_memory),
             decoding: self.decode_memory + workers * INLINE_DECODE_BYTES,
             images: n(self.batch.max_images) * n(IMAGE_BYTES) + n(self.batch.max_batch) * per_image,
-            log: n(LOG_LINES) * LOG_LINE_BYTES,
+            log: n(LOG_LINES) * LOG_LINE_BYTES + connections * REQUEST_SPAN_BYTES,
+            metrics: METRICS_BYTES,
         }
     }
 }
@@ -166,7 +192,8 @@ mod tests {
     #[test]
     fn the_default_settings_give_the_documented_bound() {
         let bound = ServerConfig::default().memory_bound();
-        assert_eq!(bound.total() >> 20, 420, "{bound}");
+        // Rounded to the MiB, as the start-up line prints it.
+        assert_eq!((bound.total() + (1 << 19)) >> 20, 422, "{bound}");
         assert_eq!(bound.connections, 128 * PER_CONNECTION_BYTES);
     }
 

@@ -7,14 +7,17 @@ use utoipa::OpenApi;
 
 use crate::AppState;
 use crate::problem::Problem;
-use crate::routes;
+use crate::{routes, v2};
 
+/// The API's OpenAPI document, derived from the `#[utoipa::path]` annotations of the handlers
+/// in `paths`; [`spec_json`] fills in what depends on the server's settings.
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "CIFAR-10 CNN classifier",
         description = "Classifies images into the ten CIFAR-10 classes with a small CNN trained with Burn. \
-                       Errors are RFC 9457 problem documents."
+                       Errors are RFC 9457 problem documents. The Open Inference Protocol \
+                       (KServe V2) is served under /v2, with its own error form."
     ),
     paths(
         routes::root,
@@ -26,23 +29,46 @@ use crate::routes;
         routes::ui,
         routes::classify,
         routes::classify_batch,
+        v2::server_metadata,
+        v2::live,
+        v2::ready,
+        v2::model_metadata,
+        v2::version_metadata,
+        v2::model_ready,
+        v2::version_ready,
+        v2::infer,
+        v2::version_infer,
     ),
-    components(schemas(Problem, model::Ranked, model::RecordMeta, routes::ImageFile)),
+    components(schemas(
+        Problem,
+        model::Ranked,
+        model::RecordMeta,
+        routes::ImageFile,
+        v2::ErrorBody,
+        v2::TensorData,
+        v2::ModelName,
+        v2::ModelVersion,
+    )),
     tags(
         (name = "classify", description = "Image classification"),
         (name = "service", description = "Health, metadata and metrics"),
+        (name = "v2", description = "The Open Inference Protocol (KServe V2), with the \
+                                     classification and binary tensor data extensions"),
     )
 )]
 pub struct ApiDoc;
 
 /// The description as JSON, with the limits of this server's settings where a schema states
-/// them (`maxItems` of a batch: `--max-files`). Built once, at start-up.
-pub fn spec_json(max_files: usize) -> String {
+/// them (`maxItems` of a batch: `--max-files`) and the served model's version (`/v2` paths).
+/// Built once, at start-up.
+pub fn spec_json(max_files: usize, model_version: &str) -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     doc["components"]["schemas"]["BatchForm"]["properties"]["files"]["maxItems"] = max_files.into();
+    doc["components"]["schemas"]["ModelVersion"]["enum"] = serde_json::json!([model_version]);
     serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
 }
 
+/// `GET /openapi.json`: the document [`spec_json`] built at start-up.
 pub async fn spec(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::json())
@@ -66,12 +92,15 @@ window.ui = SwaggerUIBundle({ url: "openapi.json", dom_id: "#swagger-ui" });
 </html>
 "##;
 
+/// `GET /docs`: Swagger UI over `/openapi.json`, for trying the API from a browser.
 pub async fn docs() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType::html())
         .body(DOCS_PAGE)
 }
 
+/// `GET /docs/{file}`: Swagger UI's script and style sheet, served from the binary so the docs
+/// page needs no network (404 for any other name).
 pub async fn asset(file: web::Path<String>) -> HttpResponse {
     let (body, content_type): (&'static [u8], &str) = match file.as_str() {
         "swagger-ui-bundle.js" => (

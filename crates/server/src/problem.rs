@@ -9,36 +9,74 @@ use serde::Serialize;
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A body that cannot be read or parsed (a broken multipart body, a stream error); the
+    /// text says what went wrong.
     #[error("{0}")]
     BadRequest(String),
+    /// No route matches the path given.
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// The path exists but not for this method; holds the methods it does take (the `Allow`
+    /// header).
     #[error("method not allowed here; allowed: {0}")]
     MethodNotAllowed(&'static str),
+    /// A multipart body without the field the endpoint reads its image(s) from.
     #[error("missing multipart field '{0}'")]
     MissingField(&'static str),
+    /// A multipart body with a field the endpoint does not take: refused rather than ignored,
+    /// so a misspelt field name does not go unnoticed.
     #[error("unexpected multipart field '{got}': send only '{expected}'")]
-    UnexpectedField { got: String, expected: &'static str },
+    UnexpectedField {
+        /// The field's name as sent.
+        got: String,
+        /// The one field the endpoint reads.
+        expected: &'static str,
+    },
+    /// An uploaded file with no bytes; holds its file name (or position).
     #[error("the uploaded file '{0}' is empty")]
     EmptyFile(String),
+    /// The body is, or announces itself as, larger than one request may send.
     #[error("request body exceeds the limit of {limit} bytes")]
-    BodyTooLarge { limit: usize },
+    BodyTooLarge {
+        /// The per-request limit (`--max-body`), in bytes.
+        limit: usize,
+    },
+    /// A batch with more files than the server takes at once.
     #[error("at most {limit} files per batch request")]
-    TooManyFiles { limit: usize },
+    TooManyFiles {
+        /// The most files one batch may hold (`--max-files`).
+        limit: usize,
+    },
+    /// A body that is neither multipart nor an image; holds the content type sent.
     #[error("unsupported content type '{0}': send multipart/form-data or an image/* body")]
     UnsupportedMediaType(String),
+    /// The bytes are not an image this server can use (empty, unknown format, corrupt, too
+    /// many pixels).
     #[error("{0}")]
     InvalidImage(ImageError),
+    /// The image would take more memory to decode than the server's whole decode budget, so it
+    /// could never be admitted.
     #[error(
         "decoding this image takes {needed} bytes, over the server's decode memory of {limit} bytes"
     )]
-    DecodeTooLarge { needed: u64, limit: u64 },
+    DecodeTooLarge {
+        /// What decoding this image would allocate at its peak, in bytes.
+        needed: u64,
+        /// The decode budget, in bytes.
+        limit: u64,
+    },
+    /// The client sent its body too slowly; holds the request timeout in seconds.
     #[error("the request body did not arrive within {0} s")]
     RequestTimeout(u64),
+    /// A queue or memory budget is full: the request is refused at once (with `Retry-After`)
+    /// instead of waiting.
     #[error("the server is at capacity; retry shortly")]
     Overloaded,
+    /// The request was admitted but inference did not answer in time.
     #[error("inference did not finish in time")]
     Timeout,
+    /// A failure inside the server (an inference thread gone, a preprocessing bug), not the
+    /// client's doing.
     #[error("inference failed: {0}")]
     Internal(String),
 }
@@ -66,6 +104,7 @@ impl ApiError {
         }
     }
 
+    /// The error as the problem document every error response carries.
     pub fn problem(&self) -> Problem {
         Problem {
             kind: format!("/problems/{}", self.kind()),
@@ -92,8 +131,11 @@ pub struct Problem {
     /// Stable error kind, e.g. `/problems/invalid-image`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// The HTTP status's reason phrase, e.g. `Unprocessable Entity`.
     pub title: String,
+    /// The HTTP status code, repeated for clients that only see the body.
     pub status: u16,
+    /// What went wrong with this request, in words.
     pub detail: String,
 }
 
@@ -114,8 +156,7 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Overloaded | ApiError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

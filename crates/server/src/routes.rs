@@ -15,6 +15,8 @@ use crate::decode::{self, Prepared};
 use crate::problem::{ApiError, Problem};
 use crate::upload::{self, Uploads};
 
+/// Registers every endpoint, each answering `OPTIONS` and a wrong method (405 with `Allow`)
+/// itself: the one route table, which [`crate::serve`] mounts.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     get(cfg, "/", root);
     get(cfg, "/health", health);
@@ -28,6 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     get(cfg, "/docs/{file}", crate::openapi::asset);
     post(cfg, "/classify", classify);
     post(cfg, "/classify/batch", classify_batch);
+    // The Open Inference Protocol (KServe V2) beside the original API.
+    crate::v2::configure(cfg);
 }
 
 /// Methods of a read-only resource (RFC 9110: HEAD wherever GET is served).
@@ -46,8 +50,8 @@ where
         web::resource(path)
             .route(web::get().to(handler.clone()))
             .route(web::head().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| allow(ALLOW_GET)))
-            .default_service(web::to(|| method_not_allowed(ALLOW_GET))),
+            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_GET) }))
+            .default_service(web::to(|| async { method_not_allowed(ALLOW_GET) })),
     );
 }
 
@@ -61,20 +65,20 @@ where
     cfg.service(
         web::resource(path)
             .route(web::post().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| allow(ALLOW_POST)))
-            .default_service(web::to(|| method_not_allowed(ALLOW_POST))),
+            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_POST) }))
+            .default_service(web::to(|| async { method_not_allowed(ALLOW_POST) })),
     );
 }
 
 /// `OPTIONS` on a resource: its methods (CORS preflights are answered before this, by the
 /// CORS middleware, when origins are configured).
-async fn allow(methods: &'static str) -> HttpResponse {
+fn allow(methods: &'static str) -> HttpResponse {
     HttpResponse::NoContent()
         .insert_header((header::ALLOW, methods))
         .finish()
 }
 
-async fn method_not_allowed(methods: &'static str) -> Result<HttpResponse, ApiError> {
+fn method_not_allowed(methods: &'static str) -> Result<HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed(methods))
 }
 
@@ -104,6 +108,14 @@ async fn root() -> HttpResponse {
         (
             "POST /classify/batch",
             "classify several images (multipart field 'files')",
+        ),
+        (
+            "GET /v2",
+            "Open Inference Protocol (KServe V2): server metadata; the model is /v2/models/cifar10-cnn",
+        ),
+        (
+            "POST /v2/models/cifar10-cnn/infer",
+            "Open Inference Protocol inference: BYTES images or FP32 [N,3,64,64] tensors, JSON or binary",
         ),
     ]);
     HttpResponse::Ok().json(ServiceInfo {
@@ -217,6 +229,9 @@ async fn classes() -> HttpResponse {
 
 #[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state
+        .metrics
+        .images_in_flight(state.engine.images_in_flight());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
@@ -252,14 +267,20 @@ impl Classified {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum BatchItem {
+    /// The image was classified.
     Classified(Classified),
+    /// The image could not be used; the batch's other images are answered all the same.
     Failed {
+        /// The file's name as uploaded, if it had one.
         filename: Option<String>,
+        /// Why, in words (the original service's field).
         error: String,
+        /// Why, as a problem document with a stable `type`.
         problem: Problem,
     },
 }
 
+/// What `POST /classify/batch` answers: one entry per file, in upload order.
 #[derive(Serialize, ToSchema)]
 pub struct BatchAnswer {
     results: Vec<BatchItem>,

@@ -24,13 +24,17 @@ use crate::problem::ApiError;
 /// One uploaded file.
 #[derive(Debug)]
 pub struct Upload {
+    /// The multipart part's file name, or the `X-Filename` header of a raw body, if given:
+    /// echoed back so a client can match answers to its files.
     pub filename: Option<String>,
+    /// The file's bytes, not yet decoded.
     pub bytes: Vec<u8>,
 }
 
 /// The files of one request, holding their share of the [`BodyBudget`] until dropped.
 #[derive(Debug)]
 pub struct Uploads {
+    /// The files in the order they were sent.
     pub files: Vec<Upload>,
     _charged: Option<OwnedSemaphorePermit>,
 }
@@ -49,6 +53,8 @@ pub struct UploadLimits {
 pub struct BodyBudget(Arc<Semaphore>);
 
 impl BodyBudget {
+    /// A budget of `bytes` (`--body-memory`); requests that would take it past that are
+    /// refused with 503 rather than held.
     pub fn new(bytes: usize) -> Self {
         Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
     }
@@ -72,15 +78,7 @@ pub async fn read<S>(
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
 {
-    // An announced length over the limit is refused before a byte of the body is read.
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limits.body as u64) {
-        return Err(ApiError::BodyTooLarge { limit: limits.body });
-    }
+    refuse_announced(req, limits.body)?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -93,17 +91,7 @@ where
         .unwrap_or("")
         .trim()
         .to_string();
-    let meter = Rc::new(Meter {
-        budget: budget.0.clone(),
-        limit: limits.body,
-        received: Cell::new(0),
-        charged: RefCell::new(None),
-        refused: Cell::new(None),
-    });
-    let metered = Metered {
-        inner: payload,
-        meter: meter.clone(),
-    };
+    let (meter, metered) = Meter::wrap(payload, budget, limits.body);
     let files = if essence == "multipart/form-data" {
         read_multipart(Multipart::new(req.headers(), metered), field, limits).await
     } else if essence.starts_with("image/") || essence == "application/octet-stream" {
@@ -125,14 +113,64 @@ where
         }))
     };
     // The meter's verdict comes first: the parser only saw its stream end in an error.
-    match meter.refused.get() {
-        Some(Refusal::TooLarge) => Err(ApiError::BodyTooLarge { limit: limits.body }),
-        Some(Refusal::BudgetSpent) => Err(ApiError::Overloaded),
-        None => Ok(Uploads {
-            files: files?,
-            _charged: meter.charged.take(),
-        }),
+    let charged = meter.verdict()?;
+    Ok(Uploads {
+        files: files?,
+        _charged: charged,
+    })
+}
+
+/// A whole request body in memory, holding its share of the [`BodyBudget`] until dropped.
+#[derive(Debug)]
+pub struct Body {
+    /// The body as it arrived.
+    pub bytes: Vec<u8>,
+    charged: Option<OwnedSemaphorePermit>,
+}
+
+impl Body {
+    /// `files`, made from this body's bytes, as [`Uploads`] that keep the body's charge on the
+    /// budget (they are never larger than the body); the body's own bytes are freed.
+    pub fn into_uploads(self, files: Vec<Upload>) -> Uploads {
+        Uploads {
+            files,
+            _charged: self.charged,
+        }
     }
+}
+
+/// Reads a whole body of any content type (the `/v2` inference requests), metered as [`read`]
+/// meters uploads: over `limit` bytes is 413, past the shared `budget` 503.
+pub async fn read_whole<S>(
+    req: &HttpRequest,
+    payload: S,
+    limit: usize,
+    budget: &BodyBudget,
+) -> Result<Body, ApiError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
+{
+    refuse_announced(req, limit)?;
+    let (meter, metered) = Meter::wrap(payload, budget, limit);
+    let bytes = read_body(metered).await;
+    let charged = meter.verdict()?;
+    let mut bytes = bytes?;
+    // A grown buffer may be up to twice its length: give the slack back while the body is held.
+    bytes.shrink_to_fit();
+    Ok(Body { bytes, charged })
+}
+
+/// Refuses a request whose announced length is over `limit` before a byte of its body is read.
+fn refuse_announced(req: &HttpRequest, limit: usize) -> Result<(), ApiError> {
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +189,31 @@ struct Meter {
 }
 
 impl Meter {
+    /// A meter for one request's body and the body stream it counts.
+    fn wrap<S>(payload: S, budget: &BodyBudget, limit: usize) -> (Rc<Self>, Metered<S>) {
+        let meter = Rc::new(Meter {
+            budget: budget.0.clone(),
+            limit,
+            received: Cell::new(0),
+            charged: RefCell::new(None),
+            refused: Cell::new(None),
+        });
+        let metered = Metered {
+            inner: payload,
+            meter: meter.clone(),
+        };
+        (meter, metered)
+    }
+
+    /// The bytes charged, or why the body was refused.
+    fn verdict(&self) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        match self.refused.get() {
+            Some(Refusal::TooLarge) => Err(ApiError::BodyTooLarge { limit: self.limit }),
+            Some(Refusal::BudgetSpent) => Err(ApiError::Overloaded),
+            None => Ok(self.charged.take()),
+        }
+    }
+
     fn charge(&self, n: usize) -> Result<(), Refusal> {
         let received = self.received.get() + n;
         if received > self.limit {

@@ -350,7 +350,7 @@ fn concurrent_requests_are_batched() {
     // The warm-up runs outside the engine's counters.
     let batches = value("inference_batch_size_count ");
     let images = value("images_classified_total ");
-    assert_eq!(images, n as f64);
+    assert_eq!(images, f64::from(n));
     assert!(
         batches < images,
         "{batches} batches for {images} images: nothing was batched"

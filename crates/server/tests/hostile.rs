@@ -43,7 +43,7 @@ fn gif_bomb() -> Vec<u8> {
     b
 }
 
-/// TIFF (little-endian): ImageWidth (256) and ImageLength (257) set to 100,000 in the IFD.
+/// TIFF (little-endian): `ImageWidth` (256) and `ImageLength` (257) set to 100,000 in the IFD.
 fn tiff_bomb() -> Vec<u8> {
     let mut b = encode(ImageFormat::Tiff);
     assert_eq!(&b[..2], b"II");

@@ -77,7 +77,7 @@ fn check_peak(server: &Process, what: &str) {
     let peak = server.status_bytes("VmHWM");
     eprintln!(
         "{what}: peak RSS {:.1} MiB, bound {bound}",
-        peak as f64 / (1 << 20) as f64
+        peak as f64 / f64::from(1 << 20)
     );
     assert!(
         peak < bound.total(),

@@ -4,6 +4,9 @@
 //!
 //!     cargo bench -p train --features ndarray --bench backends
 
+// `criterion_group!` defines an undocumented `pub fn`; a bench target exports nothing anyway.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -37,7 +40,7 @@ fn inference(c: &mut Criterion) {
             assert_eq!(pixels.len(), batch * IMAGE_FLOATS);
             group.throughput(Throughput::Elements(batch as u64));
             group.bench_with_input(BenchmarkId::new(backend.name(), batch), &batch, |b, _| {
-                b.iter(|| black_box(net.logits(&pixels)))
+                b.iter(|| black_box(net.logits(&pixels)));
             });
         }
     }
@@ -76,7 +79,7 @@ fn train_step(c: &mut Criterion) {
                 );
                 black_box(&out.item.loss);
                 model = Some(optim.step(1e-3, m, out.grads));
-            })
+            });
         });
     }
     group.finish();
@@ -113,7 +116,7 @@ fn flex_step(c: &mut Criterion) {
                 let l = loss.forward(logits, y.clone());
                 let grads = GradientsParams::from_grads(l.backward(), &n);
                 net = Some(optim.step(1e-3, n, grads));
-            })
+            });
         });
     }
     group.finish();
@@ -130,7 +133,7 @@ fn ema_update(c: &mut Criterion) {
         b.iter(|| {
             let a = average.take().unwrap();
             average = Some(train::learner::blend(a, &current, 0.999));
-        })
+        });
     });
     group.finish();
 }

@@ -19,7 +19,9 @@ use model::dataset::Sample;
 /// A batch of normalised images and their labels.
 #[derive(Clone, Debug)]
 pub struct CifarBatch {
+    /// `[n, 3, 64, 64]`, preprocessed exactly as the server preprocesses an upload.
     pub images: Tensor<4>,
+    /// `[n]` class indices (into `model::CLASSES`), the cross-entropy targets.
     pub targets: Tensor<1, Int>,
 }
 
@@ -33,6 +35,8 @@ pub struct CifarBatcher {
 }
 
 impl CifarBatcher {
+    /// A batcher that augments with `augment` pixels of crop padding (`None`: no augmentation,
+    /// for validation and test), drawing from a generator seeded with `seed`.
     pub fn new(augment: Option<u32>, seed: u64) -> Self {
         Self {
             augment,
@@ -43,7 +47,10 @@ impl CifarBatcher {
     /// Normalised CHW floats for `items`, concatenated.
     pub fn pixels(&self, items: &[Sample]) -> Vec<f32> {
         let mut floats = vec![0.0; items.len() * IMAGE_FLOATS];
-        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rng = self
+            .rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (item, out) in items.iter().zip(floats.chunks_exact_mut(IMAGE_FLOATS)) {
             match self.augment {
                 Some(pad) => normalize_into(&resize(&augment(&item.image, pad, &mut *rng)), out),
@@ -72,9 +79,9 @@ pub fn augment(src: &RgbImage, pad: u32, rng: &mut impl Rng) -> RgbImage {
     let dy = rng.random_range(-pad..=pad);
     let flip = rng.random_bool(0.5);
     RgbImage::from_fn(w, h, |x, y| {
-        let sx = if flip { w - 1 - x } else { x } as i64 + dx;
-        let sy = y as i64 + dy;
-        if sx < 0 || sy < 0 || sx >= w as i64 || sy >= h as i64 {
+        let sx = i64::from(if flip { w - 1 - x } else { x }) + dx;
+        let sy = i64::from(y) + dy;
+        if sx < 0 || sy < 0 || sx >= i64::from(w) || sy >= i64::from(h) {
             image::Rgb([0, 0, 0])
         } else {
             *src.get_pixel(sx as u32, sy as u32)

@@ -45,7 +45,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let (scratch, mut file) = AtomicFile::create(path)?;
     // Synced through the handle that wrote, which is where a deferred write error shows.
     file.write_all(bytes)
-        .and_then(|_| file.sync_all())
+        .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", scratch.path().display()))?;
     drop(file);
     scratch.commit()?;
@@ -99,19 +99,18 @@ mod tests {
 
     #[test]
     fn latest_needs_all_parts() {
-        let dir = std::env::temp_dir().join(format!("ckpt-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         for p in PARTS {
-            write_atomic(&part_path(&dir, p, 1), b"x").unwrap();
+            write_atomic(&part_path(dir, p, 1), b"x").unwrap();
         }
-        write_atomic(&part_path(&dir, "model", 2), b"x").unwrap();
+        write_atomic(&part_path(dir, "model", 2), b"x").unwrap();
         // The scratch file a kill mid-write leaves (Burn's name for it) does not count.
         fs::write(dir.join("optim-2.bpk.99-0.tmp"), b"partial").unwrap();
-        assert_eq!(latest_complete(&dir), Some(1));
-        assert_eq!(remove_partial(&dir), 1);
+        assert_eq!(latest_complete(dir), Some(1));
+        assert_eq!(remove_partial(dir), 1);
         assert!(!dir.join("optim-2.bpk.99-0.tmp").exists());
-        assert_eq!(latest_complete(&dir), Some(1));
-        fs::remove_dir_all(dir).ok();
+        assert_eq!(latest_complete(dir), Some(1));
     }
 
     #[test]
@@ -128,8 +127,9 @@ mod tests {
     #[test]
     fn burn_checkpointer_layout_and_round_trip() {
         use burn::optim::lr_scheduler::LrSchedulerRecord;
-        let dir = std::env::temp_dir().join(format!("ckpt-burn-{}", std::process::id()));
-        fs::remove_dir_all(&dir).ok();
+        let tmp = tempfile::tempdir().unwrap();
+        // A folder that does not exist yet: the checkpointer creates it.
+        let dir = tmp.path().join("checkpoint");
         let ckpt = AtomicCheckpointer::new(&dir, "scheduler");
         let rec = LrSchedulerRecord::new().with_scalar("step", 7u64);
         ckpt.save(3, rec).unwrap();
@@ -145,6 +145,5 @@ mod tests {
             Checkpointer::<LrSchedulerRecord>::restore(&ckpt, 3),
             Err(CheckpointerError::Record(_))
         ));
-        fs::remove_dir_all(dir).ok();
     }
 }

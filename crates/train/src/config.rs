@@ -26,44 +26,56 @@ pub enum ScheduleKind {
     Constant,
 }
 
+/// Everything that decides what a run learns. Saved in the run folder so that `--resume`
+/// continues with the same recipe and a record can say how it was made. The defaults are the
+/// shipped model's recipe (`cargo run -p train` with no flags trains it; README, "The shipped
+/// model"), chosen on the validation split (issue #15).
 #[derive(Config, Debug)]
 pub struct TrainConfig {
-    #[config(default = 20)]
+    /// Passes over the training split.
+    #[config(default = 60)]
     pub epochs: usize,
+    /// Images per optimiser step.
     #[config(default = 64)]
     pub batch_size: usize,
     /// Peak learning rate.
-    #[config(default = 2e-3)]
+    #[config(default = 0.05)]
     pub learning_rate: f64,
     /// Final learning rate of the cosine schedule.
     #[config(default = 1e-5)]
     pub min_learning_rate: f64,
+    /// Epochs of the cosine schedule's linear warm-up, from a 25th of the peak rate up to it.
     #[config(default = 1)]
     pub warmup_epochs: usize,
-    #[config(default = "OptimizerKind::Adamw")]
+    /// The optimiser.
+    #[config(default = "OptimizerKind::Sgd")]
     pub optimizer: OptimizerKind,
-    #[config(default = 0.05)]
+    /// Weight decay: decoupled for AdamW, an L2 term for Adam and SGD; 0 turns it off.
+    #[config(default = 5e-4)]
     pub weight_decay: f32,
+    /// How the learning rate moves over the run.
     #[config(default = "ScheduleKind::Cosine")]
     pub schedule: ScheduleKind,
+    /// Share of each target's probability spread evenly over all classes in the cross-entropy
+    /// loss (0: plain one-hot targets); it keeps the network from growing over-confident.
     #[config(default = 0.1)]
     pub label_smoothing: f32,
     /// Random crop and horizontal flip on training images.
     #[config(default = true)]
     pub augment: bool,
     /// How far the random crop may shift, in pixels of the stored 32×32 image (the image is
-    /// padded with black by this much on each side, then cropped back to its size). The
-    /// defaults of this and `ema_decay` are what runs did before they were settings (see
-    /// [`TrainConfig::from_run_json`]); the shipped recipe is the `train` command's defaults.
-    #[config(default = 4)]
+    /// padded with black by this much on each side, then cropped back to its size).
+    #[config(default = 2)]
     pub crop_padding: u32,
     /// Decay of the exponential moving average of the weights, updated every step; the average
     /// is what validation measures and the record holds. 0 keeps no average.
-    #[config(default = 0.0)]
+    #[config(default = 0.999)]
     pub ema_decay: f64,
     /// Share of the training set held out for validation.
     #[config(default = 0.05)]
     pub valid_fraction: f64,
+    /// Seeds the weight initialisation, the validation hold-out, shuffling and augmentation,
+    /// so that a run can be repeated.
     #[config(default = 42)]
     pub seed: u64,
     /// Data-loader threads preparing batches beside the model.
@@ -73,10 +85,12 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     /// Reads a run folder's `config.json`. Settings added since the run was written take the
-    /// defaults above, which are what such a run did (Burn's `Config` deserialiser requires
-    /// every field); settings since removed (the fixed architecture's `model`) are ignored.
+    /// values that reproduce what such a run did: a crop of ±4 pixels and no weight average
+    /// (Burn's `Config` deserialiser has no defaults for missing fields); settings since
+    /// removed (the fixed architecture's `model`) are ignored.
     pub fn from_run_json(json: &str) -> Result<Self, serde_json::Error> {
-        let mut merged = serde_json::to_value(Self::new())?;
+        let before_settings = Self::new().with_crop_padding(4).with_ema_decay(0.0);
+        let mut merged = serde_json::to_value(before_settings)?;
         let saved: serde_json::Map<String, serde_json::Value> = serde_json::from_str(json)?;
         let fields = merged
             .as_object_mut()

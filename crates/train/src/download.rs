@@ -44,7 +44,10 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Which hash a [`Checksum`] uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// MD5: what the CIFAR-10 page publishes. Enough to catch a damaged or wrong file, not a
+    /// forged one.
     Md5,
+    /// SHA-256, for mirrors that publish one.
     Sha256,
 }
 
@@ -68,6 +71,7 @@ impl Algorithm {
 /// (32 digits for MD5, which is what the CIFAR-10 page publishes, 64 for SHA-256).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checksum {
+    /// The hash the digits are of.
     pub algorithm: Algorithm,
     /// Lower-case hex digits.
     pub hex: String,
@@ -136,18 +140,22 @@ impl Checksum {
 
 /// The digest of everything `reader` yields, as lower-case hex (as checksums are published).
 fn hex_digest<D: Digest + Write>(mut hasher: D, mut reader: impl Read) -> io::Result<String> {
+    use std::fmt::Write as _;
     io::copy(&mut reader, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    let digest = hasher.finalize();
+    let mut hex = String::with_capacity(2 * digest.len());
+    for b in digest {
+        write!(hex, "{b:02x}").expect("writing to a String cannot fail");
+    }
+    Ok(hex)
 }
 
 /// How to fetch the data set when it is not on disk.
 #[derive(Debug, Clone)]
 pub struct DownloadOptions {
+    /// Where the archive is fetched from (the official release unless `--download-url`).
     pub url: String,
+    /// What the finished archive must hash to before anything is unpacked.
     pub checksum: Checksum,
     /// Folder the archive is downloaded to and unpacked in (`./data`).
     pub dest: PathBuf,
@@ -160,6 +168,8 @@ pub struct DownloadOptions {
 }
 
 impl DownloadOptions {
+    /// Fetching `url`, checked against `checksum`, into `./data`, with a progress bar, a
+    /// 5-second connect limit and 3 resumed retries.
     pub fn new(url: impl Into<String>, checksum: Checksum) -> Self {
         DownloadOptions {
             url: url.into(),
@@ -181,19 +191,31 @@ impl Default for DownloadOptions {
 /// Why fetching or unpacking the archive failed.
 #[derive(Debug, Error)]
 pub enum FetchError {
+    /// No HTTP answer: name resolution, connecting, TLS or a timeout failed.
     #[error("cannot reach {url}: {source}")]
     Request {
+        /// The address asked for.
         url: String,
         /// Boxed: ureq's error is large, and every `Result` here would carry its size.
         #[source]
         source: Box<ureq::Error>,
     },
+    /// The server answered with an error status.
     #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The address asked for.
+        url: String,
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The server's ranges cannot resume the `.part` file, even after starting from zero.
     #[error("{url} answered with a byte range that does not continue {part}: {reason}")]
     BadRange {
+        /// The address asked for.
         url: String,
+        /// The partial download that could not be continued.
         part: PathBuf,
+        /// How the answer disagreed with the request.
         reason: String,
     },
     #[error(
@@ -201,10 +223,15 @@ pub enum FetchError {
         got_h = human(.got),
         total_h = human_total(.total)
     )]
+    /// The transfer broke off and the retries ran out; the next run resumes it.
     Interrupted {
+        /// Bytes of the archive on disk so far.
         got: u64,
+        /// The archive's size, when the server said.
         total: Option<u64>,
+        /// The partial download that keeps them.
         part: PathBuf,
+        /// The read or write that failed.
         #[source]
         source: io::Error,
     },
@@ -212,28 +239,48 @@ pub enum FetchError {
         "{path} does not match the expected checksum (expected {expected}, got {actual}); \
          the file was deleted"
     )]
+    /// The finished archive hashes to something else: damaged, or another file altogether.
     Checksum {
+        /// The archive, already deleted.
         path: PathBuf,
+        /// What it should have hashed to.
         expected: Checksum,
+        /// What it hashed to, in hex.
         actual: String,
     },
+    /// The archive holds an entry that could write outside the target folder (an absolute
+    /// path, `..`, a link), a kind of file a data set has no use for, or more bytes than any
+    /// CIFAR-10 release unpacks to; nothing was moved into place.
     #[error("refusing to unpack {archive}: entry '{entry}' {reason}")]
     UnsafeEntry {
+        /// The archive.
         archive: PathBuf,
+        /// The entry's path as stored in the archive.
         entry: String,
+        /// What is wrong with it.
         reason: String,
     },
+    /// The archive unpacked cleanly but is not a CIFAR-10 release.
     #[error("{archive} was unpacked but holds no CIFAR-10 data: {source}")]
     NoData {
+        /// The archive.
         archive: PathBuf,
+        /// Why no layout was found in what it held.
         #[source]
         source: dataset::DataError,
     },
+    /// Moving the unpacked data set into place would replace something already there.
     #[error("{path} is in the way of the unpacked data set")]
-    Exists { path: PathBuf },
+    Exists {
+        /// The existing file or folder.
+        path: PathBuf,
+    },
+    /// Reading or writing a local file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What the operating system reported.
         #[source]
         source: io::Error,
     },
@@ -296,7 +343,9 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> FetchError + '_ {
 pub struct LocateError {
     /// Each place looked in, with why it was passed over.
     pub looked: Vec<String>,
+    /// The address the download was tried from.
     pub url: String,
+    /// The folder it was to be unpacked in.
     pub dest: PathBuf,
     /// Boxed to keep `Result<PathBuf, LocateError>` small.
     pub cause: Box<FetchError>,
@@ -351,7 +400,7 @@ pub fn locate_or_download(
             return Ok(dir.to_path_buf());
         }
         Some(dir) => {
-            println!(
+            tracing::warn!(
                 "CIFAR10_DATA={} holds no CIFAR-10 data; trying {}",
                 dir.display(),
                 opts.dest.display()
@@ -520,7 +569,7 @@ fn download(opts: &DownloadOptions, part: &Path) -> Result<(), FetchError> {
             }
             Err(e @ FetchError::Interrupted { .. }) if retries_left > 0 => {
                 let attempt = opts.retries - retries_left + 1;
-                println!("{e}; resuming (retry {attempt} of {})", opts.retries);
+                tracing::warn!("{e}; resuming (retry {attempt} of {})", opts.retries);
                 retries_left -= 1;
                 std::thread::sleep(Duration::from_millis(500) * attempt);
             }

@@ -20,6 +20,7 @@ use crate::batcher::CifarBatch;
 /// [`InferenceStep`] on this struct, measures the network that will be served.
 #[derive(Module, Debug)]
 pub struct Classifier {
+    /// The network the optimiser trains.
     pub net: Cnn,
     /// Moving average of `net`'s weights; never receives gradients, so optimisers pass it by.
     pub ema: Option<Cnn>,

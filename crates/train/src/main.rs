@@ -1,6 +1,8 @@
 //! `train`: train the CIFAR-10 CNN and write a run folder.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -26,6 +28,8 @@ struct Args {
     /// binary release (cifar-10-batches-bin/*.bin). Without it, train looks in
     /// $CIFAR10_DATA, then ./data, and downloads the official release into ./data when
     /// neither holds CIFAR-10.
+    // clap shows this doc as the --help text, where backticks would print as they are.
+    #[allow(clippy::doc_markdown)]
     #[arg(long)]
     data: Option<PathBuf>,
     /// Where to download CIFAR-10 from when no data is found (a mirror of the official
@@ -42,43 +46,43 @@ struct Args {
     /// Continue the run in this folder from its last complete checkpoint, with its recipe.
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = recipe().epochs)]
     epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = recipe().batch_size)]
     batch_size: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-3)]
+    #[arg(long, default_value_t = recipe().learning_rate)]
     lr: f64,
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    #[arg(long, value_enum, default_value_t = recipe().optimizer)]
     optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = recipe().weight_decay)]
     weight_decay: f32,
-    #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
+    #[arg(long, value_enum, default_value_t = recipe().schedule)]
     schedule: ScheduleKind,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = recipe().warmup_epochs)]
     warmup_epochs: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = recipe().label_smoothing)]
     label_smoothing: f32,
     /// Turn off random crop and flip.
     #[arg(long)]
     no_augment: bool,
     /// Largest shift of the random crop, in pixels of the 32×32 image.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = recipe().crop_padding)]
     crop_padding: u32,
     /// Keep an exponential moving average of the weights with this decay per step, and save
     /// and serve it (0: off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = recipe().ema_decay)]
     ema_decay: f64,
     /// Skip the test set: for searching a recipe on the validation split.
     #[arg(long)]
     no_test: bool,
     /// Share of the training images held out for validation.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = recipe().valid_fraction)]
     valid_fraction: f64,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = recipe().seed)]
     seed: u64,
     /// Data-loader threads.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = recipe().workers)]
     workers: usize,
     /// Compute backend (flex, ndarray, wgpu: those compiled in; not the inference-only `fast`).
     #[arg(long, default_value_t = Backend::default())]
@@ -91,15 +95,46 @@ struct Args {
     plain: bool,
 }
 
+/// The shipped recipe, [`TrainConfig`]'s defaults: the flags' defaults come from it, so that
+/// the bare command reproduces the shipped model.
+fn recipe() -> TrainConfig {
+    TrainConfig::new()
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Redraw a run folder's PNG plots from its metrics.jsonl and test.json.
     Plot { run: PathBuf },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     train::keep_large_blocks_in_the_heap();
     let args = Args::parse();
+    init_logging();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Diagnostics (warnings, errors, and Burn's own messages) go to stderr, filtered by `RUST_LOG`
+/// (default: `info` for this project's crates, warnings and errors for the others); the run's
+/// progress lines stay on stdout.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,train=info,model=info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn run(args: &Args) -> Result<()> {
     if let Some(Command::Plot { run }) = &args.command {
         train::run::plot(run)?;
         println!("plots written to {}", run.display());

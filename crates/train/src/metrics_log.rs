@@ -16,15 +16,21 @@ use serde::{Deserialize, Serialize};
 /// One finished epoch, as written to `metrics.jsonl`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
+    /// Counted from 1, continuing across `--resume`.
     pub epoch: usize,
+    /// Mean training loss over the epoch's batches (label smoothing included).
     pub train_loss: f64,
     /// Percent.
     pub train_accuracy: f64,
+    /// Mean loss on the validation split at the end of the epoch.
     pub valid_loss: f64,
     /// Percent.
     pub valid_accuracy: f64,
+    /// The learning rate of the epoch's last step.
     pub learning_rate: f64,
+    /// Training throughput: the epoch's training images over the training phase's wall time.
     pub train_images_per_sec: f64,
+    /// Wall time of the whole epoch, validation included.
     pub epoch_seconds: f64,
 }
 
@@ -48,6 +54,7 @@ pub fn read_metrics(path: &Path) -> anyhow::Result<Vec<EpochRecord>> {
 pub struct MetricsFailure(Arc<Mutex<Option<String>>>);
 
 impl MetricsFailure {
+    /// The reason the log failed, if it did, leaving none behind.
     pub fn take(&self) -> Option<String> {
         self.0.lock().map_or(None, |mut slot| slot.take())
     }
@@ -93,7 +100,7 @@ impl MetricsLog {
     pub fn append(&mut self, record: &EpochRecord) -> Result<(), String> {
         let line = serde_json::to_string(record).expect("record serialises");
         writeln!(self.file, "{line}")
-            .and_then(|_| self.file.sync_data())
+            .and_then(|()| self.file.sync_data())
             .map_err(|e| {
                 let why = format!("cannot write the metrics log {}: {e}", self.path.display());
                 self.failure.set(why.clone());
@@ -108,10 +115,8 @@ mod tests {
 
     #[test]
     fn appended_records_read_back_and_a_damaged_line_is_named() {
-        let dir = std::env::temp_dir().join(format!("metrics-log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("metrics.jsonl");
-        std::fs::remove_file(&path).ok();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
         let records: Vec<EpochRecord> = (1..=2)
             .map(|epoch| EpochRecord {
                 epoch,
@@ -135,6 +140,5 @@ mod tests {
             err.contains("metrics.jsonl line 3: not an epoch record"),
             "{err}"
         );
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -14,8 +14,11 @@ use plotters::style::FontStyle;
 
 use crate::metrics_log::EpochRecord;
 
+/// Loss and accuracy per epoch ([`curves`]), drawn when the run has finished an epoch.
 pub const CURVES_FILE: &str = "curves.png";
+/// The test set's confusion matrix ([`confusion`]), drawn when the run was tested.
 pub const CONFUSION_FILE: &str = "confusion.png";
+/// The test set's accuracy per class ([`per_class`]), drawn when the run was tested.
 pub const PER_CLASS_FILE: &str = "per_class.png";
 
 static FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");

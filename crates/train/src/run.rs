@@ -31,19 +31,30 @@ use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
 use crate::learner::Classifier;
 use crate::renderer::RunRenderer;
 
-/// File names inside a run folder.
+// File names inside a run folder.
+
+/// The recipe ([`TrainConfig`]), written when the run starts and read back by `--resume`.
 pub const CONFIG_FILE: &str = "config.json";
+/// One JSON line per finished epoch (losses, accuracies, learning rate, speed): what the
+/// curves are drawn from.
 pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The trained network's record, ready for the server and the CLI.
 pub const RECORD_FILE: &str = "model.safetensors";
+/// The test-set evaluation ([`TestReport`]), when the run evaluated one.
 pub const TEST_FILE: &str = "test.json";
+/// Burn's per-epoch checkpoints (model, optimiser, scheduler), what `--resume` continues from.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Everything a run needs besides the recipe.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// Where the data set is: a folder in which [`dataset::detect`] finds either layout.
     pub data: PathBuf,
+    /// The run folder, created if missing, that receives every file named above.
     pub out: PathBuf,
+    /// The backend to train on (one that [`Backend::trains`]).
     pub backend: Backend,
+    /// What to do with an unreadable image or a truncated batch file.
     pub on_corrupt: OnCorrupt,
     /// Continue from the run folder's last complete checkpoint.
     pub resume: bool,
@@ -66,9 +77,13 @@ pub struct RunSummary {
 /// What `test.json` holds.
 #[derive(Debug, Serialize)]
 pub struct TestReport<'a> {
+    /// The saved network's accuracy on the test set.
     pub evaluation: &'a Evaluation,
+    /// Training images skipped as unreadable: a nonzero count qualifies the result.
     pub skipped_train: usize,
+    /// Test images skipped as unreadable, left out of `evaluation`.
     pub skipped_test: usize,
+    /// The backend the run trained and evaluated on.
     pub backend: String,
 }
 
@@ -94,7 +109,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let resume_epoch = if opts.resume {
         let partial = remove_partial(&ckpt_dir);
         if partial > 0 {
-            println!("removed {partial} partly written checkpoint file(s)");
+            tracing::warn!("removed {partial} partly written checkpoint file(s)");
         }
         let epoch = latest_complete(&ckpt_dir);
         match epoch {
@@ -146,6 +161,9 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         .build(InMemDataset::new(valid.clone()));
 
     let mut training = SupervisedTraining::new(&opts.out, loader_train, loader_valid)
+        // Burn would install a global subscriber of its own writing to experiment.log; the
+        // binary's (stderr, RUST_LOG) has them, and a library leaves the choice to its caller.
+        .with_application_logger(None)
         .metrics((AccuracyMetric::new(), LossMetric::new()))
         .metric_train_numeric(LearningRateMetric::new())
         .with_custom_checkpointers(

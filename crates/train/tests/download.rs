@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -24,13 +24,6 @@ use train::download::{
 /// The path the official file is served at, so the archive keeps its official name.
 const OFFICIAL: &str = "/cifar-10-binary.tar.gz";
 const TEST_IMAGES: usize = 50;
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("download-it-{}-{name}", std::process::id()));
-    fs::remove_dir_all(&dir).ok();
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 // ---------------------------------------------------------------------------------------------
 // Archives in the official layout
@@ -344,11 +337,12 @@ fn text(out: &Output) -> String {
 fn without_data_train_downloads_verifies_unpacks_then_trains() {
     let archive = official_archive();
     let server = Server::start(vec![(OFFICIAL, Route::new(archive))]);
-    let work = tmp("train");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
     let url = server.url(OFFICIAL);
     let checksum = md5_of(archive).to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(&work)
+        .current_dir(work)
         .env_remove("CIFAR10_DATA")
         .args([
             "--plain",
@@ -396,7 +390,8 @@ fn without_data_train_downloads_verifies_unpacks_then_trains() {
 
 #[test]
 fn data_then_cifar10_data_then_local_data_come_before_any_download() {
-    let work = tmp("precedence");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
     let write_layout = |dir: &Path| {
         let bin = dir.join("cifar-10-batches-bin");
         fs::create_dir_all(&bin).unwrap();
@@ -445,7 +440,8 @@ fn data_then_cifar10_data_then_local_data_come_before_any_download() {
 #[test]
 fn a_checksum_mismatch_deletes_the_file_and_unpacks_nothing() {
     let server = Server::start(vec![(OFFICIAL, Route::new(official_archive()))]);
-    let dest = tmp("checksum").join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("data");
     let err = locate_or_download(
         None,
         None,
@@ -465,7 +461,8 @@ fn a_checksum_mismatch_deletes_the_file_and_unpacks_nothing() {
 fn sha256_checksums_are_accepted() {
     let archive = official_archive();
     let server = Server::start(vec![(OFFICIAL, Route::new(archive))]);
-    let dest = tmp("sha256").join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("data");
     let hex = format!("{:x}", sha2::Sha256::digest(archive));
     let checksum: Checksum = format!("sha256:{hex}").parse().unwrap();
     download_into(&opts(server.url(OFFICIAL), checksum, &dest)).unwrap();
@@ -483,7 +480,8 @@ fn a_download_cut_half_way_resumes_with_a_range_request() {
             ..Route::new(archive)
         },
     )]);
-    let dest = tmp("resume").join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("data");
     let o = opts(server.url(OFFICIAL), md5_of(archive), &dest);
 
     let err = locate_or_download(None, None, &o).unwrap_err();
@@ -522,7 +520,8 @@ fn retries_resume_a_cut_download_within_one_call() {
             ..Route::new(archive)
         },
     )]);
-    let dest = tmp("retry").join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("data");
     let o = DownloadOptions {
         retries: 1,
         ..opts(server.url(OFFICIAL), md5_of(archive), &dest)
@@ -547,7 +546,8 @@ fn a_server_that_ignores_range_makes_the_download_start_over() {
             ..Route::new(archive)
         },
     )]);
-    let dest = tmp("ignore-range").join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("data");
     fs::create_dir_all(&dest).unwrap();
     // Bytes that are not the archive's start: appending to them would fail the checksum.
     fs::write(dest.join("cifar-10-binary.tar.gz.part"), vec![0xABu8; 1000]).unwrap();
@@ -565,7 +565,8 @@ fn range_not_satisfiable_completes_a_whole_part_and_restarts_a_foreign_one() {
     let o = |dest: &Path| opts(server.url(OFFICIAL), md5_of(archive), dest);
 
     // Killed between the last byte and the rename: the part is already whole.
-    let whole = tmp("416-whole").join("data");
+    let whole_tmp = tempfile::tempdir().unwrap();
+    let whole = whole_tmp.path().join("data");
     fs::create_dir_all(&whole).unwrap();
     fs::write(whole.join("cifar-10-binary.tar.gz.part"), archive).unwrap();
     download_into(&o(&whole)).unwrap();
@@ -578,7 +579,8 @@ fn range_not_satisfiable_completes_a_whole_part_and_restarts_a_foreign_one() {
     );
 
     // A longer part belongs to some other file: start from zero.
-    let foreign = tmp("416-foreign").join("data");
+    let foreign_tmp = tempfile::tempdir().unwrap();
+    let foreign = foreign_tmp.path().join("data");
     fs::create_dir_all(&foreign).unwrap();
     fs::write(
         foreign.join("cifar-10-binary.tar.gz.part"),
@@ -595,7 +597,8 @@ fn range_not_satisfiable_completes_a_whole_part_and_restarts_a_foreign_one() {
 #[test]
 fn a_missing_file_is_reported_with_what_to_do() {
     let server = Server::start(vec![]);
-    let dest = tmp("404").join("data");
+    let tmp = tempfile::tempdir().unwrap();
+    let dest = tmp.path().join("data");
     let err = locate_or_download(
         None,
         None,
@@ -627,7 +630,8 @@ fn a_missing_file_is_reported_with_what_to_do() {
 
 #[test]
 fn archives_that_could_write_outside_the_folder_are_refused() {
-    let work_root = tmp("unsafe");
+    let tmp = tempfile::tempdir().unwrap();
+    let work_root = tmp.path();
     for (i, (name, kind, link)) in [
         ("../escaped.txt", tar::EntryType::Regular, ""),
         (
@@ -688,11 +692,12 @@ fn archives_that_could_write_outside_the_folder_are_refused() {
 
 #[test]
 fn offline_train_fails_within_seconds_and_says_what_to_do() {
-    let work = tmp("offline");
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
     let url = closed_url();
     let started = Instant::now();
     let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .current_dir(&work)
+        .current_dir(work)
         .env_remove("CIFAR10_DATA")
         .args(["--plain", "--download-url", url.as_str(), "--epochs", "1"])
         .output()

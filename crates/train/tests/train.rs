@@ -6,21 +6,16 @@ use std::time::{Duration, Instant};
 
 use model::dataset::{Sample, to_binary};
 use model::{Backend, Preprocessor, testdata};
+use tempfile::TempDir;
 use train::metrics_log::read_metrics;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("train-it-{}-{name}", std::process::id()));
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// 20 training and 5 test images per class, as image folders.
-fn small_folders(name: &str) -> PathBuf {
-    let dir = tmp(name);
+/// 20 training and 5 test images per class, as image folders under `cifar10/` in a fresh
+/// temporary folder (removed when the returned guard drops).
+fn small_folders() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
     let mut images = testdata::images("train", 20);
     images.extend(testdata::images("test", 5));
-    testdata::write_folders(&dir.join("cifar10"), &images);
+    testdata::write_folders(&dir.path().join("cifar10"), &images);
     dir
 }
 
@@ -39,7 +34,7 @@ fn train(args: &[&str]) -> Command {
     cmd
 }
 
-fn ok(out: Output) -> String {
+fn ok(out: &Output) -> String {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -83,9 +78,10 @@ fn assert_complete_run(run: &Path, epochs: usize) {
 
 #[test]
 fn short_run_writes_a_complete_run_folder_and_learns() {
-    let data = small_folders("full");
+    let tmp = small_folders();
+    let data = tmp.path();
     let run = data.join("run");
-    let log = ok(train(&[
+    let log = ok(&train(&[
         "--data",
         data.to_str().unwrap(),
         "--out",
@@ -108,7 +104,8 @@ fn short_run_writes_a_complete_run_folder_and_learns() {
 
 #[test]
 fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
-    let data = small_folders("resume");
+    let tmp = small_folders();
+    let data = tmp.path();
     let run = data.join("run");
     let args = [
         "--data",
@@ -140,7 +137,7 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
     let scratch = ckpt.join(format!("optim-{}.bpk.1-0.tmp", done + 1));
     std::fs::write(&scratch, b"partial").unwrap();
 
-    let log = ok(Command::new(env!("CARGO_BIN_EXE_train"))
+    let log = ok(&Command::new(env!("CARGO_BIN_EXE_train"))
         .args([
             "--plain",
             "--data",
@@ -161,7 +158,8 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
 
 #[test]
 fn official_binary_layout_trains() {
-    let dir = tmp("binary");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let bin = dir.join("cifar-10-batches-bin");
     std::fs::create_dir_all(&bin).unwrap();
     let p = Preprocessor::default();
@@ -188,7 +186,7 @@ fn official_binary_layout_trains() {
     )
     .unwrap();
     let run = dir.join("run");
-    let log = ok(train(&[
+    let log = ok(&train(&[
         "--data",
         dir.to_str().unwrap(),
         "--out",
@@ -204,7 +202,8 @@ fn official_binary_layout_trains() {
 
 #[test]
 fn missing_and_corrupt_data_give_clear_errors() {
-    let empty = tmp("nodata");
+    let nodata = tempfile::tempdir().unwrap();
+    let empty = nodata.path();
     let run = empty.join("run");
     let out = train(&[
         "--data",
@@ -227,7 +226,8 @@ fn missing_and_corrupt_data_give_clear_errors() {
         "{err}"
     );
 
-    let data = small_folders("corrupt");
+    let tmp = small_folders();
+    let data = tmp.path();
     let bad = data.join("cifar10/train/dog/zz-broken.jpg");
     std::fs::write(&bad, b"\xff\xd8\xff garbage").unwrap();
     let run = data.join("run");
@@ -245,7 +245,7 @@ fn missing_and_corrupt_data_give_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("zz-broken.jpg"), "{err}");
 
-    let log = ok(train(&[
+    let log = ok(&train(&[
         "--data",
         data.to_str().unwrap(),
         "--out",
@@ -263,11 +263,12 @@ fn missing_and_corrupt_data_give_clear_errors() {
 /// `--seed` makes a run reproducible on the same backend: same losses, same weights.
 #[test]
 fn same_seed_same_run() {
-    let data = small_folders("seed");
+    let tmp = small_folders();
+    let data = tmp.path();
     let runs: Vec<PathBuf> = (0..2)
         .map(|i| {
             let run = data.join(format!("run{i}"));
-            ok(train(&[
+            ok(&train(&[
                 "--data",
                 data.to_str().unwrap(),
                 "--out",
@@ -294,7 +295,7 @@ fn same_seed_same_run() {
         let bytes = std::fs::read(run.join("model.safetensors")).unwrap();
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut names = st.names();
-        names.sort();
+        names.sort_unstable();
         names
             .iter()
             .flat_map(|n| st.tensor(n).unwrap().data().to_vec())
@@ -307,7 +308,8 @@ fn same_seed_same_run() {
 /// a damaged line in one is reported by `train plot`, not skipped.
 #[test]
 fn metrics_log_errors_fail_loudly() {
-    let data = small_folders("metrics");
+    let tmp = small_folders();
+    let data = tmp.path();
     let run = data.join("run");
     // A folder where the log should be: it cannot be opened for appending.
     std::fs::create_dir_all(run.join("metrics.jsonl")).unwrap();
@@ -329,7 +331,7 @@ fn metrics_log_errors_fail_loudly() {
     assert!(!run.join("model.safetensors").exists());
 
     std::fs::remove_dir(run.join("metrics.jsonl")).unwrap();
-    ok(train(&args).output().unwrap());
+    ok(&train(&args).output().unwrap());
     let log = run.join("metrics.jsonl");
     let mut text = std::fs::read_to_string(&log).unwrap();
     text.push_str("{\"epoch\": 2, \"train_lo\n");

@@ -42,7 +42,7 @@ pub fn start(mut config: ServerConfig) -> TestServer {
             let server = server::serve(listener, loaded, config).unwrap();
             tx.send(server.handle()).unwrap();
             server.await.unwrap();
-        })
+        });
     });
     let handle = rx.recv().unwrap();
     let server = TestServer {
@@ -144,8 +144,10 @@ pub struct Process {
     pub child: std::process::Child,
     /// `host:port`.
     pub addr: String,
-    /// The server's first line: what it serves, where, and with which settings.
+    /// The server's start-up line: what it serves, where, and with which settings.
     pub banner: String,
+    /// Every line the server has written to stderr so far, the start-up line among them.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Process {
@@ -173,34 +175,77 @@ impl Process {
 
     /// [`Process::spawn`] with environment variables set for the server.
     pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn_logging("off", args, env)
+    }
+
+    /// Starts `server --port 0 --log-format <log_format> <args>` (without `RUST_LOG` unless
+    /// `env` sets it) and returns once it has said where it listens; its stderr lines are
+    /// kept in [`Process::log`].
+    pub fn spawn_logging(log_format: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::{BufRead, BufReader};
         use std::process::{Command, Stdio};
         let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
             .env_remove("CNN_PORT")
             .env_remove("CNN_MODEL")
             .env_remove("CNN_TTA")
+            .env_remove("RUST_LOG")
             .envs(env.iter().copied())
-            .args(["--port", "0", "--log-format", "off"])
+            .args(["--port", "0", "--log-format", log_format])
             .args(args)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let addr = line
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // The start-up line is the one that says where the server listens.
+        let banner = loop {
+            let mut line = String::new();
+            let read = stderr.read_line(&mut line).unwrap();
+            assert!(
+                read > 0,
+                "the server ended before listening: {:?}",
+                log.lock().unwrap()
+            );
+            let line = line.trim_end().to_string();
+            log.lock().unwrap().push(line.clone());
+            if line.contains("http://") {
+                break line;
+            }
+        };
+        let addr = banner
             .split("http://")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .unwrap_or_else(|| panic!("no address in {banner:?}"))
             .to_string();
         // Keep reading, so that the server never writes into a full or closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                kept.lock().unwrap().push(line);
+            }
+        });
         Self {
             child,
             addr,
-            banner: line,
+            banner,
+            log,
         }
+    }
+
+    /// The lines the server has written to stderr so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Sends a GET with extra headers; the answer's status, headers and body.
+    pub fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let mut req = agent().get(format!("http://{}{path}", self.addr));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        reply(req.call())
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
