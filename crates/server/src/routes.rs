@@ -35,13 +35,47 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Methods of a read-only resource (RFC 9110: HEAD wherever GET is served).
-const ALLOW_GET: &str = "GET, HEAD, OPTIONS";
+pub(crate) const ALLOW_GET: &str = "GET, HEAD, OPTIONS";
 /// Methods of an upload resource.
-const ALLOW_POST: &str = "POST, OPTIONS";
+pub(crate) const ALLOW_POST: &str = "POST, OPTIONS";
 
-/// A resource served by GET and HEAD (actix-http sends HEAD answers without their body).
+/// How an API answers a method a resource does not serve (given the `Allow` value): a 405 in
+/// that API's error form. The original API's and the V2 protocol's forms differ.
+pub(crate) type WrongMethod = fn(&'static str) -> actix_web::Error;
+
+/// The original API's 405: a problem document.
+fn problem_405(methods: &'static str) -> actix_web::Error {
+    ApiError::MethodNotAllowed(methods).into()
+}
+
+/// A resource of the original API served by GET and HEAD.
 fn get<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
 where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    get_with(cfg, path, handler, problem_405);
+}
+
+/// A resource of the original API served by POST.
+fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
+where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    post_with(cfg, path, handler, problem_405);
+}
+
+/// A resource served by GET and HEAD (actix-http sends HEAD answers without their body),
+/// answering OPTIONS with its methods and any other method with `wrong_method`.
+pub(crate) fn get_with<F, Args>(
+    cfg: &mut web::ServiceConfig,
+    path: &str,
+    handler: F,
+    wrong_method: WrongMethod,
+) where
     F: Handler<Args> + Clone,
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
@@ -51,13 +85,20 @@ where
             .route(web::get().to(handler.clone()))
             .route(web::head().to(handler))
             .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_GET) }))
-            .default_service(web::to(|| async { method_not_allowed(ALLOW_GET) })),
+            .default_service(web::to(move || async move {
+                Err::<HttpResponse, _>(wrong_method(ALLOW_GET))
+            })),
     );
 }
 
-/// A resource served by POST.
-fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
-where
+/// A resource served by POST, answering OPTIONS with its methods and any other method with
+/// `wrong_method`.
+pub(crate) fn post_with<F, Args>(
+    cfg: &mut web::ServiceConfig,
+    path: &str,
+    handler: F,
+    wrong_method: WrongMethod,
+) where
     F: Handler<Args> + Clone,
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
@@ -66,7 +107,9 @@ where
         web::resource(path)
             .route(web::post().to(handler))
             .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_POST) }))
-            .default_service(web::to(|| async { method_not_allowed(ALLOW_POST) })),
+            .default_service(web::to(move || async move {
+                Err::<HttpResponse, _>(wrong_method(ALLOW_POST))
+            })),
     );
 }
 
@@ -76,10 +119,6 @@ fn allow(methods: &'static str) -> HttpResponse {
     HttpResponse::NoContent()
         .insert_header((header::ALLOW, methods))
         .finish()
-}
-
-fn method_not_allowed(methods: &'static str) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::MethodNotAllowed(methods))
 }
 
 /// What `GET /` answers.

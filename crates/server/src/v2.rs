@@ -25,8 +25,8 @@
 use std::cell::Cell;
 use std::fmt;
 
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{Method, StatusCode};
 use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError, web};
 use base64::Engine as _;
 use model::inference::Scores;
@@ -40,6 +40,7 @@ use crate::AppState;
 use crate::decode;
 use crate::engine::{Admission, Pixels};
 use crate::problem::ApiError;
+use crate::routes;
 use crate::upload::{self, Body, Upload};
 
 /// The name the model is served under.
@@ -115,48 +116,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/v2/{rest:.*}").to(no_such_path));
 }
 
-const ALLOW_GET: &str = "GET, HEAD, OPTIONS";
-const ALLOW_POST: &str = "POST, OPTIONS";
-
-/// A resource served by GET and HEAD, as the original API's are.
+/// A V2 resource served by GET and HEAD; other methods get the protocol's 405.
 fn get<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
 where
     F: Handler<Args> + Clone,
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
-    cfg.service(
-        web::resource(path)
-            .route(web::get().to(handler.clone()))
-            .route(web::head().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_GET) }))
-            .default_service(web::to(|| async { not_allowed(ALLOW_GET) })),
-    );
+    routes::get_with(cfg, path, handler, error_405);
 }
 
-/// A resource served by POST.
+/// A V2 resource served by POST; other methods get the protocol's 405.
 fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
 where
     F: Handler<Args> + Clone,
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
-    cfg.service(
-        web::resource(path)
-            .route(web::post().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_POST) }))
-            .default_service(web::to(|| async { not_allowed(ALLOW_POST) })),
-    );
+    routes::post_with(cfg, path, handler, error_405);
 }
 
-fn allow(methods: &'static str) -> HttpResponse {
-    HttpResponse::NoContent()
-        .insert_header((header::ALLOW, methods))
-        .finish()
-}
-
-fn not_allowed(methods: &'static str) -> Result<HttpResponse, V2Error> {
-    Err(V2Error::Api(ApiError::MethodNotAllowed(methods)))
+/// The protocol's 405: `{"error": ...}` with `Allow`.
+fn error_405(methods: &'static str) -> actix_web::Error {
+    V2Error::Api(ApiError::MethodNotAllowed(methods)).into()
 }
 
 async fn no_such_path(req: HttpRequest) -> Result<HttpResponse, V2Error> {

@@ -10,61 +10,17 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::Process;
-use server::ServerConfig;
-use server::engine::BatchPolicy;
-use server::upload::UploadLimits;
-
-/// Small settings, so that the bound is tight and an attack that escaped it would show.
-const ARGS: [&str; 16] = [
-    "--max-connections",
-    "64",
-    "--max-body",
-    "1048576",
-    "--body-memory",
-    "4194304",
-    "--decode-memory",
-    "16777216",
-    "--max-images",
-    "128",
-    "--max-files",
-    "64",
-    "--request-timeout",
-    "3",
-    "--workers",
-    "2",
-];
-
-/// The same settings as the library sees them.
-fn config() -> ServerConfig {
-    let default = ServerConfig::default();
-    ServerConfig {
-        workers: 2,
-        max_connections: 64,
-        batch: BatchPolicy {
-            max_images: 128,
-            ..default.batch
-        },
-        upload: UploadLimits {
-            body: 1 << 20,
-            files: 64,
-        },
-        body_memory: 4 << 20,
-        decode_memory: 16 << 20,
-        request_timeout: Duration::from_secs(3),
-        ..default
-    }
-}
+use common::{Process, SMALL_ARGS, small_config};
 
 fn start() -> Process {
-    Process::start(&ARGS)
+    Process::start(&SMALL_ARGS)
 }
 
 /// The same settings but a body limit (and body memory) of 1 GiB, so that only the multipart
 /// parser's own limit can stop a header block that never ends.
 fn start_without_body_limit() -> Process {
-    let mut args = ARGS;
-    for (i, flag) in ARGS.iter().enumerate() {
+    let mut args = SMALL_ARGS;
+    for (i, flag) in SMALL_ARGS.iter().enumerate() {
         if *flag == "--max-body" || *flag == "--body-memory" {
             args[i + 1] = "1073741824";
         }
@@ -73,7 +29,7 @@ fn start_without_body_limit() -> Process {
 }
 
 fn check_peak(server: &Process, what: &str) {
-    let bound = config().memory_bound();
+    let bound = small_config().memory_bound();
     let peak = server.status_bytes("VmHWM");
     eprintln!(
         "{what}: peak RSS {:.1} MiB, bound {bound}",

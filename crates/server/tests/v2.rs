@@ -867,38 +867,8 @@ fn tritonclient_agrees_with_classify() {
 /// `/health` keeps answering, and the process's peak RSS stays under the bound.
 #[test]
 fn hostile_v2_requests_stay_within_the_memory_bound() {
-    let settings = [
-        ("--max-connections", 64),
-        ("--max-body", 1 << 20),
-        ("--body-memory", 4 << 20),
-        ("--decode-memory", 16 << 20),
-        ("--max-images", 128),
-        ("--max-files", 64),
-        ("--request-timeout", 3),
-        ("--workers", 2),
-    ];
-    let args: Vec<String> = settings
-        .iter()
-        .flat_map(|(flag, value)| [(*flag).to_string(), value.to_string()])
-        .collect();
-    let server = Process::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let default = ServerConfig::default();
-    let bound = ServerConfig {
-        workers: 2,
-        max_connections: 64,
-        batch: BatchPolicy {
-            max_images: 128,
-            ..default.batch
-        },
-        upload: UploadLimits {
-            body: 1 << 20,
-            files: 64,
-        },
-        body_memory: 4 << 20,
-        decode_memory: 16 << 20,
-        ..default
-    }
-    .memory_bound();
+    let server = Process::start(&common::SMALL_ARGS);
+    let bound = common::small_config().memory_bound();
 
     // JSON zeros: 1 MiB holds half a million numbers (too few for the shape: 400 once parsed).
     let zeros = {

@@ -289,3 +289,45 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// Small settings, so that the memory bound is tight (about 124 MiB) and an attack that escaped
+/// it would show (`tests/memory.rs`, `tests/v2.rs`).
+pub const SMALL_ARGS: [&str; 16] = [
+    "--max-connections",
+    "64",
+    "--max-body",
+    "1048576",
+    "--body-memory",
+    "4194304",
+    "--decode-memory",
+    "16777216",
+    "--max-images",
+    "128",
+    "--max-files",
+    "64",
+    "--request-timeout",
+    "3",
+    "--workers",
+    "2",
+];
+
+/// [`SMALL_ARGS`] as the library sees them.
+pub fn small_config() -> server::ServerConfig {
+    let default = server::ServerConfig::default();
+    server::ServerConfig {
+        workers: 2,
+        max_connections: 64,
+        batch: server::engine::BatchPolicy {
+            max_images: 128,
+            ..default.batch
+        },
+        upload: server::upload::UploadLimits {
+            body: 1 << 20,
+            files: 64,
+        },
+        body_memory: 4 << 20,
+        decode_memory: 16 << 20,
+        request_timeout: std::time::Duration::from_secs(3),
+        ..default
+    }
+}
