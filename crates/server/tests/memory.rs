@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Process, SMALL_ARGS, small_config};
+use common::{Process, SMALL_ARGS, check_peak};
 
 fn start() -> Process {
     Process::start(&SMALL_ARGS)
@@ -26,20 +26,6 @@ fn start_without_body_limit() -> Process {
         }
     }
     Process::start(&args)
-}
-
-fn check_peak(server: &Process, what: &str) {
-    let bound = small_config().memory_bound();
-    let peak = server.status_bytes("VmHWM");
-    eprintln!(
-        "{what}: peak RSS {:.1} MiB, bound {bound}",
-        peak as f64 / f64::from(1 << 20)
-    );
-    assert!(
-        peak < bound.total(),
-        "{what}: peak RSS {peak} bytes over the bound {bound}"
-    );
-    assert_eq!(server.get("/health").0, 200, "{what}: /health");
 }
 
 /// A connection to `addr` that has sent the request head `head` (the body is the caller's);

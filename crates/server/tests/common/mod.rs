@@ -331,3 +331,19 @@ pub fn small_config() -> server::ServerConfig {
         ..default
     }
 }
+
+/// The server at [`SMALL_ARGS`] kept its peak RSS (its own `VmHWM`) under the bound those
+/// settings give, and still answers `/health`; `what` names the attack in the messages.
+pub fn check_peak(server: &Process, what: &str) {
+    let bound = small_config().memory_bound();
+    let peak = server.status_bytes("VmHWM");
+    eprintln!(
+        "{what}: peak RSS {:.1} MiB, bound {bound}",
+        peak as f64 / f64::from(1 << 20)
+    );
+    assert!(
+        peak < bound.total(),
+        "{what}: peak RSS {peak} bytes over the bound {bound}"
+    );
+    assert_eq!(server.get("/health").0, 200, "{what}: /health");
+}
