@@ -15,11 +15,11 @@ fn start_server_with(config: ServerConfig) -> String {
     let device = backend.device();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let loaded = Loaded {
-        inference: Inference::new(model::Cnn::init(&device), backend).unwrap(),
-        meta: RecordMeta::default(),
-        source: "test".into(),
-    };
+    let loaded = Loaded::unsaved(
+        Inference::new(model::Cnn::init(&device), backend).unwrap(),
+        RecordMeta::default(),
+        "test",
+    );
     let config = ServerConfig {
         log: LogFormat::Off,
         ..config

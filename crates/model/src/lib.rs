@@ -31,4 +31,6 @@ pub use inference::{Gathered, Inference};
 pub use net::{Cnn, INPUT_SIZE, PARAMETER_COUNT, arch};
 pub use predict::{Prediction, Ranked, predict, rank_logits, rank_probabilities, softmax};
 pub use preprocess::{DEFAULT_MAX_PIXELS, Header, IMAGE_BYTES, IMAGE_FLOATS, Preprocessor};
-pub use record::{RecordMeta, import_pytorch, load_model, load_model_bytes, save_model};
+pub use record::{
+    RecordMeta, RecordVersion, import_pytorch, load_model, load_model_bytes, save_model,
+};

@@ -99,6 +99,30 @@ pub fn load_model_bytes(bytes: Vec<u8>, device: &Device) -> Result<(Cnn, RecordM
     Ok((model, meta))
 }
 
+/// A copy of `net`'s weights in a module of its own on `device`, through an in-memory record.
+/// `Module::to_device` keeps each tensor's autodiff context, so weights made on a CPU device and
+/// moved to an autodiff device would not be trained; these are (`train` starts every backend
+/// from weights drawn on the CPU, so that one seed gives one starting point everywhere).
+pub fn copy_to(net: &Cnn, device: &Device) -> Result<Cnn, RecordError> {
+    let mut store = SafetensorsStore::from_bytes(None);
+    net.save_into(&mut store)
+        .map_err(|e| RecordError::Save(e.to_string()))?;
+    let bytes = store
+        .get_bytes()
+        .map_err(|e| RecordError::Save(e.to_string()))?;
+    let mut copy = Cnn::init(device);
+    let result = copy
+        .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
+        .map_err(|e| RecordError::Architecture(e.to_string()))?;
+    if !result.errors.is_empty() || !result.missing.is_empty() {
+        return Err(RecordError::Architecture(format!(
+            "errors {:?}, missing {:?}",
+            result.errors, result.missing
+        )));
+    }
+    Ok(copy)
+}
+
 /// Checks that `bytes` hold a record of this network and returns its metadata, without
 /// building a model. Every tensor must be present, `f32`, and of the expected shape.
 pub fn inspect(bytes: &[u8]) -> Result<RecordMeta, RecordError> {
@@ -175,6 +199,59 @@ pub fn load_shipped(device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
     load_model_bytes(bytes.to_vec(), device)
 }
 
+/// Which record is being served: the hash of the file's bytes (two files with the same weights
+/// and metadata are the same version, wherever they lie) and when it was trained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecordVersion {
+    /// SHA-256 of the record file, lower-case hex.
+    pub sha256: String,
+    /// The record's training time ([`RecordMeta::created`]), when it says.
+    pub created: Option<String>,
+    /// Short form for logs, headers and the Open Inference Protocol: the digits of `created`
+    /// and the hash's first 12 digits (`20261124052233-3f9a0c41d2e7`), or the hash's alone.
+    pub label: String,
+}
+
+impl RecordVersion {
+    /// The version of the record held in `bytes`, whose metadata is `meta`.
+    pub fn of(bytes: &[u8], meta: &RecordMeta) -> Self {
+        Self::from_hash(sha256_hex(bytes), meta)
+    }
+
+    fn from_hash(sha256: String, meta: &RecordMeta) -> Self {
+        let digits: String = meta
+            .created
+            .as_deref()
+            .unwrap_or_default()
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let short = &sha256[..12];
+        let label = if digits.is_empty() {
+            short.to_string()
+        } else {
+            format!("{digits}-{short}")
+        };
+        Self {
+            sha256,
+            created: meta.created.clone(),
+            label,
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .fold(String::with_capacity(64), |mut hex, b| {
+            let _ = write!(hex, "{b:02x}");
+            hex
+        })
+}
+
 /// A loaded record, and where it came from (for logs and `/model/info`).
 pub struct Loaded {
     /// The network with the record's weights, on the device asked for.
@@ -183,29 +260,45 @@ pub struct Loaded {
     pub meta: RecordMeta,
     /// The record's path, or "built-in (assets/model.safetensors)".
     pub source: String,
+    /// Its content hash and training time.
+    pub version: RecordVersion,
 }
+
+/// What [`Loaded::source`] says of the [`SHIPPED`] record.
+pub const SHIPPED_SOURCE: &str = "built-in (assets/model.safetensors)";
 
 /// Loads the record at `path`, or the [`SHIPPED`] one when there is none: what the server and
 /// the CLI both serve from.
 pub fn load_or_shipped(path: Option<&Path>, device: &Device) -> Result<Loaded, RecordError> {
-    let (model, meta, source) = match path {
-        Some(path) => {
-            let (model, meta) = load_model(path, device)?;
-            (model, meta, path.display().to_string())
-        }
+    match path {
+        Some(path) => load_file(path, device),
         None => {
             let (model, meta) = load_shipped(device)?;
-            (
+            let version = RecordVersion::of(SHIPPED.unwrap_or_default(), &meta);
+            Ok(Loaded {
                 model,
                 meta,
-                "built-in (assets/model.safetensors)".to_string(),
-            )
+                source: SHIPPED_SOURCE.to_string(),
+                version,
+            })
         }
-    };
+    }
+}
+
+/// Loads and checks the record at `path`, with its version: what a server reloads.
+pub fn load_file(path: &Path, device: &Device) -> Result<Loaded, RecordError> {
+    let bytes = std::fs::read(path).map_err(|source| RecordError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let sha256 = sha256_hex(&bytes);
+    let (model, meta) = load_model_bytes(bytes, device)?;
+    let version = RecordVersion::from_hash(sha256, &meta);
     Ok(Loaded {
         model,
         meta,
-        source,
+        source: path.display().to_string(),
+        version,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The same weights on the CPU backend and on wgpu give the same logits.
 //!
-//! Runs with `--features wgpu` (see `scripts/test-wgpu`); on a machine without a GPU, Mesa's
+//! Built with `--features wgpu`, as `scripts/test` builds every test; on a machine without a GPU, Mesa's
 //! lavapipe (Debian package `mesa-vulkan-drivers`) gives wgpu a real Vulkan adapter.
 #![cfg(feature = "wgpu")]
 

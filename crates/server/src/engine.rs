@@ -9,6 +9,10 @@
 //! (`/v2` FP32 inputs) wait as floats, with the decode-budget reservation that pays for them.
 //! A job whose requester has gone (disconnected, timed out) is dropped before it reaches the
 //! model. Every job gets its images' logits and probabilities back ([`Scores`]).
+//!
+//! A job runs on the model that was current when its request was admitted (the [`Served`] in
+//! its [`Admission`]): a batch holds the jobs of one model only, so a reload never changes the
+//! answer of a request already in flight.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use model::inference::Scores;
 use model::preprocess::{IMAGE_BYTES, IMAGE_FLOATS, normalize_bytes_into};
-use model::{Inference, Prediction, rank_probabilities};
+use model::{Prediction, rank_probabilities};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::metrics::Metrics;
+use crate::models::{Models, Served};
 use crate::problem::ApiError;
 
 /// Batching policy.
@@ -63,12 +68,23 @@ struct Job {
     images: usize,
     queued: Instant,
     reply: oneshot::Sender<Result<Scores, String>>,
-    _admitted: Admission,
+    served: Arc<Served>,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
-/// Permits for some images, from [`Engine::admit`]; returned when dropped.
-#[derive(Debug)]
-pub struct Admission(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+/// Permits for some images, from [`Engine::admit`] (returned when dropped), and the model
+/// current at that moment, which will answer them.
+pub struct Admission {
+    permit: Option<OwnedSemaphorePermit>,
+    served: Arc<Served>,
+}
+
+impl Admission {
+    /// The model that will answer these images.
+    pub fn served(&self) -> &Arc<Served> {
+        &self.served
+    }
+}
 
 /// Handle to the inference thread.
 #[derive(Clone)]
@@ -76,6 +92,7 @@ pub struct Engine {
     tx: SyncSender<Job>,
     ready: Arc<AtomicBool>,
     images: Arc<Semaphore>,
+    models: Arc<Models>,
     /// The permits `images` started with.
     max_images: usize,
     /// Classes kept by [`Engine::classify`].
@@ -83,22 +100,24 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Starts the inference thread with `model`, warms it up, then marks ready.
-    pub fn start(model: Inference, policy: BatchPolicy, metrics: Arc<Metrics>) -> Self {
+    /// Starts the inference thread, warms the current model up, then marks ready.
+    pub fn start(models: Arc<Models>, policy: BatchPolicy, metrics: Arc<Metrics>) -> Self {
         // Every job holds at least one image permit, so the channel never fills before the
         // permits run out.
         let max_images = policy.max_images.clamp(1, Semaphore::MAX_PERMITS);
         let (tx, rx) = sync_channel(max_images);
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
+        let first = models.current();
         std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
                 let serve = || {
                     // Warm-up: the first call allocates and picks kernels.
-                    let _ = model.predict(&vec![0.0; IMAGE_FLOATS], 1);
+                    let _ = first.inference.predict(&vec![0.0; IMAGE_FLOATS], 1);
+                    drop(first);
                     flag.store(true, Ordering::Release);
-                    run(rx, &model, policy, &metrics);
+                    run(rx, policy, &metrics);
                 };
                 // The batching loop runs on a worker of the model's own rayon pool, so that the
                 // fast path's fork-join keeps half of its work on this thread instead of
@@ -116,21 +135,28 @@ impl Engine {
             tx,
             ready,
             images: Arc::new(Semaphore::new(max_images)),
+            models,
             max_images,
             top_k: policy.top_k,
         }
     }
 
-    /// Admits `images` images, or refuses at once (503) when that many are not free.
+    /// Admits `images` images to the model served now, or refuses at once (503) when that
+    /// many are not free.
     pub fn admit(&self, images: usize) -> Result<Admission, ApiError> {
-        if images == 0 {
-            return Ok(Admission(None));
-        }
-        u32::try_from(images)
-            .ok()
-            .and_then(|n| self.images.clone().try_acquire_many_owned(n).ok())
-            .map(|permit| Admission(Some(permit)))
-            .ok_or(ApiError::Overloaded)
+        let permit = if images == 0 {
+            None
+        } else {
+            let permit = u32::try_from(images)
+                .ok()
+                .and_then(|n| self.images.clone().try_acquire_many_owned(n).ok())
+                .ok_or(ApiError::Overloaded)?;
+            Some(permit)
+        };
+        Ok(Admission {
+            permit,
+            served: self.models.current(),
+        })
     }
 
     /// Images admitted and not yet answered: being decoded, waiting for the model, or in it.
@@ -146,36 +172,36 @@ impl Engine {
     }
 
     /// Queues prepared images ([`IMAGE_BYTES`] each, concatenated) under their admission and
-    /// waits for their predictions (the policy's `top_k` classes of each).
+    /// waits for their predictions (the policy's `top_k` classes of each), and the model that
+    /// made them.
     pub async fn classify(
         &self,
         pixels: Vec<u8>,
         admitted: Admission,
         timeout: Duration,
-    ) -> Result<Vec<Prediction>, ApiError> {
-        let scores = self.scores(Pixels::Rgb(pixels), admitted, timeout).await?;
+    ) -> Result<(Vec<Prediction>, Arc<Served>), ApiError> {
+        let (scores, served) = self.scores(Pixels::Rgb(pixels), admitted, timeout).await?;
         let classes = model::NUM_CLASSES;
-        Ok(rank_probabilities(
-            &scores.probabilities,
-            classes,
-            self.top_k,
-        ))
+        let ranked = rank_probabilities(&scores.probabilities, classes, self.top_k);
+        Ok((ranked, served))
     }
 
     /// Queues images under their admission and waits for their logits and probabilities
-    /// (`images × classes` each, in the images' order).
+    /// (`images × classes` each, in the images' order), and the model that made them.
     pub async fn scores(
         &self,
         pixels: Pixels,
         admitted: Admission,
         timeout: Duration,
-    ) -> Result<Scores, ApiError> {
+    ) -> Result<(Scores, Arc<Served>), ApiError> {
+        let Admission { permit, served } = admitted;
         let images = pixels.images();
         if images == 0 {
-            return Ok(Scores {
+            let none = Scores {
                 logits: Vec::new(),
                 probabilities: Vec::new(),
-            });
+            };
+            return Ok((none, served));
         }
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -183,7 +209,8 @@ impl Engine {
             images,
             queued: Instant::now(),
             reply,
-            _admitted: admitted,
+            served: served.clone(),
+            _permit: permit,
         };
         self.tx.try_send(job).map_err(|e| match e {
             TrySendError::Full(_) => ApiError::Overloaded,
@@ -192,7 +219,9 @@ impl Engine {
         match tokio::time::timeout(timeout, rx).await {
             Err(_) => Err(ApiError::Timeout),
             Ok(Err(_)) => Err(ApiError::Internal("inference thread stopped".into())),
-            Ok(Ok(result)) => result.map_err(ApiError::Internal),
+            Ok(Ok(result)) => result
+                .map(|scores| (scores, served))
+                .map_err(ApiError::Internal),
         }
     }
 }
@@ -200,7 +229,7 @@ impl Engine {
 // By value: the receiver is not `Sync`, so the closure that hands this loop to the model's
 // rayon pool must own it, not borrow it; and the loop owning it says whose end it is.
 #[allow(clippy::needless_pass_by_value)]
-fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metrics) {
+fn run(rx: Receiver<Job>, policy: BatchPolicy, metrics: &Metrics) {
     let mut pending: Option<Job> = None;
     let mut floats = Vec::new();
     loop {
@@ -227,12 +256,15 @@ fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metr
             };
             match next {
                 Ok(job) if job.reply.is_closed() => metrics.error("abandoned"),
-                Ok(job) if images + job.images <= policy.max_batch => {
+                Ok(job)
+                    if images + job.images <= policy.max_batch
+                        && Arc::ptr_eq(&job.served, &jobs[0].served) =>
+                {
                     images += job.images;
                     jobs.push(job);
                 }
                 Ok(job) => {
-                    // Does not fit: it opens the next batch.
+                    // Does not fit, or is for another model: it opens the next batch.
                     pending = Some(job);
                     break;
                 }
@@ -249,18 +281,15 @@ fn run(rx: Receiver<Job>, model: &Inference, policy: BatchPolicy, metrics: &Metr
         });
         let images = jobs.iter().map(|job| job.images).sum();
         if images > 0 {
-            infer(jobs, images, &mut floats, model, metrics);
+            infer(jobs, images, &mut floats, metrics);
         }
     }
 }
 
-fn infer(
-    jobs: Vec<Job>,
-    images: usize,
-    floats: &mut Vec<f32>,
-    model: &Inference,
-    metrics: &Metrics,
-) {
+fn infer(jobs: Vec<Job>, images: usize, floats: &mut Vec<f32>, metrics: &Metrics) {
+    // Every job of a batch holds the same model; this clone keeps it alive while it runs.
+    let served = jobs[0].served.clone();
+    let model = &served.inference;
     let now = Instant::now();
     floats.resize(images * IMAGE_FLOATS, 0.0);
     let mut out = floats.chunks_exact_mut(IMAGE_FLOATS);
@@ -310,9 +339,9 @@ fn answer(job: Job, result: Result<Scores, String>) {
     let Job {
         reply,
         pixels,
-        _admitted: admitted,
+        _permit: permit,
         ..
     } = job;
-    drop((pixels, admitted));
+    drop((pixels, permit));
     let _ = reply.send(result);
 }

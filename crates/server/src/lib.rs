@@ -5,13 +5,18 @@
 //! service's JSON shapes. Errors are RFC 9457 problem documents ([`problem`]); every request
 //! is counted in [`metrics`] and logged in a span that carries its request id ([`logging`]).
 //!
+//! The served record can be replaced while the server runs ([`models`]: SIGHUP, or a watched
+//! file); SIGTERM drains before stopping ([`lifecycle`]).
+//!
 //! Memory is bounded by the settings, whatever clients send: see [`memory`].
 
 pub mod decode;
 pub mod engine;
+pub mod lifecycle;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod problem;
 pub mod routes;
@@ -19,22 +24,25 @@ pub mod upload;
 pub mod v2;
 
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
 use actix_web::dev::{Server, Service};
 use actix_web::http::header::HeaderName;
 use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
-use model::{Backend, Inference, Preprocessor, RecordMeta};
+use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
 use tracing_actix_web::TracingLogger;
 
 use crate::decode::DecodeBudget;
 use crate::engine::{BatchPolicy, Engine};
+use crate::lifecycle::Draining;
 use crate::logging::{REQUEST_TARGET, RequestSpan, RequestTag};
 use crate::memory::BLOCKING_THREADS_PER_WORKER;
 use crate::metrics::{Metrics, UPKEEP_PERIOD};
+use crate::models::{Models, Served};
 use crate::problem::ApiError;
 use crate::upload::{BodyBudget, UploadLimits};
 
@@ -76,6 +84,12 @@ pub struct ServerConfig {
     pub log: LogFormat,
     /// How long a graceful shutdown waits for requests in progress.
     pub shutdown_timeout: Duration,
+    /// How long requests are still served after SIGTERM or SIGINT, with readiness off, before
+    /// the listener closes ([`lifecycle`]). Zero by default.
+    pub drain: Duration,
+    /// Reload the record when its file changes ([`models::watch`]). Off by default (SIGHUP
+    /// reloads either way).
+    pub watch_model: bool,
     /// Test-time augmentation: each image's probabilities are the mean of its own and its
     /// horizontal mirror's ([`Inference::with_tta`]). Off by default.
     pub tta: bool,
@@ -103,6 +117,8 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             log: LogFormat::Human,
             shutdown_timeout: Duration::from_secs(30),
+            drain: Duration::ZERO,
+            watch_model: false,
             tta: false,
         }
     }
@@ -118,10 +134,12 @@ pub struct AppState {
     pub decode_budget: DecodeBudget,
     /// What `/metrics` reports.
     pub metrics: Arc<Metrics>,
-    /// The served record's metadata, for `/model/info`.
-    pub meta: RecordMeta,
-    /// Where the record came from (its path, or the built-in one), for `/model/info`.
-    pub model_source: String,
+    /// The record served now, and its reloads.
+    pub models: Arc<Models>,
+    /// Set at the first stop signal: readiness answers 503 from then on.
+    pub draining: Draining,
+    /// The record file's watcher (`--watch-model`), kept for the server's lifetime.
+    pub watcher: Mutex<Option<models::Watcher>>,
     /// The backend inference runs on, for `/model/info`.
     pub backend: Backend,
     /// Decodes uploads under [`ServerConfig::max_pixels`].
@@ -132,18 +150,59 @@ pub struct AppState {
     pub openapi: web::Bytes,
 }
 
+impl AppState {
+    /// Ready for traffic: the model has run once, and no stop signal has come.
+    pub fn is_ready(&self) -> bool {
+        self.engine.is_ready() && !self.draining.is_set()
+    }
+}
+
 /// The model to serve and where it came from.
 pub struct Loaded {
     /// The network; [`serve`] sets its test-time augmentation from [`ServerConfig::tta`].
     pub inference: Inference,
     /// The record's metadata (format, accuracy, recipe, preprocessing).
     pub meta: RecordMeta,
-    /// The record's path, or "built-in (assets/model.safetensors)".
+    /// The record's path, or [`model::record::SHIPPED_SOURCE`].
     pub source: String,
+    /// Its content hash and training time.
+    pub version: RecordVersion,
+    /// The file reloads read again (`None`: the built-in record, which cannot be reloaded).
+    pub path: Option<PathBuf>,
 }
 
-/// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned) and
-/// stops gracefully on SIGINT/SIGTERM.
+impl Loaded {
+    /// The record at `path`, or the one built into the binary, on `backend`.
+    pub fn open(
+        path: Option<&std::path::Path>,
+        backend: Backend,
+    ) -> Result<Self, model::RecordError> {
+        let record = model::record::load_or_shipped(path, &backend.device())?;
+        Ok(Self {
+            inference: Inference::new(record.model, backend)?,
+            meta: record.meta,
+            source: record.source,
+            version: record.version,
+            path: path.map(std::path::Path::to_path_buf),
+        })
+    }
+
+    /// Weights that were never saved (tests, benchmarks), which cannot be reloaded; their
+    /// version hashes `source` in place of a file.
+    pub fn unsaved(inference: Inference, meta: RecordMeta, source: &str) -> Self {
+        Self {
+            version: RecordVersion::of(source.as_bytes(), &meta),
+            inference,
+            meta,
+            source: source.to_string(),
+            path: None,
+        }
+    }
+}
+
+/// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned),
+/// reloads its record on SIGHUP and drains, then stops, on SIGTERM/SIGINT ([`lifecycle`]).
+/// Must be called on an actix (tokio) runtime.
 // The settings are the server's to keep (a copy goes into `AppState`): taking a reference would
 // only move that clone into every caller.
 #[allow(clippy::needless_pass_by_value)]
@@ -155,17 +214,31 @@ pub fn serve(
     let metrics = Arc::new(Metrics::new());
     Metrics::keep_up(&metrics, UPKEEP_PERIOD);
     let backend = loaded.inference.backend();
-    let inference = loaded.inference.with_tta(config.tta);
-    let engine = Engine::start(inference, config.batch, metrics.clone());
+    let openapi = openapi::spec_json(config.upload.files, &loaded.version.label);
+    let first = Served {
+        inference: loaded.inference.with_tta(config.tta),
+        meta: loaded.meta,
+        source: loaded.source,
+        version: loaded.version,
+        since: models::now(),
+    };
+    let models = Arc::new(Models::new(first, loaded.path, config.tta, metrics.clone()));
+    let watcher = if config.watch_model {
+        Some(models::watch(models.clone()).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
+    let engine = Engine::start(models.clone(), config.batch, metrics.clone());
     let workers = config.workers.max(1);
-    let openapi = openapi::spec_json(config.upload.files, &v2::version(&loaded.meta));
+    let draining = Draining::default();
     let state = web::Data::new(AppState {
         engine,
         body_budget: BodyBudget::new(config.body_memory),
         decode_budget: DecodeBudget::new(config.decode_memory),
         metrics,
-        meta: loaded.meta,
-        model_source: loaded.source,
+        models: models.clone(),
+        draining: draining.clone(),
+        watcher: Mutex::new(watcher),
         backend,
         preprocessor: Preprocessor::new(config.max_pixels),
         config: config.clone(),
@@ -238,8 +311,16 @@ pub fn serve(
     .h1_allow_half_closed(false)
     .client_request_timeout(config.request_timeout)
     .shutdown_timeout(config.shutdown_timeout.as_secs())
+    // Signals are lifecycle's: readiness must drop before the listener closes.
+    .disable_signals()
     .listen(listener)?
     .run();
+    actix_web::rt::spawn(lifecycle::handle_signals(
+        server.handle(),
+        models,
+        draining,
+        config.drain,
+    ));
     Ok(server)
 }
 

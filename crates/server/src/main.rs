@@ -27,9 +27,19 @@ struct Args {
     host: String,
     #[arg(long, env = "CNN_PORT", default_value_t = 8000)]
     port: u16,
-    /// Record to serve (default: the trained model built into this binary).
+    /// Record to serve (default: the trained model built into this binary). SIGHUP reloads it
+    /// from this file without a restart.
     #[arg(long, env = "CNN_MODEL")]
     model: Option<PathBuf>,
+    /// Reload the record whenever its file changes (needs --model). `CNN_WATCH_MODEL` takes
+    /// true/false, 1/0, on/off.
+    #[arg(long, env = "CNN_WATCH_MODEL", value_parser = clap::builder::BoolishValueParser::new())]
+    watch_model: bool,
+    /// Seconds to keep serving after SIGTERM or SIGINT with /ready answering 503, so load
+    /// balancers route elsewhere before the listener closes (set it above their health-check
+    /// interval); then requests in flight finish and the server stops.
+    #[arg(long, env = "CNN_DRAIN_SECONDS", default_value_t = 0)]
+    drain_seconds: u64,
     /// Compute backend: `fast` (CPU fast path, the default), or a Burn backend compiled in.
     #[arg(long, env = "CNN_BACKEND", default_value_t = Backend::default_inference())]
     backend: Backend,
@@ -129,17 +139,14 @@ fn run(args: Args) -> Result<()> {
             args.max_body
         );
     }
-    let device = args.backend.device();
-    let model::record::Loaded {
-        model,
-        meta,
-        source,
-    } = model::record::load_or_shipped(args.model.as_deref(), &device).with_context(
-        || match &args.model {
+    if args.watch_model && args.model.is_none() {
+        bail!("--watch-model needs --model <file>: the built-in record has no file to watch");
+    }
+    let loaded =
+        Loaded::open(args.model.as_deref(), args.backend).with_context(|| match &args.model {
             Some(path) => format!("cannot serve the record {}", path.display()),
             None => "the record built into this binary is damaged".to_string(),
-        },
-    )?;
+        })?;
     let config = ServerConfig {
         workers: args.workers,
         max_connections: args.max_connections.max(1),
@@ -160,6 +167,8 @@ fn run(args: Args) -> Result<()> {
         cors_origins: args.cors_origins,
         log: args.log_format,
         tta: args.tta,
+        drain: Duration::from_secs(args.drain_seconds),
+        watch_model: args.watch_model,
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind((args.host.as_str(), args.port))
@@ -171,17 +180,15 @@ fn run(args: Args) -> Result<()> {
         backend = %args.backend,
         tta = config.tta,
         memory_bound_bytes = bound.total(),
-        "serving {source} (test accuracy {}) on http://{addr} with backend {}, test-time augmentation {}; memory bound {bound}",
-        meta.test_accuracy
+        version = %loaded.version.label,
+        "serving {} (version {}, test accuracy {}) on http://{addr} with backend {}, test-time augmentation {}; memory bound {bound}",
+        loaded.source,
+        loaded.version.label,
+        loaded.meta.test_accuracy
             .map_or("unknown".into(), |a| format!("{:.2}%", a * 100.0)),
         args.backend,
         if config.tta { "on" } else { "off" },
     );
-    let loaded = Loaded {
-        inference: model::Inference::new(model, args.backend)?,
-        meta,
-        source,
-    };
     actix_web::rt::System::new()
         .block_on(async move { server::serve(listener, loaded, config)?.await })?;
     tracing::info!("stopped");

@@ -22,6 +22,11 @@ use crate::decode::INLINE_DECODE_BYTES;
 /// (in the Burn module and in the fast path) and allocator slack. Measured: about 21 MB idle.
 pub const BASE_BYTES: u64 = 48 << 20;
 
+/// A second record, held while a reload reads and checks it and then until the last request
+/// admitted to the old one is answered ([`crate::models`]): the file's bytes, the Burn module and
+/// the fast path's copy of the weights (3.3 MB each) and the probe batch, rounded up.
+pub const RELOAD_BYTES: u64 = 16 << 20;
+
 /// One open connection at most (actix-http 3.20): its read buffer (up to 128 KiB + 8 KiB, the
 /// head limit), the payload queue it feeds (32 KiB + one read buffer), its write buffer
 /// (kept up to 128 KiB), and the multipart parser's 64 KiB buffer with one pending chunk.
@@ -74,6 +79,8 @@ pub struct MemoryBound {
     pub log: u64,
     /// `METRICS_BYTES`.
     pub metrics: u64,
+    /// `RELOAD_BYTES`: a second record during a reload.
+    pub reload: u64,
 }
 
 impl MemoryBound {
@@ -87,6 +94,7 @@ impl MemoryBound {
             + self.images
             + self.log
             + self.metrics
+            + self.reload
     }
 }
 
@@ -95,7 +103,7 @@ impl fmt::Display for MemoryBound {
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
         write!(
             f,
-            "{:.0} MiB = base {:.0} + connections {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1}",
+            "{:.0} MiB = base {:.0} + connections {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1} + reload {:.0}",
             mib(self.total()),
             mib(self.base),
             mib(self.connections),
@@ -103,7 +111,8 @@ impl fmt::Display for MemoryBound {
             mib(self.decoding),
             mib(self.images),
             mib(self.log),
-            mib(self.metrics)
+            mib(self.metrics),
+            mib(self.reload)
         )
     }
 }
@@ -134,6 +143,7 @@ impl ServerConfig {
             images: n(self.batch.max_images) * n(IMAGE_BYTES) + n(self.batch.max_batch) * per_image,
             log: n(LOG_LINES) * LOG_LINE_BYTES + connections * REQUEST_SPAN_BYTES,
             metrics: METRICS_BYTES,
+            reload: RELOAD_BYTES,
         }
     }
 }

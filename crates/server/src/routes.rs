@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use actix_web::http::Method;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
-use model::{CLASSES, Gathered, PARAMETER_COUNT, Prediction, Ranked, RecordMeta};
+use model::{CLASSES, Gathered, PARAMETER_COUNT, Prediction, Ranked, RecordMeta, RecordVersion};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::decode::{self, Prepared};
+use crate::models::ReloadReport;
 use crate::problem::{ApiError, Problem};
 use crate::upload::{self, Uploads};
 
@@ -188,10 +189,10 @@ pub struct Readiness {
 
 #[utoipa::path(get, path = "/ready", tag = "service", responses(
     (status = 200, description = "Model loaded and warmed up", body = Readiness),
-    (status = 503, description = "Still starting", body = Readiness),
+    (status = 503, description = "Still starting, or draining after SIGTERM", body = Readiness),
 ))]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let ready = state.engine.is_ready();
+    let ready = state.is_ready();
     let mut res = if ready {
         HttpResponse::Ok()
     } else {
@@ -216,6 +217,12 @@ pub struct ModelInfo {
     test_accuracy: Option<f64>,
     record: RecordMeta,
     model_source: String,
+    /// The served record's content hash and training time; changes with a reload.
+    version: RecordVersion,
+    /// When this server started serving the record (RFC 3339, UTC).
+    serving_since: String,
+    /// The last reload (SIGHUP or `--watch-model`), if any: a failed one says why.
+    last_reload: Option<ReloadReport>,
     backend: &'static str,
     /// Whether predictions average each image's and its mirror's probabilities (`--tta`).
     test_time_augmentation: bool,
@@ -223,6 +230,7 @@ pub struct ModelInfo {
 
 #[utoipa::path(get, path = "/model/info", tag = "service", responses((status = 200, description = "Architecture, parameters, record", body = ModelInfo)))]
 async fn model_info(state: web::Data<AppState>) -> HttpResponse {
+    let served = state.models.current();
     HttpResponse::Ok().json(ModelInfo {
         architecture: model::net::ARCHITECTURE,
         input_size: vec![
@@ -236,9 +244,12 @@ async fn model_info(state: web::Data<AppState>) -> HttpResponse {
         num_classes: CLASSES.len(),
         classes: CLASSES.to_vec(),
         dataset: "CIFAR-10",
-        test_accuracy: state.meta.test_accuracy,
-        record: state.meta.clone(),
-        model_source: state.model_source.clone(),
+        test_accuracy: served.meta.test_accuracy,
+        record: served.meta.clone(),
+        model_source: served.source.clone(),
+        version: served.version.clone(),
+        serving_since: served.since.clone(),
+        last_reload: state.models.last_reload(),
         backend: state.backend.name(),
         test_time_augmentation: state.config.tta,
     })
@@ -469,11 +480,13 @@ async fn classify(
     let admitted = state.engine.admit(1)?;
     let (filename, pixels) = prepare(&state, files).await?.remove(0);
     let pixels = pixels?;
-    let mut preds = state
+    let (mut preds, served) = state
         .engine
         .classify(pixels, admitted, state.config.request_timeout)
         .await?;
-    Ok(HttpResponse::Ok().json(Classified::new(filename, preds.remove(0))))
+    Ok(HttpResponse::Ok()
+        .insert_header(model_version(&served))
+        .json(Classified::new(filename, preds.remove(0))))
 }
 
 #[utoipa::path(post, path = "/classify/batch", tag = "classify",
@@ -498,7 +511,7 @@ async fn classify_batch(
     let (gathered, images) = Gathered::split(prepare(&state, files).await?);
     let pixels = images.concat();
     drop(images);
-    let preds = state
+    let (preds, served) = state
         .engine
         .classify(pixels, admitted, state.config.request_timeout)
         .await?;
@@ -517,5 +530,13 @@ async fn classify_batch(
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(BatchAnswer { results, total }))
+    Ok(HttpResponse::Ok()
+        .insert_header(model_version(&served))
+        .json(BatchAnswer { results, total }))
+}
+
+/// The `Model-Version` header: which record answered (its [`RecordVersion::label`]), so a
+/// client can tell answers from before and after a reload apart.
+fn model_version(served: &crate::models::Served) -> (&'static str, String) {
+    ("model-version", served.version.label.clone())
 }

@@ -30,7 +30,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, ResponseError, web};
 use base64::Engine as _;
 use model::inference::Scores;
-use model::{CLASSES, IMAGE_FLOATS, INPUT_SIZE, NUM_CLASSES, RecordMeta};
+use model::{CLASSES, IMAGE_FLOATS, INPUT_SIZE, NUM_CLASSES};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
@@ -73,21 +73,6 @@ const MAX_OUTPUTS: usize = 2;
 const INLINE_PARSE_BYTES: usize = 64 * 1024;
 /// Channels of a preprocessed image.
 const CHANNELS: usize = model::arch::INPUT_CHANNELS;
-
-/// The model version: the digits of the record's training time (e.g. `20261124052233`), or
-/// `1` for a record that does not say when it was trained.
-pub fn version(meta: &RecordMeta) -> String {
-    meta.created
-        .as_deref()
-        .map(|created| {
-            created
-                .chars()
-                .filter(char::is_ascii_digit)
-                .collect::<String>()
-        })
-        .filter(|digits| !digits.is_empty())
-        .unwrap_or_else(|| "1".into())
-}
 
 /// Registers the `/v2` endpoints (called from [`crate::routes::configure`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -396,7 +381,7 @@ async fn live() -> HttpResponse {
     (status = 503, description = "Still starting", body = Ready),
 ))]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    let ready = state.engine.is_ready();
+    let ready = state.is_ready();
     readiness(ready).json(Ready { ready })
 }
 
@@ -414,7 +399,9 @@ fn served(state: &AppState, req: &HttpRequest) -> Result<String, V2Error> {
     if name != MODEL_NAME {
         return Err(V2Error::UnknownModel(quote(name)));
     }
-    let version = version(&state.meta);
+    // The record's version (`model::RecordVersion::label`): it changes when a reload
+    // swaps in another record.
+    let version = state.models.current().version.label.clone();
     match req.match_info().get("version") {
         Some(asked) if asked != version => Err(V2Error::UnknownVersion(quote(asked))),
         _ => Ok(version),
@@ -476,7 +463,7 @@ async fn version_metadata(
 
 fn model_readiness(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, V2Error> {
     served(state, req)?;
-    let ready = state.engine.is_ready();
+    let ready = state.is_ready();
     Ok(readiness(ready).json(ModelReady {
         name: MODEL_NAME.into(),
         ready,
@@ -749,7 +736,7 @@ async fn run(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, V2Error> {
-    let version = served(state, req)?;
+    served(state, req)?;
     // A compressed body would have to be inflated whole, a chunk at a time, before the meter
     // could count it: refused, as the protocol allows.
     if let Some(encoding) = req
@@ -854,7 +841,9 @@ async fn run(
             )));
         }
     };
-    let scores = state.engine.scores(pixels, admitted, wait).await?;
+    // The version is that of the model which answered: the one current at admission.
+    let (scores, answered) = state.engine.scores(pixels, admitted, wait).await?;
+    let version = answered.version.label.clone();
     Ok(respond(id, version, &wanted, &scores, images))
 }
 

@@ -319,12 +319,13 @@ fn metadata_health_and_readiness() {
     let ready = get_answer(&s, &format!("{MODEL}/ready")).json();
     assert_eq!(ready, json!({"name": "cifar10-cnn", "ready": true}));
 
-    // The test weights carry no training date: version 1.
+    // The version names the record: here the test weights, which were never saved.
+    let version = common::test_version();
     let meta = get_answer(&s, MODEL);
     assert_eq!(meta.status, 200);
     let meta = meta.json();
     assert_eq!(meta["name"], "cifar10-cnn");
-    assert_eq!(meta["versions"], json!(["1"]));
+    assert_eq!(meta["versions"], json!([version]));
     assert_eq!(meta["platform"], "burn");
     assert_eq!(
         meta["inputs"],
@@ -340,8 +341,11 @@ fn metadata_health_and_readiness() {
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
         ])
     );
-    assert_eq!(get_answer(&s, &format!("{MODEL}/versions/1")).json(), meta);
-    assert_eq!(get(&s, &format!("{MODEL}/versions/1/ready")).0, 200);
+    assert_eq!(
+        get_answer(&s, &format!("{MODEL}/versions/{version}")).json(),
+        meta
+    );
+    assert_eq!(get(&s, &format!("{MODEL}/versions/{version}/ready")).0, 200);
 
     // Unknown models, versions and paths: 404 in the protocol's form.
     for path in [
@@ -416,7 +420,7 @@ fn json_images_and_tensors_answer_as_classify() {
     assert_eq!(r.header("content-type"), Some("application/json"));
     let v = r.json();
     assert_eq!(v["model_name"], "cifar10-cnn");
-    assert_eq!(v["model_version"], "1");
+    assert_eq!(v["model_version"], common::test_version());
     assert_eq!(v["id"], "req-7");
     let outputs = r.outputs();
     // Both outputs by default, logits first.

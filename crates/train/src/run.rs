@@ -186,7 +186,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         training = training.checkpoint(epoch);
     }
 
-    let net = model::Cnn::init(&autodiff);
+    let net = initial_weights(config.seed, &autodiff)?;
     let classifier = Classifier::new(net, config.label_smoothing, config.ema_decay, &autodiff);
     let learner = Learner::new(
         classifier,
@@ -249,6 +249,21 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         valid,
         test: Some(evaluation),
     })
+}
+
+/// The network's starting weights, drawn from the CPU backend's generator seeded with `seed`
+/// whatever backend trains, then copied to `device`: one seed is one starting point on every
+/// backend (`tests/wgpu.rs` trains on both from it). On the CPU this is the same draw as
+/// initialising on `device` directly.
+fn initial_weights(seed: u64, device: &burn::tensor::Device) -> Result<model::Cnn> {
+    let cpu = if Backend::available().contains(&Backend::Fast) {
+        Backend::Fast.device()
+    } else {
+        device.clone()
+    };
+    cpu.seed(seed);
+    let net = model::Cnn::init(&cpu);
+    Ok(model::record::copy_to(&net, device)?)
 }
 
 /// (Re)draws a run folder's plots from its `metrics.jsonl` and `test.json`.

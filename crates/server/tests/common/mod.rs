@@ -31,11 +31,11 @@ pub fn start(mut config: ServerConfig) -> TestServer {
     let model = model::Cnn::init(&device);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let loaded = Loaded {
-        inference: Inference::new(model.clone(), backend).unwrap(),
-        meta: RecordMeta::default(),
-        source: "test weights".into(),
-    };
+    let loaded = Loaded::unsaved(
+        Inference::new(model.clone(), backend).unwrap(),
+        RecordMeta::default(),
+        "test weights",
+    );
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         actix_web::rt::System::new().block_on(async move {
@@ -56,6 +56,11 @@ pub fn start(mut config: ServerConfig) -> TestServer {
         std::thread::sleep(Duration::from_millis(20));
     }
     server
+}
+
+/// The version [`start`]'s servers give their weights (which were never saved).
+pub fn test_version() -> String {
+    model::RecordVersion::of(b"test weights", &RecordMeta::default()).label
 }
 
 pub fn agent() -> ureq::Agent {

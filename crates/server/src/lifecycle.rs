@@ -1,0 +1,87 @@
+//! Process signals: SIGTERM and SIGINT drain and stop the server, SIGHUP reloads the record.
+//!
+//! A load balancer or Kubernetes stops routing to a replica only once it has seen it unready; a
+//! server that closed its listener at SIGTERM would refuse the requests still sent to it in
+//! that gap. So at the first SIGTERM or SIGINT, `/ready` (and the V2 readiness paths) answer
+//! 503 at once while requests are still served for the drain time (`--drain-seconds`); then
+//! the listener closes and requests in flight finish, for up to the shutdown timeout. A second
+//! signal, or SIGQUIT, stops at once.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::models::{Models, Trigger};
+
+/// Whether the server is draining (set at the first stop signal).
+#[derive(Debug, Default, Clone)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    /// True once a stop signal has arrived.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Marks the server as draining: readiness answers 503 from now on.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Handles the process's signals for `server` until it stops (spawn it on the server's
+/// runtime). Returns at once, logging why, if the signals cannot be listened for.
+pub async fn handle_signals(
+    server: ServerHandle,
+    models: Arc<Models>,
+    draining: Draining,
+    drain: Duration,
+) {
+    let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::quit()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot listen for signals: stop with SIGKILL; reload is unavailable");
+        return;
+    };
+    let first = loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let models = models.clone();
+                // Reading and checking a record is blocking work.
+                actix_web::rt::task::spawn_blocking(move || models.reload(Trigger::Signal));
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+            _ = quit.recv() => {
+                tracing::info!(signal = "SIGQUIT", "stopping now");
+                server.stop(false).await;
+                return;
+            }
+        }
+    };
+    draining.set();
+    let drain_s = drain.as_secs_f64();
+    tracing::info!(
+        signal = first,
+        drain_s,
+        "{first}: readiness off; serving for {drain_s} s more, then finishing requests in flight and stopping"
+    );
+    let graceful = tokio::select! {
+        () = tokio::time::sleep(drain) => true,
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+        _ = quit.recv() => false,
+    };
+    if graceful {
+        tracing::info!("drained: closing the listener, finishing requests in flight");
+    } else {
+        tracing::info!("second signal: stopping now");
+    }
+    server.stop(graceful).await;
+}

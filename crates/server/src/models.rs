@@ -1,0 +1,280 @@
+//! The served record, and replacing it while the server runs.
+//!
+//! [`Models`] holds the record being served behind a lock that is only ever held to clone an
+//! `Arc`. A reload ([`Models::reload`]: on SIGHUP, or when the watched file changes) reads the
+//! file and checks it beside the model being served: the record's header against the
+//! architecture, then one probe batch whose outputs must be finite probabilities, which also
+//! warms the new model up. Only then is it swapped in. Each request takes the model current
+//! when it is admitted and keeps it until answered ([`crate::engine`]), so requests in flight
+//! finish on the model they started with, and the old model is freed with the last of them: at
+//! most two models are held at once (a few MiB each). A record that fails leaves the old one
+//! serving; the failure is logged, counted (`model_reloads_total{result="failure"}`) and shown
+//! in `/model/info`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Instant, SystemTime};
+
+use model::{Backend, Inference, RecordError, RecordMeta, RecordVersion};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::metrics::Metrics;
+
+/// A record being served, with what `/model/info` says of it.
+pub struct Served {
+    /// The network, ready to run.
+    pub inference: Inference,
+    /// What the record says about itself.
+    pub meta: RecordMeta,
+    /// The record's path, or [`model::record::SHIPPED_SOURCE`].
+    pub source: String,
+    /// Its content hash and training time.
+    pub version: RecordVersion,
+    /// When this server started serving it (RFC 3339, UTC).
+    pub since: String,
+}
+
+/// What set a reload off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// The record file changed (`--watch-model`).
+    Watch,
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The new record is being served.
+    Loaded,
+    /// The file holds the record already served (same bytes): nothing to do.
+    Unchanged,
+    /// The record was refused; the previous one is still served.
+    Failed,
+}
+
+/// The last reload, as `/model/info` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReloadReport {
+    /// When it ended (RFC 3339, UTC).
+    pub at: String,
+    /// What set it off.
+    pub trigger: Trigger,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The version served after it.
+    pub version: String,
+    /// Why the record was refused.
+    pub error: Option<String>,
+}
+
+/// Why a record was not swapped in.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The server serves the record built into its binary: there is no file to read again.
+    #[error(
+        "this server serves the record built into its binary; start it with --model <file> to reload"
+    )]
+    NoFile,
+    /// The file is missing, unreadable, damaged or not a record of this network.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The record loads, but its probe batch does not give finite probabilities.
+    #[error("the record loads but its outputs are unusable: {0}")]
+    Unusable(String),
+}
+
+/// The record being served, and where to reload it from.
+pub struct Models {
+    current: RwLock<Arc<Served>>,
+    /// The file reloads read (`None`: the built-in record, which cannot change).
+    path: Option<PathBuf>,
+    backend: Backend,
+    tta: bool,
+    last: Mutex<Option<ReloadReport>>,
+    /// One reload at a time (a signal and a file change may arrive together).
+    reloading: Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Models {
+    /// Serves `first` (loaded from `path`, or built in when `None`); reloads go through
+    /// `backend`, with test-time augmentation as `tta` says.
+    pub fn new(first: Served, path: Option<PathBuf>, tta: bool, metrics: Arc<Metrics>) -> Self {
+        Self {
+            backend: first.inference.backend(),
+            current: RwLock::new(Arc::new(first)),
+            path,
+            tta,
+            last: Mutex::new(None),
+            reloading: Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The record served now. Requests keep the `Arc` they took until answered.
+    pub fn current(&self) -> Arc<Served> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last reload, if any.
+    pub fn last_reload(&self) -> Option<ReloadReport> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The file reloads read, if any.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// Reads the record file again and, when it differs from the one served and passes the
+    /// checks, serves it. Blocking (reads a file and runs the model): call it off the async
+    /// workers. Logs, counts and records the outcome.
+    pub fn reload(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let started = Instant::now();
+        let result = self.try_reload();
+        let version = self.current().version.label.clone();
+        let (outcome, error) = match &result {
+            Ok(outcome) => (*outcome, None),
+            Err(e) => (Outcome::Failed, Some(e.to_string())),
+        };
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match outcome {
+            Outcome::Loaded => {
+                tracing::info!(?trigger, %version, duration_ms = ms, "reloaded the model: serving version {version}");
+            }
+            Outcome::Unchanged => {
+                tracing::info!(?trigger, %version, "reload: the record is unchanged (version {version})");
+            }
+            Outcome::Failed => {
+                let why = error.as_deref().unwrap_or_default();
+                tracing::error!(?trigger, %version, error = why, "reload refused, still serving version {version}: {why}");
+            }
+        }
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(ReloadReport {
+            at: now(),
+            trigger,
+            outcome,
+            version,
+            error,
+        });
+        // Counted last: once the count moves, `/model/info` already tells this reload.
+        if outcome != Outcome::Unchanged {
+            self.metrics.model_reload(outcome == Outcome::Loaded);
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<Outcome, ReloadError> {
+        let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
+        let device = self.backend.device();
+        let loaded = model::record::load_file(path, &device)?;
+        if loaded.version.sha256 == self.current().version.sha256 {
+            return Ok(Outcome::Unchanged);
+        }
+        let inference = Inference::new(loaded.model, self.backend)?.with_tta(self.tta);
+        check(&inference)?;
+        let next = Arc::new(Served {
+            inference,
+            meta: loaded.meta,
+            source: loaded.source,
+            version: loaded.version,
+            since: now(),
+        });
+        // The old model stays alive in the requests that hold it, and is dropped by the last.
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        Ok(Outcome::Loaded)
+    }
+}
+
+/// Runs a probe batch through a freshly loaded model: weights that load but hold NaN or
+/// infinities (a diverged run) are refused here, before a client sees them. Also the warm-up:
+/// the first call allocates and picks kernels.
+fn check(inference: &Inference) -> Result<(), ReloadError> {
+    const PROBES: usize = 2;
+    // A blank image and one with every value of the normalised range.
+    let mut pixels = vec![0.0f32; PROBES * model::IMAGE_FLOATS];
+    for (i, v) in pixels[model::IMAGE_FLOATS..].iter_mut().enumerate() {
+        *v = (i % 97) as f32 / 24.0 - 2.0;
+    }
+    let scores = inference.scores(&pixels);
+    if let Some(bad) = scores.logits.iter().find(|v| !v.is_finite()) {
+        return Err(ReloadError::Unusable(format!("a logit is {bad}")));
+    }
+    for row in scores.probabilities.chunks(model::NUM_CLASSES) {
+        let sum: f32 = row.iter().sum();
+        if !sum.is_finite() || (sum - 1.0).abs() > 1e-3 {
+            return Err(ReloadError::Unusable(format!("probabilities sum to {sum}")));
+        }
+    }
+    Ok(())
+}
+
+/// Now, as RFC 3339 (UTC, whole seconds).
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// The debounced watcher [`watch`] returns; watching stops when it is dropped.
+pub type Watcher = notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>;
+
+/// Reloads the record when its file changes (`--watch-model`), half a second after the last
+/// change, so that a file being written is read once complete. The folder is watched rather
+/// than the file: a new record renamed over the old one (the atomic way to replace it) and a
+/// Kubernetes volume swapping its `..data` link are changes of the folder's entries.
+pub fn watch(models: Arc<Models>) -> Result<Watcher, WatchError> {
+    let path = models.path().ok_or(WatchError::NoFile)?.to_path_buf();
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(std::ffi::OsStr::to_os_string);
+    let mut debouncer = notify_debouncer_mini::new_debouncer(
+        std::time::Duration::from_millis(500),
+        move |events: notify_debouncer_mini::DebounceEventResult| match events {
+            Ok(events) => {
+                // Other files of the folder are not the record's business; `..`-names are
+                // Kubernetes' links to the volume's current contents.
+                let ours = events.iter().any(|e| {
+                    let file = e.path.file_name();
+                    file == name.as_deref()
+                        || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b".."))
+                });
+                if ours {
+                    let _ = models.reload(Trigger::Watch);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "watching the record file: {e}"),
+        },
+    )?;
+    debouncer
+        .watcher()
+        .watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    tracing::info!(path = %path.display(), "watching {} for a new record", path.display());
+    Ok(debouncer)
+}
+
+/// `--watch-model` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// The server serves the record built into its binary.
+    #[error("--watch-model needs --model <file>: the built-in record has no file to watch")]
+    NoFile,
+    /// The operating system refused the watch.
+    #[error("cannot watch the record's folder: {0}")]
+    Notify(#[from] notify::Error),
+}
