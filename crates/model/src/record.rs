@@ -214,6 +214,10 @@ pub struct RecordVersion {
 }
 
 impl RecordVersion {
+    /// What every [`RecordVersion::label`] matches (a regular expression, as JSON Schema's
+    /// `pattern`).
+    pub const LABEL_PATTERN: &'static str = "^([0-9]+-)?[0-9a-f]{12}$";
+
     /// The version of the record held in `bytes`, whose metadata is `meta`.
     pub fn of(bytes: &[u8], meta: &RecordMeta) -> Self {
         Self::from_hash(sha256_hex(bytes), meta)
@@ -328,4 +332,44 @@ pub fn import_pytorch(path: &Path, device: &Device) -> Result<Cnn, RecordError> 
         )));
     }
     Ok(model)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_is_the_content_hash_and_the_training_time() {
+        let trained = RecordMeta {
+            created: Some("2026-11-24T05:22:33Z".into()),
+            ..RecordMeta::default()
+        };
+        let v = RecordVersion::of(b"abc", &trained);
+        // SHA-256 of "abc" (FIPS 180-2, appendix B.1).
+        assert_eq!(
+            v.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(v.label, "20261124052233-ba7816bf8f01");
+        assert_eq!(v.created.as_deref(), Some("2026-11-24T05:22:33Z"));
+        // Without a training time, the hash alone; other bytes, another version.
+        let undated = RecordVersion::of(b"abc", &RecordMeta::default());
+        assert_eq!(undated.label, "ba7816bf8f01");
+        assert_ne!(RecordVersion::of(b"abd", &trained).sha256, v.sha256);
+        // Both forms are what LABEL_PATTERN describes: optional digits and '-', 12 hex digits.
+        for label in [&v.label, &undated.label] {
+            let hash = label.rsplit('-').next().unwrap();
+            assert_eq!(hash.len(), 12);
+            assert!(
+                hash.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            );
+            assert!(
+                label[..label.len() - 12]
+                    .trim_end_matches('-')
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            );
+        }
+    }
 }

@@ -203,7 +203,7 @@ mod tests {
     fn the_default_settings_give_the_documented_bound() {
         let bound = ServerConfig::default().memory_bound();
         // Rounded to the MiB, as the start-up line prints it.
-        assert_eq!((bound.total() + (1 << 19)) >> 20, 422, "{bound}");
+        assert_eq!((bound.total() + (1 << 19)) >> 20, 438, "{bound}");
         assert_eq!(bound.connections, 128 * PER_CONNECTION_BYTES);
     }
 

@@ -59,12 +59,15 @@ use crate::{routes, v2};
 pub struct ApiDoc;
 
 /// The description as JSON, with the limits of this server's settings where a schema states
-/// them (`maxItems` of a batch: `--max-files`) and the served model's version (`/v2` paths).
-/// Built once, at start-up.
+/// them (`maxItems` of a batch: `--max-files`), and the served model's version as the example
+/// of a `/v2` path's version (a pattern, not a list: a reload changes it). Built once, at
+/// start-up.
 pub fn spec_json(max_files: usize, model_version: &str) -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     doc["components"]["schemas"]["BatchForm"]["properties"]["files"]["maxItems"] = max_files.into();
-    doc["components"]["schemas"]["ModelVersion"]["enum"] = serde_json::json!([model_version]);
+    let version = &mut doc["components"]["schemas"]["ModelVersion"];
+    version["pattern"] = model::RecordVersion::LABEL_PATTERN.into();
+    version["example"] = model_version.into();
     serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
 }
 

@@ -346,7 +346,8 @@ pub enum ModelName {
     Cifar10Cnn,
 }
 
-/// The model's version (the served document lists the server's own).
+/// The model's version: the record's (`model::RecordVersion::label`); the served document gives
+/// the server's own as the example.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ModelVersion(String);

@@ -396,7 +396,14 @@ fn metadata_health_and_readiness() {
         assert!(spec["paths"][path].is_object(), "{path} undocumented");
     }
     let schemas = &spec["components"]["schemas"];
-    assert_eq!(schemas["ModelVersion"]["enum"], json!(["1"]));
+    assert_eq!(
+        schemas["ModelVersion"]["example"],
+        json!(common::test_version())
+    );
+    assert_eq!(
+        schemas["ModelVersion"]["pattern"],
+        model::RecordVersion::LABEL_PATTERN
+    );
     assert_eq!(schemas["ModelName"]["enum"], json!(["cifar10-cnn"]));
     let infer = &spec["paths"]["/v2/models/{name}/infer"]["post"];
     for status in ["200", "400", "404", "408", "413", "500", "503"] {
