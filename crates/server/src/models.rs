@@ -6,14 +6,15 @@
 //! architecture, then one probe batch whose outputs must be finite probabilities, which also
 //! warms the new model up. Only then is it swapped in. Each request takes the model current
 //! when it is admitted and keeps it until answered ([`crate::engine`]), so requests in flight
-//! finish on the model they started with, and the old model is freed with the last of them: at
-//! most two models are held at once (a few MiB each). A record that fails leaves the old one
+//! finish on the model they started with, and the old model is freed with the last of them. At
+//! most two models are held at once (a few MiB each): a reload first waits for the one the
+//! previous reload replaced to be freed. A record that fails leaves the old one
 //! serving; the failure is logged, counted (`model_reloads_total{result="failure"}`) and shown
 //! in `/model/info`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
 
 use model::{Backend, Inference, RecordError, RecordMeta, RecordVersion};
 use serde::Serialize;
@@ -86,11 +87,20 @@ pub enum ReloadError {
     /// The record loads, but its probe batch does not give finite probabilities.
     #[error("the record loads but its outputs are unusable: {0}")]
     Unusable(String),
+    /// The record the last reload replaced is still answering requests.
+    #[error("the record replaced by the last reload was still answering requests after {} s; try again", RETIRE_WAIT.as_secs())]
+    StillRetiring,
 }
+
+/// How long a reload waits for the record the previous one replaced to answer its last
+/// request (well beyond any request's timeout).
+const RETIRE_WAIT: Duration = Duration::from_secs(120);
 
 /// The record being served, and where to reload it from.
 pub struct Models {
     current: RwLock<Arc<Served>>,
+    /// The record the last reload replaced, alive while requests admitted to it are.
+    retired: Mutex<Weak<Served>>,
     /// The file reloads read (`None`: the built-in record, which cannot change).
     path: Option<PathBuf>,
     backend: Backend,
@@ -108,6 +118,7 @@ impl Models {
         Self {
             backend: first.inference.backend(),
             current: RwLock::new(Arc::new(first)),
+            retired: Mutex::new(Weak::new()),
             path,
             tta,
             last: Mutex::new(None),
@@ -181,6 +192,20 @@ impl Models {
 
     fn try_reload(&self) -> Result<Outcome, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
+        // Two records at most (the memory bound counts one besides the served one).
+        let deadline = Instant::now() + RETIRE_WAIT;
+        while self
+            .retired
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .strong_count()
+            > 0
+        {
+            if Instant::now() > deadline {
+                return Err(ReloadError::StillRetiring);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let device = self.backend.device();
         let loaded = model::record::load_file(path, &device)?;
         if loaded.version.sha256 == self.current().version.sha256 {
@@ -196,7 +221,11 @@ impl Models {
             since: now(),
         });
         // The old model stays alive in the requests that hold it, and is dropped by the last.
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = next;
+        let old = std::mem::replace(
+            &mut *self.current.write().unwrap_or_else(PoisonError::into_inner),
+            next,
+        );
+        *self.retired.lock().unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&old);
         Ok(Outcome::Loaded)
     }
 }
