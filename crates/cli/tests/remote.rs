@@ -22,6 +22,7 @@ fn start_server_with(config: ServerConfig) -> String {
     );
     let config = ServerConfig {
         log: LogFormat::Off,
+        signals: false,
         ..config
     };
     std::thread::spawn(move || {

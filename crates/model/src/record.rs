@@ -75,11 +75,34 @@ pub fn save_model(model: &Cnn, path: &Path, meta: &RecordMeta) -> Result<(), Rec
 
 /// Reads and checks the record at `path`, returning the network on `device`.
 pub fn load_model(path: &Path, device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
-    let bytes = std::fs::read(path).map_err(|source| RecordError::Io {
+    load_model_bytes(read(path)?, device)
+}
+
+/// The largest file taken for a record: the weights (4 bytes per parameter) and 1 MiB for the
+/// header and metadata. A larger file is not a record of this network, and is refused before it
+/// is read (a server reloading a wrong path must not read a data set into memory).
+pub const MAX_RECORD_BYTES: u64 = crate::PARAMETER_COUNT as u64 * 4 + (1 << 20);
+
+/// The file at `path`, if it is no larger than [`MAX_RECORD_BYTES`].
+fn read(path: &Path) -> Result<Vec<u8>, RecordError> {
+    use std::io::Read;
+    let io = |source| RecordError::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    load_model_bytes(bytes, device)
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_RECORD_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Err(RecordError::Format(format!(
+            "{} is larger than any record of this network ({MAX_RECORD_BYTES} bytes at most)",
+            path.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// As [`load_model`], from the file's bytes (for a record embedded in a binary).
@@ -291,10 +314,7 @@ pub fn load_or_shipped(path: Option<&Path>, device: &Device) -> Result<Loaded, R
 
 /// Loads and checks the record at `path`, with its version: what a server reloads.
 pub fn load_file(path: &Path, device: &Device) -> Result<Loaded, RecordError> {
-    let bytes = std::fs::read(path).map_err(|source| RecordError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = read(path)?;
     let sha256 = sha256_hex(&bytes);
     let (model, meta) = load_model_bytes(bytes, device)?;
     let version = RecordVersion::from_hash(sha256, &meta);
@@ -337,6 +357,18 @@ pub fn import_pytorch(path: &Path, device: &Device) -> Result<Cnn, RecordError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_larger_than_any_record_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.safetensors");
+        std::fs::write(&path, vec![0u8; MAX_RECORD_BYTES as usize + 1]).unwrap();
+        let err = load_file(&path, &crate::Backend::default().device())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("larger than any record"), "{err}");
+    }
 
     #[test]
     fn a_version_is_the_content_hash_and_the_training_time() {

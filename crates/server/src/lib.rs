@@ -90,6 +90,9 @@ pub struct ServerConfig {
     /// Reload the record when its file changes ([`models::watch`]). Off by default (SIGHUP
     /// reloads either way).
     pub watch_model: bool,
+    /// Handle the process's signals ([`lifecycle`]): on for a server that is the process (the
+    /// binary), off for one embedded in another program (tests), whose signals are its own.
+    pub signals: bool,
     /// Test-time augmentation: each image's probabilities are the mean of its own and its
     /// horizontal mirror's ([`Inference::with_tta`]). Off by default.
     pub tta: bool,
@@ -119,6 +122,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             drain: Duration::ZERO,
             watch_model: false,
+            signals: true,
             tta: false,
         }
     }
@@ -222,7 +226,16 @@ pub fn serve(
         version: loaded.version,
         since: models::now(),
     };
-    let models = Arc::new(Models::new(first, loaded.path, config.tta, metrics.clone()));
+    // A request holds its model for at most two request timeouts (receiving its body, then
+    // waiting for the model); a reload waits that long for the one it replaced.
+    let retire_wait = config.request_timeout * 2 + Duration::from_secs(10);
+    let models = Arc::new(Models::new(
+        first,
+        loaded.path,
+        config.tta,
+        retire_wait,
+        metrics.clone(),
+    ));
     let watcher = if config.watch_model {
         Some(models::watch(models.clone()).map_err(std::io::Error::other)?)
     } else {
@@ -315,12 +328,14 @@ pub fn serve(
     .disable_signals()
     .listen(listener)?
     .run();
-    actix_web::rt::spawn(lifecycle::handle_signals(
-        server.handle(),
-        models,
-        draining,
-        config.drain,
-    ));
+    if config.signals {
+        actix_web::rt::spawn(lifecycle::handle_signals(
+            server.handle(),
+            models,
+            draining,
+            config.drain,
+        ));
+    }
     Ok(server)
 }
 

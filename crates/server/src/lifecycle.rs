@@ -78,10 +78,17 @@ pub async fn handle_signals(
         _ = int.recv() => false,
         _ = quit.recv() => false,
     };
-    if graceful {
-        tracing::info!("drained: closing the listener, finishing requests in flight");
-    } else {
+    if !graceful {
         tracing::info!("second signal: stopping now");
+        server.stop(false).await;
+        return;
     }
-    server.stop(graceful).await;
+    tracing::info!("drained: closing the listener, finishing requests in flight");
+    // Still listening: a signal while requests in flight finish stops at once.
+    tokio::select! {
+        () = server.stop(true) => {}
+        _ = term.recv() => server.stop(false).await,
+        _ = int.recv() => server.stop(false).await,
+        _ = quit.recv() => server.stop(false).await,
+    }
 }

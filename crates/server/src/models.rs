@@ -88,13 +88,14 @@ pub enum ReloadError {
     #[error("the record loads but its outputs are unusable: {0}")]
     Unusable(String),
     /// The record the last reload replaced is still answering requests.
-    #[error("the record replaced by the last reload was still answering requests after {} s; try again", RETIRE_WAIT.as_secs())]
-    StillRetiring,
+    #[error(
+        "the record replaced by the last reload was still answering requests after {0} s; try again"
+    )]
+    StillRetiring(u64),
+    /// Loading or checking the record panicked (a bug; the served record is untouched).
+    #[error("loading the record failed unexpectedly: {0}")]
+    Panicked(String),
 }
-
-/// How long a reload waits for the record the previous one replaced to answer its last
-/// request (well beyond any request's timeout).
-const RETIRE_WAIT: Duration = Duration::from_secs(120);
 
 /// The record being served, and where to reload it from.
 pub struct Models {
@@ -108,13 +109,22 @@ pub struct Models {
     last: Mutex<Option<ReloadReport>>,
     /// One reload at a time (a signal and a file change may arrive together).
     reloading: Mutex<()>,
+    /// How long a reload waits for the record the previous one replaced to be freed.
+    retire_wait: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Models {
-    /// Serves `first` (loaded from `path`, or built in when `None`); reloads go through
-    /// `backend`, with test-time augmentation as `tta` says.
-    pub fn new(first: Served, path: Option<PathBuf>, tta: bool, metrics: Arc<Metrics>) -> Self {
+    /// Serves `first` (loaded from `path`, or built in when `None`); reloads go through its
+    /// backend, with test-time augmentation as `tta` says, and wait up to `retire_wait` for the
+    /// record the previous reload replaced to answer its last request.
+    pub fn new(
+        first: Served,
+        path: Option<PathBuf>,
+        tta: bool,
+        retire_wait: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             backend: first.inference.backend(),
             current: RwLock::new(Arc::new(first)),
@@ -123,6 +133,7 @@ impl Models {
             tta,
             last: Mutex::new(None),
             reloading: Mutex::new(()),
+            retire_wait,
             metrics,
         }
     }
@@ -157,7 +168,17 @@ impl Models {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let started = Instant::now();
-        let result = self.try_reload();
+        // A panic while loading (a bug in a decoder or a kernel) is a failed reload, reported
+        // as one; the served record is only replaced at the very end.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.try_reload()))
+            .unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                    .unwrap_or_default();
+                Err(ReloadError::Panicked(why))
+            });
         let version = self.current().version.label.clone();
         let (outcome, error) = match &result {
             Ok(outcome) => (*outcome, None),
@@ -193,7 +214,7 @@ impl Models {
     fn try_reload(&self) -> Result<Outcome, ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         // Two records at most (the memory bound counts one besides the served one).
-        let deadline = Instant::now() + RETIRE_WAIT;
+        let deadline = Instant::now() + self.retire_wait;
         while self
             .retired
             .lock()
@@ -202,7 +223,7 @@ impl Models {
             > 0
         {
             if Instant::now() > deadline {
-                return Err(ReloadError::StillRetiring);
+                return Err(ReloadError::StillRetiring(self.retire_wait.as_secs()));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -212,7 +233,12 @@ impl Models {
             return Ok(Outcome::Unchanged);
         }
         let inference = Inference::new(loaded.model, self.backend)?.with_tta(self.tta);
-        check(&inference)?;
+        // On one thread of its own: the fast path would otherwise start rayon's global pool
+        // (a thread per core, with scratch memory) for this one probe.
+        match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+            Ok(pool) => pool.install(|| check(&inference))?,
+            Err(_) => check(&inference)?,
+        }
         let next = Arc::new(Served {
             inference,
             meta: loaded.meta,
@@ -277,11 +303,13 @@ pub fn watch(models: Arc<Models>) -> Result<Watcher, WatchError> {
         move |events: notify_debouncer_mini::DebounceEventResult| match events {
             Ok(events) => {
                 // Other files of the folder are not the record's business; `..`-names are
-                // Kubernetes' links to the volume's current contents.
+                // Kubernetes' links to the volume's current contents. `AnyContinuous` comes
+                // every half second while a file is still being written: wait for its end.
                 let ours = events.iter().any(|e| {
                     let file = e.path.file_name();
-                    file == name.as_deref()
-                        || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b".."))
+                    e.kind == notify_debouncer_mini::DebouncedEventKind::Any
+                        && (file == name.as_deref()
+                            || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b"..")))
                 });
                 if ours {
                     let _ = models.reload(Trigger::Watch);

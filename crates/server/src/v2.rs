@@ -842,9 +842,16 @@ async fn run(
             )));
         }
     };
-    // The version is that of the model which answered: the one current at admission.
+    // The version is that of the model which answered: the one current at admission. A
+    // request for a given version that a reload replaced while its body was read is refused
+    // as if it had come after the reload.
     let (scores, answered) = state.engine.scores(pixels, admitted, wait).await?;
     let version = answered.version.label.clone();
+    if let Some(asked) = req.match_info().get("version")
+        && asked != version
+    {
+        return Err(V2Error::UnknownVersion(quote(asked)));
+    }
     Ok(respond(id, version, &wanted, &scores, images))
 }
 

@@ -185,6 +185,7 @@ fn serve(record: &Path) -> String {
     let loaded = server::Loaded::open(Some(record), Backend::Fast).unwrap();
     let config = server::ServerConfig {
         log: server::LogFormat::Off,
+        signals: false,
         ..server::ServerConfig::default()
     };
     std::thread::spawn(move || {

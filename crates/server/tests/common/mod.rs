@@ -26,6 +26,8 @@ impl Drop for TestServer {
 /// waits until `/ready`.
 pub fn start(mut config: ServerConfig) -> TestServer {
     config.log = LogFormat::Off;
+    // The test process's signals stay its own.
+    config.signals = false;
     let backend = Backend::default_inference();
     let device = backend.device();
     let model = model::Cnn::init(&device);
