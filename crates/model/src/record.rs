@@ -108,10 +108,15 @@ fn read(path: &Path) -> Result<Vec<u8>, RecordError> {
 /// As [`load_model`], from the file's bytes (for a record embedded in a binary).
 pub fn load_model_bytes(bytes: Vec<u8>, device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
     let meta = inspect(&bytes)?;
+    Ok((weights_into_new(bytes, device)?, meta))
+}
+
+/// A fresh network on `device` with the weights of the safetensors `bytes`, every tensor
+/// loaded.
+fn weights_into_new(bytes: Vec<u8>, device: &Device) -> Result<Cnn, RecordError> {
     let mut model = Cnn::init(device);
-    let mut store = SafetensorsStore::from_bytes(Some(bytes));
     let result = model
-        .load_from(&mut store)
+        .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
         .map_err(|e| RecordError::Architecture(e.to_string()))?;
     if !result.errors.is_empty() || !result.missing.is_empty() {
         return Err(RecordError::Architecture(format!(
@@ -119,7 +124,7 @@ pub fn load_model_bytes(bytes: Vec<u8>, device: &Device) -> Result<(Cnn, RecordM
             result.errors, result.missing
         )));
     }
-    Ok((model, meta))
+    Ok(model)
 }
 
 /// A copy of `net`'s weights in a module of its own on `device`, through an in-memory record.
@@ -133,17 +138,7 @@ pub fn copy_to(net: &Cnn, device: &Device) -> Result<Cnn, RecordError> {
     let bytes = store
         .get_bytes()
         .map_err(|e| RecordError::Save(e.to_string()))?;
-    let mut copy = Cnn::init(device);
-    let result = copy
-        .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
-        .map_err(|e| RecordError::Architecture(e.to_string()))?;
-    if !result.errors.is_empty() || !result.missing.is_empty() {
-        return Err(RecordError::Architecture(format!(
-            "errors {:?}, missing {:?}",
-            result.errors, result.missing
-        )));
-    }
-    Ok(copy)
+    weights_into_new(bytes, device)
 }
 
 /// Checks that `bytes` hold a record of this network and returns its metadata, without
@@ -312,18 +307,41 @@ pub fn load_or_shipped(path: Option<&Path>, device: &Device) -> Result<Loaded, R
     }
 }
 
-/// Loads and checks the record at `path`, with its version: what a server reloads.
+/// Loads and checks the record at `path`, with its version.
 pub fn load_file(path: &Path, device: &Device) -> Result<Loaded, RecordError> {
-    let bytes = read(path)?;
-    let sha256 = sha256_hex(&bytes);
-    let (model, meta) = load_model_bytes(bytes, device)?;
-    let version = RecordVersion::from_hash(sha256, &meta);
-    Ok(Loaded {
-        model,
-        meta,
-        source: path.display().to_string(),
-        version,
-    })
+    RecordFile::read(path)?.load(device)
+}
+
+/// A record file read and hashed, not yet checked or loaded: a server reloading compares the
+/// hash with the served record's before it spends a load on the file.
+pub struct RecordFile {
+    path: std::path::PathBuf,
+    bytes: Vec<u8>,
+    /// SHA-256 of the file, lower-case hex ([`RecordVersion::sha256`] once loaded).
+    pub sha256: String,
+}
+
+impl RecordFile {
+    /// Reads the file at `path` (no larger than [`MAX_RECORD_BYTES`]) and hashes it.
+    pub fn read(path: &Path) -> Result<Self, RecordError> {
+        let bytes = read(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            sha256: sha256_hex(&bytes),
+            bytes,
+        })
+    }
+
+    /// Checks the record and loads it onto `device`, with its version.
+    pub fn load(self, device: &Device) -> Result<Loaded, RecordError> {
+        let (model, meta) = load_model_bytes(self.bytes, device)?;
+        Ok(Loaded {
+            model,
+            version: RecordVersion::from_hash(self.sha256, &meta),
+            meta,
+            source: self.path.display().to_string(),
+        })
+    }
 }
 
 /// Reads weights saved by the original PyTorch project (`torch.save(model.state_dict())` of

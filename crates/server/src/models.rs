@@ -228,10 +228,11 @@ impl Models {
             std::thread::sleep(Duration::from_millis(10));
         }
         let device = self.backend.device();
-        let loaded = model::record::load_file(path, &device)?;
-        if loaded.version.sha256 == self.current().version.sha256 {
+        let file = model::record::RecordFile::read(path)?;
+        if file.sha256 == self.current().version.sha256 {
             return Ok(Outcome::Unchanged);
         }
+        let loaded = file.load(&device)?;
         let inference = Inference::new(loaded.model, self.backend)?.with_tta(self.tta);
         // On one thread of its own: the fast path would otherwise start rayon's global pool
         // (a thread per core, with scratch memory) for this one probe.

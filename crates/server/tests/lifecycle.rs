@@ -278,6 +278,27 @@ fn a_bad_record_is_refused_and_the_old_one_keeps_serving() {
 }
 
 #[test]
+fn a_reload_of_the_same_bytes_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    let (_, version) = write_record(&path, "2026-01-01T00:00:00Z");
+    let process = Process::start(&["--model", path.to_str().unwrap()]);
+    let since = model_info(&process)["serving_since"].clone();
+    signal(&process, libc::SIGHUP);
+    let info = wait_for_reload(&process, |r| r["outcome"] == "unchanged");
+    assert_eq!(info["version"]["label"], version.label);
+    assert_eq!(info["serving_since"], since);
+    assert_eq!(
+        metric(&process, "model_reloads_total{result=\"success\"}"),
+        0.0
+    );
+    assert_eq!(
+        metric(&process, "model_reloads_total{result=\"failure\"}"),
+        0.0
+    );
+}
+
+#[test]
 fn watch_model_reloads_when_the_file_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
