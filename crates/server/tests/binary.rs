@@ -65,7 +65,7 @@ fn bad_records_fail_at_start_with_a_clear_message() {
 fn healthcheck_probe_and_graceful_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut process = spawn(dir.path());
-    let (child, addr) = (&mut process.child, process.addr.clone());
+    let addr = process.addr.clone();
     let port = addr.rsplit(':').next().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -80,19 +80,8 @@ fn healthcheck_probe_and_graceful_sigterm() {
         assert!(Instant::now() < deadline, "never healthy");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    process.signal(libc::SIGTERM);
+    let exit = process.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "exit status {exit:?}");
     // Nothing listens any more: the probe now fails.
     let probe = server()
@@ -109,7 +98,7 @@ fn sigterm_drains_an_in_flight_request() {
     use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let mut process = spawn(dir.path());
-    let (child, addr) = (&mut process.child, process.addr.clone());
+    let addr = process.addr.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let jpeg = model::testdata::images("test", 1).remove(0).bytes;
     let mut stream = loop {
@@ -129,24 +118,14 @@ fn sigterm_drains_an_in_flight_request() {
     stream.write_all(first).unwrap();
     stream.flush().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
+    process.signal(libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(300));
     stream.write_all(rest).unwrap();
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("top_3_predictions"), "{answer}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not stop after draining");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = process.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}");
 }
 

@@ -44,12 +44,6 @@ fn expected(net: &Cnn, image: &[u8]) -> (String, f64) {
     (p.class.to_string(), f64::from(p.confidence))
 }
 
-fn signal(process: &Process, sig: libc::c_int) {
-    let pid = libc::pid_t::try_from(process.child.id()).unwrap();
-    // SAFETY: kill(2) on the child this test started; no memory is involved.
-    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
-}
-
 fn model_info(process: &Process) -> Value {
     let (status, body) = process.get("/model/info");
     assert_eq!(status, 200, "{body}");
@@ -153,7 +147,7 @@ fn sighup_swaps_the_record_under_concurrent_requests_without_an_error() {
     }
     let (new_net, new) = write_record(&path, "2026-02-02T00:00:00Z");
     new_label.set(new.label.clone()).unwrap();
-    signal(&process, libc::SIGHUP);
+    process.signal(libc::SIGHUP);
     let info = wait_for_reload(&process, |r| r["outcome"] == "loaded");
     reloaded.store(true, Ordering::Relaxed);
     let new_answer = expected(&new_net, &image);
@@ -243,7 +237,7 @@ fn a_bad_record_is_refused_and_the_old_one_keeps_serving() {
         }
         let failures = metric(&process, "model_reloads_total{result=\"failure\"}");
         assert_eq!(failures, n as f64);
-        signal(&process, libc::SIGHUP);
+        process.signal(libc::SIGHUP);
         // The count goes up once the reload has ended (and `/model/info` says how).
         let deadline = Instant::now() + Duration::from_secs(60);
         while metric(&process, "model_reloads_total{result=\"failure\"}") < (n + 1) as f64 {
@@ -284,7 +278,7 @@ fn a_reload_of_the_same_bytes_changes_nothing() {
     let (_, version) = write_record(&path, "2026-01-01T00:00:00Z");
     let process = Process::start(&["--model", path.to_str().unwrap()]);
     let since = model_info(&process)["serving_since"].clone();
-    signal(&process, libc::SIGHUP);
+    process.signal(libc::SIGHUP);
     let info = wait_for_reload(&process, |r| r["outcome"] == "unchanged");
     assert_eq!(info["version"]["label"], version.label);
     assert_eq!(info["serving_since"], since);
@@ -332,7 +326,7 @@ fn sigterm_drops_readiness_then_drains_then_stops() {
     let image = testdata::images("test", 1).remove(0).bytes;
     // Long enough that the checks below finish inside it even on a loaded machine.
     let mut process = Process::start(&["--drain-seconds", "10"]);
-    signal(&process, libc::SIGTERM);
+    process.signal(libc::SIGTERM);
     let signalled = Instant::now();
     // Readiness goes at once; the service stays, for the drain.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -348,14 +342,7 @@ fn sigterm_drops_readiness_then_drains_then_stops() {
         "the checks outlasted the drain: the test proves nothing"
     );
     // Then it stops by itself, cleanly.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the server did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = process.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}");
     assert!(
         signalled.elapsed() >= Duration::from_secs(10),

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Process;
@@ -136,19 +135,8 @@ fn json_logs_carry_the_request_id_in_each_requests_span() {
 
     // SIGTERM: actix's shutdown and our last line, then exit 0.
     let mut server = server;
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    server.signal(libc::SIGTERM);
+    let exit = server.wait_exit(Duration::from_secs(30));
     assert!(exit.success(), "{exit:?}");
     wait_for_line(&server, "the stop line", |l| {
         l["fields"]["message"] == "stopped"

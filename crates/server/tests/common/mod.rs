@@ -241,6 +241,28 @@ impl Process {
         }
     }
 
+    /// Sends the signal `sig` (`libc::SIGTERM`, `libc::SIGHUP`, ...) to the server.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on the child this test started; no memory is involved.
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+    }
+
+    /// Waits up to `within` for the server to exit; how it exited.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server did not stop within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// The lines the server has written to stderr so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
