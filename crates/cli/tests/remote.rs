@@ -22,13 +22,9 @@ fn start_server_with(config: ServerConfig) -> String {
     );
     let config = ServerConfig {
         log: LogFormat::Off,
-        signals: false,
         ..config
     };
-    std::thread::spawn(move || {
-        actix_web::rt::System::new()
-            .block_on(async move { server::serve(listener, loaded, config).unwrap().await })
-    });
+    server::spawn(listener, loaded, config).unwrap();
     base
 }
 

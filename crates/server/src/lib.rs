@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
-use actix_web::dev::{Server, Service};
+use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::http::header::HeaderName;
 use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
 use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
@@ -337,6 +337,36 @@ pub fn serve(
         ));
     }
     Ok(server)
+}
+
+/// Runs [`serve`] on a thread of its own, with its own actix runtime, for a program that is
+/// not an actix application (tests, benchmarks): returns once the server listens, with the
+/// handle that stops it. The process's signals stay the program's ([`ServerConfig::signals`]
+/// is turned off).
+pub fn spawn(
+    listener: TcpListener,
+    loaded: Loaded,
+    mut config: ServerConfig,
+) -> std::io::Result<ServerHandle> {
+    config.signals = false;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("http-server".into())
+        .spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                match serve(listener, loaded, config) {
+                    Ok(server) => {
+                        let _ = tx.send(Ok(server.handle()));
+                        let _ = server.await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    rx.recv()
+        .map_err(|_| std::io::Error::other("the server thread ended before it listened"))?
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {

@@ -185,13 +185,9 @@ fn serve(record: &Path) -> String {
     let loaded = server::Loaded::open(Some(record), Backend::Fast).unwrap();
     let config = server::ServerConfig {
         log: server::LogFormat::Off,
-        signals: false,
         ..server::ServerConfig::default()
     };
-    std::thread::spawn(move || {
-        actix_web::rt::System::new()
-            .block_on(async move { server::serve(listener, loaded, config).unwrap().await })
-    });
+    server::spawn(listener, loaded, config).unwrap();
     let agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()

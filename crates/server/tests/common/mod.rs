@@ -26,8 +26,6 @@ impl Drop for TestServer {
 /// waits until `/ready`.
 pub fn start(mut config: ServerConfig) -> TestServer {
     config.log = LogFormat::Off;
-    // The test process's signals stay its own.
-    config.signals = false;
     let backend = Backend::default_inference();
     let device = backend.device();
     let model = model::Cnn::init(&device);
@@ -38,15 +36,7 @@ pub fn start(mut config: ServerConfig) -> TestServer {
         RecordMeta::default(),
         "test weights",
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let server = server::serve(listener, loaded, config).unwrap();
-            tx.send(server.handle()).unwrap();
-            server.await.unwrap();
-        });
-    });
-    let handle = rx.recv().unwrap();
+    let handle = server::spawn(listener, loaded, config).unwrap();
     let server = TestServer {
         base,
         model,
