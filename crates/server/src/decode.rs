@@ -8,11 +8,11 @@
 //! right on the async worker, off the budget: they cost at most [`INLINE_DECODE_BYTES`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::web;
 use model::{ImageError, Preprocessor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::problem::ApiError;
 use crate::upload::{Upload, Uploads};
@@ -56,16 +56,16 @@ impl DecodeBudget {
         self.limit
     }
 
-    /// Waits (asynchronously, at most `wait`) until `bytes` of the budget are free and
-    /// reserves them until the returned permit is dropped (also for other decoded data than
-    /// images: the floats of a `/v2` tensor).
+    /// Waits (asynchronously, until the request's `deadline` at most) until `bytes` of the
+    /// budget are free and reserves them until the returned permit is dropped (also for other
+    /// decoded data than images: the floats of a `/v2` tensor).
     pub(crate) async fn reserve(
         &self,
         bytes: u64,
-        wait: Duration,
+        deadline: Instant,
     ) -> Result<OwnedSemaphorePermit, ApiError> {
         let kib = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
-        tokio::time::timeout(wait, self.kib.clone().acquire_many_owned(kib))
+        tokio::time::timeout_at(deadline, self.kib.clone().acquire_many_owned(kib))
             .await
             .map_err(|_| ApiError::Overloaded)?
             .map_err(|_| ApiError::Internal("decode budget closed".into()))
@@ -88,15 +88,16 @@ pub type Prepared = (Option<String>, Result<Vec<u8>, ApiError>);
 ///
 /// Headers are read first; then the images are decoded in groups, each group once the budget
 /// has room for what its headers say decoding takes (a group is one image, or small images
-/// together up to a quarter of the budget). The wait is asynchronous and bounded by `wait`:
-/// no blocking thread ever waits for the budget, and a request that is dropped meanwhile
-/// (client gone) releases everything it held. The uploads' bytes, and their share of the body
+/// together up to a quarter of the budget). Every wait is asynchronous and ends at the
+/// request's one `deadline` (not a wait per group: a request of many groups would otherwise
+/// hold its permits for many timeouts): no blocking thread ever waits for the budget, and a
+/// request that is dropped meanwhile (client gone) or out of time releases everything it held. The uploads' bytes, and their share of the body
 /// budget, are released once every image is decoded.
 pub async fn prepare(
     pre: Preprocessor,
     budget: &DecodeBudget,
     uploads: Uploads,
-    wait: Duration,
+    deadline: Instant,
 ) -> Result<Vec<Prepared>, ApiError> {
     // Uploads are never empty (`upload::read` refuses empty files).
     if let [file] = uploads.files.as_slice()
@@ -146,7 +147,7 @@ pub async fn prepare(
             group.extend(costs.next());
         }
         let reserved = if bytes > 0 {
-            Some(budget.reserve(bytes, wait).await?)
+            Some(budget.reserve(bytes, deadline).await?)
         } else {
             None
         };

@@ -86,6 +86,15 @@ impl Admission {
     }
 }
 
+/// Clears the readiness flag when dropped: held by the inference thread for its whole life.
+struct UnreadyAtExit(Arc<AtomicBool>);
+
+impl Drop for UnreadyAtExit {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Handle to the inference thread.
 #[derive(Clone)]
 pub struct Engine {
@@ -112,6 +121,9 @@ impl Engine {
         std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
+                // However this thread ends (a panic outside the batch's own catch included),
+                // readiness goes with it: requests would only fail from then on.
+                let _unready_at_exit = UnreadyAtExit(flag.clone());
                 let serve = || {
                     // Warm-up: the first call allocates and picks kernels.
                     let _ = first.inference.predict(&vec![0.0; IMAGE_FLOATS], 1);
@@ -178,21 +190,22 @@ impl Engine {
         &self,
         pixels: Vec<u8>,
         admitted: Admission,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<(Vec<Prediction>, Arc<Served>), ApiError> {
-        let (scores, served) = self.scores(Pixels::Rgb(pixels), admitted, timeout).await?;
+        let (scores, served) = self.scores(Pixels::Rgb(pixels), admitted, deadline).await?;
         let classes = model::NUM_CLASSES;
         let ranked = rank_probabilities(&scores.probabilities, classes, self.top_k);
         Ok((ranked, served))
     }
 
     /// Queues images under their admission and waits for their logits and probabilities
-    /// (`images × classes` each, in the images' order), and the model that made them.
+    /// (`images × classes` each, in the images' order), and the model that made them; at the
+    /// request's `deadline` it gives up (the job, if still queued, is then skipped).
     pub async fn scores(
         &self,
         pixels: Pixels,
         admitted: Admission,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<(Scores, Arc<Served>), ApiError> {
         let Admission { permit, served } = admitted;
         let images = pixels.images();
@@ -216,7 +229,7 @@ impl Engine {
             TrySendError::Full(_) => ApiError::Overloaded,
             TrySendError::Disconnected(_) => ApiError::Internal("inference thread stopped".into()),
         })?;
-        match tokio::time::timeout(timeout, rx).await {
+        match tokio::time::timeout_at(deadline, rx).await {
             Err(_) => Err(ApiError::Timeout),
             Ok(Err(_)) => Err(ApiError::Internal("inference thread stopped".into())),
             Ok(Ok(result)) => result

@@ -8,8 +8,10 @@
 //! The served record can be replaced while the server runs ([`models`]: SIGHUP, or a watched
 //! file); SIGTERM drains before stopping ([`lifecycle`]).
 //!
-//! Memory is bounded by the settings, whatever clients send: see [`memory`].
+//! Memory is bounded by the settings, whatever clients send: see [`memory`]. An optional
+//! bearer token guards every route but the probes ([`auth`]).
 
+pub mod auth;
 pub mod decode;
 pub mod engine;
 pub mod lifecycle;
@@ -31,11 +33,13 @@ use std::time::{Duration, Instant};
 
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle, Service};
-use actix_web::http::header::HeaderName;
-use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
+use actix_web::http::header::{self, HeaderName};
+use actix_web::{App, HttpMessage, HttpResponse, HttpServer, ResponseError, web};
+use futures_util::future::Either;
 use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
 use tracing_actix_web::TracingLogger;
 
+pub use crate::auth::ApiKey;
 use crate::decode::DecodeBudget;
 use crate::engine::{BatchPolicy, Engine};
 use crate::lifecycle::Draining;
@@ -75,8 +79,9 @@ pub struct ServerConfig {
     pub decode_memory: u64,
     /// Largest image accepted, in pixels, checked from the header before decoding.
     pub max_pixels: u64,
-    /// Time allowed to receive a request's body (408), and again to wait for decode memory and
-    /// for inference (503).
+    /// Time a request may take in all, from its arrival: receiving its body (408 past it),
+    /// waiting for decode memory and for the model (503). One deadline for every wait, so that
+    /// no request holds what it took for longer.
     pub request_timeout: Duration,
     /// Origins CORS allows (`*`: any); none by default, so browsers allow same-origin only.
     pub cors_origins: Vec<String>,
@@ -96,6 +101,8 @@ pub struct ServerConfig {
     /// Test-time augmentation: each image's probabilities are the mean of its own and its
     /// horizontal mirror's ([`Inference::with_tta`]). Off by default.
     pub tta: bool,
+    /// The bearer token every route but the probes asks for ([`auth`]); none by default.
+    pub api_key: Option<ApiKey>,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +131,7 @@ impl Default for ServerConfig {
             watch_model: false,
             signals: true,
             tta: false,
+            api_key: None,
         }
     }
 }
@@ -218,7 +226,11 @@ pub fn serve(
     let metrics = Arc::new(Metrics::new());
     Metrics::keep_up(&metrics, UPKEEP_PERIOD);
     let backend = loaded.inference.backend();
-    let openapi = openapi::spec_json(config.upload.files, &loaded.version.label);
+    let openapi = openapi::spec_json(
+        config.upload.files,
+        &loaded.version.label,
+        config.api_key.as_ref(),
+    );
     let first = Served {
         inference: loaded.inference.with_tta(config.tta),
         meta: loaded.meta,
@@ -226,9 +238,9 @@ pub fn serve(
         version: loaded.version,
         since: models::now(),
     };
-    // A request holds its model for at most two request timeouts (receiving its body, then
-    // waiting for the model); a reload waits that long for the one it replaced.
-    let retire_wait = config.request_timeout * 2 + Duration::from_secs(10);
+    // A request holds its model for at most its request timeout (one deadline for every wait);
+    // a reload waits that long, and a margin for a batch in the model, for the one it replaced.
+    let retire_wait = config.request_timeout + Duration::from_secs(10);
     let models = Arc::new(Models::new(
         first,
         loaded.path,
@@ -264,7 +276,9 @@ pub fn serve(
         let served = served.clone();
         let mut cors = Cors::default()
             .allow_any_header()
-            .allowed_methods(["GET", "POST"]);
+            .allowed_methods(["GET", "POST"])
+            // What a browser client may read of an answer besides the simple headers.
+            .expose_headers(["model-version", "x-request-id", v2::HEADER_LENGTH]);
         for origin in &state.config.cors_origins {
             cors = if origin == "*" {
                 cors.allow_any_origin()
@@ -275,10 +289,32 @@ pub fn serve(
         // The request lines go through the process's `tracing` subscriber (logging::init).
         let log = state.config.log != LogFormat::Off;
         let metrics = state.metrics.clone();
+        let key = state.config.api_key.clone();
         App::new()
             .app_data(state)
             .configure(routes::configure)
             .default_service(web::to(not_found))
+            // Inside CORS, which answers browsers' pre-flight requests (sent without
+            // credentials) and adds its headers to a refusal.
+            .wrap_fn(move |req, srv| {
+                let authorization = req.headers().get(header::AUTHORIZATION);
+                match &key {
+                    Some(key)
+                        if !key.allows(
+                            req.path(),
+                            authorization.map(header::HeaderValue::as_bytes),
+                        ) =>
+                    {
+                        let refusal = if req.path().starts_with("/v2") {
+                            v2::V2Error::from(ApiError::Unauthorized).error_response()
+                        } else {
+                            ApiError::Unauthorized.error_response()
+                        };
+                        Either::Left(std::future::ready(Ok(req.into_response(refusal))))
+                    }
+                    _ => Either::Right(srv.call(req)),
+                }
+            })
             .wrap(cors)
             .wrap_fn(move |req, srv| {
                 let start = Instant::now();

@@ -32,6 +32,17 @@ impl Draining {
     }
 }
 
+/// Reloads the record each time `asked` is notified, one reload at a time (a notification
+/// that comes while one runs is kept, once, for after it).
+async fn reload_on_request(models: Arc<Models>, asked: Arc<tokio::sync::Notify>) {
+    loop {
+        asked.notified().await;
+        let models = models.clone();
+        // Reading and checking a record is blocking work.
+        let _ = actix_web::rt::task::spawn_blocking(move || models.reload(Trigger::Signal)).await;
+    }
+}
+
 /// Handles the process's signals for `server` until it stops (spawn it on the server's
 /// runtime). Returns at once, logging why, if the signals cannot be listened for.
 pub async fn handle_signals(
@@ -49,13 +60,13 @@ pub async fn handle_signals(
         tracing::error!("cannot listen for signals: stop with SIGKILL; reload is unavailable");
         return;
     };
+    // SIGHUPs that come while a reload runs are merged into one reload after it: a burst of
+    // signals costs at most two reloads, never a queue of blocking ones.
+    let reload_asked = Arc::new(tokio::sync::Notify::new());
+    actix_web::rt::spawn(reload_on_request(models, reload_asked.clone()));
     let first = loop {
         tokio::select! {
-            _ = hup.recv() => {
-                let models = models.clone();
-                // Reading and checking a record is blocking work.
-                actix_web::rt::task::spawn_blocking(move || models.reload(Trigger::Signal));
-            }
+            _ = hup.recv() => reload_asked.notify_one(),
             _ = term.recv() => break "SIGTERM",
             _ = int.recv() => break "SIGINT",
             _ = quit.recv() => {

@@ -77,7 +77,8 @@ struct Args {
     /// Largest image accepted, in pixels (width × height), checked before decoding.
     #[arg(long, env = "CNN_MAX_PIXELS", default_value_t = model::DEFAULT_MAX_PIXELS)]
     max_pixels: u64,
-    /// Seconds allowed to receive a request.
+    /// Seconds a request may take in all: receiving its body (408 past it), waiting for decode
+    /// memory and for the model (503). What a request holds is let go at its deadline.
     #[arg(long, env = "CNN_REQUEST_TIMEOUT", default_value_t = 30)]
     request_timeout: u64,
     /// Origins allowed by CORS (comma-separated; `*` for any). None by default.
@@ -91,6 +92,14 @@ struct Args {
     /// mirror's (twice the model's compute per image). `CNN_TTA` takes true/false, 1/0, on/off.
     #[arg(long, env = "CNN_TTA", value_parser = clap::builder::BoolishValueParser::new())]
     tta: bool,
+    /// A bearer token every route but the probes (/health, /ready, /v2/health/*) asks for:
+    /// requests without `Authorization: Bearer <key>` get 401. Prefer the environment variable
+    /// to the flag, which other users of the machine can read in the process list.
+    #[arg(long, env = "CNN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// With --api-key, leave /metrics open too (for a scraper without the key).
+    #[arg(long, env = "CNN_PUBLIC_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
+    public_metrics: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +148,12 @@ fn run(args: Args) -> Result<()> {
             args.max_body
         );
     }
+    if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
+        bail!("--api-key (CNN_API_KEY) is empty: give a token, or leave it unset for no key");
+    }
+    if args.public_metrics && args.api_key.is_none() {
+        bail!("--public-metrics only means something with --api-key: /metrics is open without one");
+    }
     if args.watch_model && args.model.is_none() {
         bail!("--watch-model needs --model <file>: the built-in record has no file to watch");
     }
@@ -169,6 +184,10 @@ fn run(args: Args) -> Result<()> {
         tta: args.tta,
         drain: Duration::from_secs(args.drain_seconds),
         watch_model: args.watch_model,
+        api_key: args
+            .api_key
+            .as_deref()
+            .map(|key| server::ApiKey::new(key.trim(), args.public_metrics)),
         ..ServerConfig::default()
     };
     let listener = TcpListener::bind((args.host.as_str(), args.port))

@@ -27,10 +27,23 @@ pub const BASE_BYTES: u64 = 48 << 20;
 /// the fast path's copy of the weights (3.3 MB each) and the probe batch, rounded up.
 pub const RELOAD_BYTES: u64 = 16 << 20;
 
-/// One open connection at most (actix-http 3.20): its read buffer (up to 128 KiB + 8 KiB, the
-/// head limit), the payload queue it feeds (32 KiB + one read buffer), its write buffer
-/// (kept up to 128 KiB), and the multipart parser's 64 KiB buffer with one pending chunk.
+/// One open connection at most (actix-http 3.20), besides the answer it is sending: its read
+/// buffer (up to 128 KiB + 8 KiB, the head limit), the payload queue it feeds (32 KiB + one
+/// read buffer), its write buffer (filled to 32 KiB plus one piece of a body: fixed bodies go
+/// in pieces of `openapi::CHUNK_BYTES`, 64 KiB), and the multipart parser's 64 KiB buffer with
+/// one pending chunk.
 pub const PER_CONNECTION_BYTES: u64 = 512 << 10;
+
+/// Most bytes one image adds to an answer: a `/classify/batch` entry (a file name of at most
+/// `upload::MAX_FILENAME_BYTES` and two error texts of at most `problem::MAX_DETAIL_BYTES`, each
+/// at most doubled by JSON's escaping, and the fixed fields) or a `/v2` answer's rows (both
+/// outputs, as numbers or as classification strings). The routes' tests serialise the largest
+/// answers and check them against this.
+pub const ANSWER_BYTES_PER_IMAGE: u64 = 3 << 10;
+
+/// An answer's part that does not grow with its images: a `/v2` answer's `id` (at most 1 KiB,
+/// escaped at most sixfold), names and brackets; any error document.
+pub const ANSWER_FIXED_BYTES: u64 = 8 << 10;
 
 /// Log lines waiting for the log writer thread; beyond that lines are dropped, never waited
 /// for.
@@ -67,13 +80,18 @@ pub struct MemoryBound {
     pub base: u64,
     /// `workers × ceil(max_connections / workers) × PER_CONNECTION_BYTES`.
     pub connections: u64,
+    /// The largest answer, once per open connection: a client that does not read keeps it in
+    /// the server (`ANSWER_FIXED_BYTES + max_files × ANSWER_BYTES_PER_IMAGE`). Fixed bodies
+    /// (the docs' assets, the OpenAPI document) are shared by every connection, not copied.
+    pub answers: u64,
     /// `3 × body_memory`: a growing buffer may hold up to twice the bytes charged to it, and
     /// a JPEG decoder takes a copy of its file.
     pub bodies: u64,
     /// `decode_memory + workers × INLINE_DECODE_BYTES`.
     pub decoding: u64,
     /// `max_images × 12 KiB` waiting, plus one batch of floats, features and logits (and with
-    /// test-time augmentation the batch's mirrored floats and first pass's probabilities).
+    /// test-time augmentation the batch's mirrored floats and first pass's probabilities). A
+    /// batch holds up to `max(max_batch, max_files)` images: one request's job is never split.
     pub images: u64,
     /// `LOG_LINES × LOG_LINE_BYTES` queued, plus `REQUEST_SPAN_BYTES` per open connection.
     pub log: u64,
@@ -89,6 +107,7 @@ impl MemoryBound {
     pub fn total(&self) -> u64 {
         self.base
             + self.connections
+            + self.answers
             + self.bodies
             + self.decoding
             + self.images
@@ -103,10 +122,11 @@ impl fmt::Display for MemoryBound {
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
         write!(
             f,
-            "{:.0} MiB = base {:.0} + connections {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1} + reload {:.0}",
+            "{:.0} MiB = base {:.0} + connections {:.0} + answers {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1} + reload {:.0}",
             mib(self.total()),
             mib(self.base),
             mib(self.connections),
+            mib(self.answers),
             mib(self.bodies),
             mib(self.decoding),
             mib(self.images),
@@ -123,6 +143,11 @@ impl ServerConfig {
         self.max_connections.div_ceil(self.workers.max(1)).max(1)
     }
 
+    /// The most bytes one answer takes with these settings: at most `--max-files` images.
+    pub fn largest_answer(&self) -> u64 {
+        ANSWER_FIXED_BYTES + self.upload.files as u64 * ANSWER_BYTES_PER_IMAGE
+    }
+
     /// The memory bound these settings give (README, "Memory").
     pub fn memory_bound(&self) -> MemoryBound {
         let n = |v: usize| v as u64;
@@ -135,12 +160,14 @@ impl ServerConfig {
             per_image += n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 4);
         }
         let connections = workers * n(self.connections_per_worker());
+        let largest_batch = n(self.batch.max_batch.max(self.upload.files));
         MemoryBound {
             base: BASE_BYTES,
             connections: connections * PER_CONNECTION_BYTES,
+            answers: connections * self.largest_answer(),
             bodies: 3 * n(self.body_memory),
             decoding: self.decode_memory + workers * INLINE_DECODE_BYTES,
-            images: n(self.batch.max_images) * n(IMAGE_BYTES) + n(self.batch.max_batch) * per_image,
+            images: n(self.batch.max_images) * n(IMAGE_BYTES) + largest_batch * per_image,
             log: n(LOG_LINES) * LOG_LINE_BYTES + connections * REQUEST_SPAN_BYTES,
             metrics: METRICS_BYTES,
             reload: RELOAD_BYTES,
@@ -203,8 +230,27 @@ mod tests {
     fn the_default_settings_give_the_documented_bound() {
         let bound = ServerConfig::default().memory_bound();
         // Rounded to the MiB, as the start-up line prints it.
-        assert_eq!((bound.total() + (1 << 19)) >> 20, 438, "{bound}");
+        assert_eq!((bound.total() + (1 << 19)) >> 20, 463, "{bound}");
         assert_eq!(bound.connections, 128 * PER_CONNECTION_BYTES);
+        assert_eq!(bound.answers, 128 * (8 << 10) + 128 * 64 * (3 << 10));
+    }
+
+    /// A batch request's job goes whole into one batch, however large `--max-batch` is.
+    #[test]
+    fn a_batch_is_counted_at_the_largest_request() {
+        let default = ServerConfig::default();
+        let small_batches = ServerConfig {
+            batch: crate::engine::BatchPolicy {
+                max_batch: 8,
+                ..default.batch
+            },
+            ..default.clone()
+        };
+        // 64 files per request: a batch of 64 images all the same.
+        assert_eq!(
+            small_batches.memory_bound().images,
+            default.memory_bound().images
+        );
     }
 
     /// Test-time augmentation holds a mirrored copy of the batch's floats besides the batch.

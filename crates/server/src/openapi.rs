@@ -1,11 +1,16 @@
 //! The OpenAPI 3 description, generated from the handlers' annotations, and a docs page that
 //! works offline (Swagger UI is compiled into the binary).
 
+use std::convert::Infallible;
+
+use actix_web::body::SizedStream;
 use actix_web::http::header::{CACHE_CONTROL, ContentType};
 use actix_web::{HttpResponse, web};
+use futures_util::Stream;
 use utoipa::OpenApi;
 
 use crate::AppState;
+use crate::auth::ApiKey;
 use crate::problem::Problem;
 use crate::{routes, v2};
 
@@ -60,14 +65,41 @@ pub struct ApiDoc;
 
 /// The description as JSON, with the limits of this server's settings where a schema states
 /// them (`maxItems` of a batch: `--max-files`), and the served model's version as the example
-/// of a `/v2` path's version (a pattern, not a list: a reload changes it). Built once, at
+/// of a `/v2` path's version (a pattern, not a list: a reload changes it). With `api_key`, every
+/// operation but the probes asks for the bearer token (`crate::auth`). Built once, at
 /// start-up.
-pub fn spec_json(max_files: usize, model_version: &str) -> String {
+pub fn spec_json(max_files: usize, model_version: &str, api_key: Option<&ApiKey>) -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
     doc["components"]["schemas"]["BatchForm"]["properties"]["files"]["maxItems"] = max_files.into();
     let version = &mut doc["components"]["schemas"]["ModelVersion"];
     version["pattern"] = model::RecordVersion::LABEL_PATTERN.into();
     version["example"] = model_version.into();
+    if let Some(key) = api_key {
+        doc["components"]["securitySchemes"]["apiKey"] = serde_json::json!({
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The server's --api-key"
+        });
+        doc["security"] = serde_json::json!([{ "apiKey": [] }]);
+        let unauthorized = serde_json::json!({
+            "description": "`/problems/unauthorized` (`{\"error\"}` under /v2): no API key, or another",
+            "headers": { "WWW-Authenticate": { "schema": { "type": "string" } } }
+        });
+        if let Some(paths) = doc["paths"].as_object_mut() {
+            for (path, item) in paths {
+                let Some(operations) = item.as_object_mut() else {
+                    continue;
+                };
+                for operation in operations.values_mut() {
+                    if key.is_open(path) {
+                        operation["security"] = serde_json::json!([]);
+                    } else {
+                        operation["responses"]["401"] = unauthorized.clone();
+                    }
+                }
+            }
+        }
+    }
     serde_json::to_string_pretty(&doc).expect("the OpenAPI document serialises")
 }
 
@@ -75,7 +107,27 @@ pub fn spec_json(max_files: usize, model_version: &str) -> String {
 pub async fn spec(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::json())
-        .body(state.openapi.clone())
+        .body(in_chunks(state.openapi.clone()))
+}
+
+/// Largest piece of a fixed body handed to a connection at once.
+///
+/// actix-http copies a body's pieces into the connection's write buffer until it holds 32 KiB
+/// (`h1_write_buffer_size`), so a body sent as one piece (Swagger UI's 1.7 MB script) sits
+/// whole in the buffer of every connection that asked for it and does not read; in pieces of
+/// this size a connection holds at most 32 KiB + one piece (`memory::PER_CONNECTION_BYTES`).
+pub const CHUNK_BYTES: usize = 64 << 10;
+
+/// A fixed body (static, or shared by every request: no copy is made) sent in pieces of at
+/// most [`CHUNK_BYTES`], with its length announced.
+pub fn in_chunks(
+    body: web::Bytes,
+) -> SizedStream<impl Stream<Item = Result<web::Bytes, Infallible>>> {
+    let len = body.len();
+    let pieces = (0..len)
+        .step_by(CHUNK_BYTES)
+        .map(move |at| Ok(body.slice(at..(at + CHUNK_BYTES).min(len))));
+    SizedStream::new(len as u64, futures_util::stream::iter(pieces))
 }
 
 const DOCS_PAGE: &str = r##"<!doctype html>
@@ -119,5 +171,51 @@ pub async fn asset(file: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((CACHE_CONTROL, "public, max-age=86400"))
-        .body(body)
+        .body(in_chunks(web::Bytes::from_static(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+
+    fn spec() -> Value {
+        serde_json::from_str(&spec_json(64, "v", None)).unwrap()
+    }
+
+    /// The `/v2` request schema names exactly the inputs, datatypes and outputs the server
+    /// takes, so that a request the document allows is not refused for its names (the
+    /// constants in `v2` are what the server compares with).
+    #[test]
+    fn the_v2_request_schema_enumerates_what_the_server_takes() {
+        let doc = spec();
+        let schemas = &doc["components"]["schemas"];
+        let enumerated = |name: &str| schemas[name]["enum"].clone();
+        assert_eq!(
+            enumerated("ImageInputName"),
+            serde_json::json!([v2::IMAGE_INPUT])
+        );
+        assert_eq!(
+            enumerated("TensorInputName"),
+            serde_json::json!([v2::TENSOR_INPUT])
+        );
+        assert_eq!(enumerated("BytesDatatype"), serde_json::json!(["BYTES"]));
+        assert_eq!(enumerated("Fp32Datatype"), serde_json::json!(["FP32"]));
+        assert_eq!(
+            enumerated("OutputName"),
+            serde_json::json!([v2::LOGITS, v2::PROBABILITIES])
+        );
+        // An input is one of the two forms, each tying its name to its datatype.
+        let forms = schemas["InferInput"]["oneOf"].as_array().unwrap();
+        assert_eq!(forms.len(), 2, "{}", schemas["InferInput"]);
+    }
+
+    /// Without `--api-key` the document asks for no credentials.
+    #[test]
+    fn no_security_without_a_key() {
+        let doc = spec();
+        assert!(doc.get("security").is_none());
+        assert!(doc["components"].get("securitySchemes").is_none());
+    }
 }

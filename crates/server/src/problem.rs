@@ -1,4 +1,9 @@
 //! Errors as RFC 9457 `application/problem+json`, each with a stable `type`.
+//!
+//! An error's words never grow with what a client sent: a detail goes out through [`echo`]
+//! (at most [`MAX_DETAIL_BYTES`]), so that an error reply stays small however large the
+//! request that caused it (a reply that is never read stays in its connection's write buffer,
+//! which the memory bound counts per connection).
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -16,6 +21,9 @@ pub enum ApiError {
     /// No route matches the path given.
     #[error("no such endpoint: {0}")]
     NotFound(String),
+    /// `--api-key` is set and the request did not present it.
+    #[error("this server needs an API key: send 'Authorization: Bearer <key>'")]
+    Unauthorized,
     /// The path exists but not for this method; holds the methods it does take (the `Allow`
     /// header).
     #[error("method not allowed here; allowed: {0}")]
@@ -41,8 +49,8 @@ pub enum ApiError {
         /// The per-request limit (`--max-body`), in bytes.
         limit: usize,
     },
-    /// A batch with more files than the server takes at once.
-    #[error("at most {limit} files per batch request")]
+    /// A request with more files than the endpoint takes at once.
+    #[error("at most {limit} file(s) per request")]
     TooManyFiles {
         /// The most files one batch may hold (`--max-files`).
         limit: usize,
@@ -87,6 +95,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => "bad-request",
             ApiError::NotFound(_) => "not-found",
+            ApiError::Unauthorized => "unauthorized",
             ApiError::MethodNotAllowed(_) => "method-not-allowed",
             ApiError::MissingField(_) => "missing-field",
             ApiError::UnexpectedField { .. } => "unexpected-field",
@@ -114,7 +123,7 @@ impl ApiError {
                 .unwrap_or("Error")
                 .to_string(),
             status: self.status_code().as_u16(),
-            detail: self.to_string(),
+            detail: echo(&self.to_string(), MAX_DETAIL_BYTES),
         }
     }
 }
@@ -123,6 +132,26 @@ impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         ApiError::InvalidImage(e)
     }
+}
+
+/// Longest error detail sent back, in bytes. Every error text of this server is written to
+/// fit; the cut is for the parts of a request an error names (a field name, a file name, a
+/// content type, a parser's message).
+pub const MAX_DETAIL_BYTES: usize = 512;
+
+/// `text` fit to send back: control characters (which JSON writes as six bytes each) replaced
+/// by U+FFFD, then cut to at most `max` bytes at a character boundary. JSON's escaping then
+/// at most doubles it (`"` and `\`).
+pub fn echo(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { '\u{fffd}' } else { c };
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The problem document (RFC 9457).
@@ -147,6 +176,7 @@ impl ResponseError for ApiError {
             | ApiError::UnexpectedField { .. }
             | ApiError::EmptyFile(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTooLarge { .. } | ApiError::TooManyFiles { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -170,8 +200,32 @@ impl ResponseError for ApiError {
         if let ApiError::MethodNotAllowed(methods) = self {
             res.insert_header((header::ALLOW, *methods));
         }
+        if let ApiError::Unauthorized = self {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         // Errors carry their kind so the metrics middleware can count them.
         res.insert_header(("x-error-kind", self.kind()));
         res.json(self.problem())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_echo_is_cut_at_a_character_boundary_without_control_characters() {
+        assert_eq!(echo("abc", 3), "abc");
+        assert_eq!(echo("abcd", 3), "abc");
+        // 'é' is two bytes: a cut in its middle steps back before it.
+        assert_eq!(echo("aé", 2), "a");
+        assert_eq!(echo("a\nb\u{7}", 16), "a\u{fffd}b\u{fffd}");
+        let long = ApiError::UnsupportedMediaType("\u{80}\u{1}".repeat(100_000));
+        let problem = long.problem();
+        assert!(problem.detail.len() <= MAX_DETAIL_BYTES);
+        assert!(problem.detail.starts_with("unsupported content type"));
+        // Escaped, the document stays within twice the detail and its fixed fields.
+        let json = serde_json::to_string(&problem).unwrap();
+        assert!(json.len() <= 2 * MAX_DETAIL_BYTES + 128, "{}", json.len());
     }
 }

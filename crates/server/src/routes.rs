@@ -8,13 +8,14 @@ use actix_web::http::header::{self, ContentType};
 use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
 use model::{CLASSES, Gathered, PARAMETER_COUNT, Prediction, Ranked, RecordMeta, RecordVersion};
 use serde::Serialize;
+use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::decode::{self, Prepared};
 use crate::models::ReloadReport;
-use crate::problem::{ApiError, Problem};
-use crate::upload::{self, Uploads};
+use crate::problem::{self, ApiError, Problem};
+use crate::upload::{self, UploadLimits, Uploads};
 
 /// Registers every endpoint, each answering `OPTIONS` and a wrong method (405 with `Allow`)
 /// itself: the one route table, which [`crate::serve`] mounts.
@@ -284,7 +285,7 @@ async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .images_in_flight(state.engine.images_in_flight());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render())
+        .body(crate::openapi::in_chunks(state.metrics.render().into()))
 }
 
 #[utoipa::path(get, path = "/ui", tag = "service", responses((status = 200, description = "A web page to classify an image", body = String, content_type = "text/html")))]
@@ -337,24 +338,41 @@ pub struct BatchAnswer {
     total: usize,
 }
 
+/// The moment a request arriving now must be answered by: every wait of the request (its body,
+/// decode memory, the queue, the model) ends there, so that no request holds what it took for
+/// longer than `--request-timeout` in all.
+pub(crate) fn deadline(state: &AppState) -> Instant {
+    Instant::now() + state.config.request_timeout
+}
+
+/// The request's files from multipart field `field`, at most `max_files` of them.
 async fn uploads(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
     field: &'static str,
+    max_files: usize,
+    deadline: Instant,
 ) -> Result<Uploads, ApiError> {
     let secs = state.config.request_timeout.as_secs();
-    tokio::time::timeout(
-        state.config.request_timeout,
-        upload::read(req, payload, field, state.config.upload, &state.body_budget),
+    let limits = UploadLimits {
+        files: max_files,
+        ..state.config.upload
+    };
+    tokio::time::timeout_at(
+        deadline,
+        upload::read(req, payload, field, limits, &state.body_budget),
     )
     .await
     .map_err(|_| ApiError::RequestTimeout(secs))?
 }
 
-async fn prepare(state: &AppState, uploads: Uploads) -> Result<Vec<Prepared>, ApiError> {
-    let wait = state.config.request_timeout;
-    decode::prepare(state.preprocessor, &state.decode_budget, uploads, wait).await
+async fn prepare(
+    state: &AppState,
+    uploads: Uploads,
+    deadline: Instant,
+) -> Result<Vec<Prepared>, ApiError> {
+    decode::prepare(state.preprocessor, &state.decode_budget, uploads, deadline).await
 }
 
 /// An encoded image file: at least one byte (an empty file is refused with 400).
@@ -475,15 +493,13 @@ async fn classify(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let mut files = uploads(&state, &req, payload, "file").await?;
-    files.files.truncate(1);
+    let deadline = deadline(&state);
+    // One file: a second part named `file` is refused (413), not ignored.
+    let files = uploads(&state, &req, payload, "file", 1, deadline).await?;
     let admitted = state.engine.admit(1)?;
-    let (filename, pixels) = prepare(&state, files).await?.remove(0);
+    let (filename, pixels) = prepare(&state, files, deadline).await?.remove(0);
     let pixels = pixels?;
-    let (mut preds, served) = state
-        .engine
-        .classify(pixels, admitted, state.config.request_timeout)
-        .await?;
+    let (mut preds, served) = state.engine.classify(pixels, admitted, deadline).await?;
     Ok(HttpResponse::Ok()
         .insert_header(model_version(&served))
         .json(Classified::new(filename, preds.remove(0))))
@@ -502,19 +518,18 @@ async fn classify_batch(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let files = uploads(&state, &req, payload, "files").await?;
+    let deadline = deadline(&state);
+    let max_files = state.config.upload.files;
+    let files = uploads(&state, &req, payload, "files", max_files, deadline).await?;
     let total = files.files.len();
     let admitted = state.engine.admit(total)?;
     // The decoded images go to the engine as one job (batched there with other requests');
     // their predictions come back to their files, failures in their places. Each image is
     // copied once into the job and its own buffer freed before the wait.
-    let (gathered, images) = Gathered::split(prepare(&state, files).await?);
+    let (gathered, images) = Gathered::split(prepare(&state, files, deadline).await?);
     let pixels = images.concat();
     drop(images);
-    let (preds, served) = state
-        .engine
-        .classify(pixels, admitted, state.config.request_timeout)
-        .await?;
+    let (preds, served) = state.engine.classify(pixels, admitted, deadline).await?;
     let results: Vec<BatchItem> = gathered
         .answer(preds)
         .into_iter()
@@ -524,7 +539,7 @@ async fn classify_batch(
                 state.metrics.error(e.kind());
                 BatchItem::Failed {
                     filename,
-                    error: e.to_string(),
+                    error: problem::echo(&e.to_string(), problem::MAX_DETAIL_BYTES),
                     problem: e.problem(),
                 }
             }
@@ -539,4 +554,49 @@ async fn classify_batch(
 /// client can tell answers from before and after a reload apart.
 fn model_version(served: &crate::models::Served) -> (&'static str, String) {
     ("model-version", served.version.label.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::ANSWER_BYTES_PER_IMAGE;
+
+    /// The largest entries a batch answer can hold, serialised: a file name of the longest
+    /// kept length of characters JSON escapes, and error texts of the longest kept length of
+    /// the same. Each fits `memory::ANSWER_BYTES_PER_IMAGE`, which the memory bound counts.
+    #[test]
+    fn the_largest_batch_entries_fit_the_memory_bound() {
+        let filename = Some(upload::filename(&"\"".repeat(10_000)));
+        let error = ApiError::BadRequest("\\".repeat(10_000));
+        let failed = BatchItem::Failed {
+            filename: filename.clone(),
+            error: problem::echo(&error.to_string(), problem::MAX_DETAIL_BYTES),
+            problem: error.problem(),
+        };
+        let probabilities = [
+            1e-30f32,
+            0.1,
+            0.2,
+            1.0 / 3.0,
+            1e-7,
+            0.05,
+            2e-9,
+            0.11,
+            0.07,
+            0.0,
+        ];
+        let classified = BatchItem::Classified(Classified::new(
+            filename,
+            model::predict::rank(&probabilities, 3),
+        ));
+        for item in [failed, classified] {
+            let json = serde_json::to_vec(&item).unwrap();
+            assert!(
+                // With the comma between entries.
+                (json.len() as u64) < ANSWER_BYTES_PER_IMAGE,
+                "{} bytes",
+                json.len()
+            );
+        }
+    }
 }

@@ -19,13 +19,18 @@ use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::problem::ApiError;
+use crate::problem::{self, ApiError};
+
+/// Longest file name kept (and echoed back), in bytes: the most a file system allows in one
+/// name. Longer ones are cut (and control characters replaced), so that a batch answer's size
+/// is bounded by its file count.
+pub const MAX_FILENAME_BYTES: usize = 255;
 
 /// One uploaded file.
 #[derive(Debug)]
 pub struct Upload {
     /// The multipart part's file name, or the `X-Filename` header of a raw body, if given:
-    /// echoed back so a client can match answers to its files.
+    /// echoed back so a client can match answers to its files (cut to [`MAX_FILENAME_BYTES`]).
     pub filename: Option<String>,
     /// The file's bytes, not yet decoded.
     pub bytes: Vec<u8>,
@@ -99,7 +104,7 @@ where
             .headers()
             .get("x-filename")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+            .map(filename);
         match read_body(metered).await {
             Ok(bytes) if bytes.is_empty() => Err(ApiError::EmptyFile(filename.unwrap_or_default())),
             Ok(bytes) => Ok(vec![Upload { filename, bytes }]),
@@ -265,6 +270,11 @@ where
     }
 }
 
+/// A file name as kept: cut to [`MAX_FILENAME_BYTES`], without control characters.
+pub(crate) fn filename(name: &str) -> String {
+    problem::echo(name, MAX_FILENAME_BYTES)
+}
+
 async fn read_body<S>(mut payload: S) -> Result<Vec<u8>, ApiError>
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
@@ -306,7 +316,7 @@ async fn read_multipart(
         let Some(filename) = part
             .content_disposition()
             .and_then(|cd| cd.get_filename())
-            .map(str::to_string)
+            .map(filename)
         else {
             return Err(ApiError::BadRequest(format!(
                 "multipart field '{field}' must be a file upload (a part with a filename)"

@@ -34,12 +34,13 @@ use model::{CLASSES, IMAGE_FLOATS, INPUT_SIZE, NUM_CLASSES};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::decode;
 use crate::engine::{Admission, Pixels};
-use crate::problem::ApiError;
+use crate::problem::{self, ApiError};
 use crate::routes;
 use crate::upload::{self, Body, Upload};
 
@@ -261,10 +262,13 @@ impl ResponseError for V2Error {
         if let V2Error::Api(ApiError::MethodNotAllowed(methods)) = self {
             res.insert_header((header::ALLOW, *methods));
         }
+        if let V2Error::Api(ApiError::Unauthorized) = self {
+            res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
         // Counted by the metrics middleware, as the original API's errors are.
         res.insert_header(("x-error-kind", self.kind()));
         res.json(ErrorBody {
-            error: self.to_string(),
+            error: problem::echo(&self.to_string(), problem::MAX_DETAIL_BYTES),
         })
     }
 }
@@ -531,22 +535,98 @@ pub struct RequestParameters {
     binary_data_output: Option<bool>,
 }
 
-/// An input tensor.
+/// An input tensor: the model's two inputs, each with its one datatype (the document names
+/// exactly what the server takes).
+#[derive(ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum InferInput {
+    /// Encoded image files.
+    Images(ImageInput),
+    /// Preprocessed tensors.
+    Tensor(TensorInput),
+}
+
+/// The `image` input: encoded image files (`BYTES`).
 #[derive(ToSchema)]
 #[allow(dead_code)]
-pub struct InferInput {
-    /// `image` or `input`.
-    name: String,
-    /// `image`: `[N]` or `[N, 1]`; `input`: `[N, 3, 64, 64]`; N from 1 to `--max-files`.
-    #[schema(max_items = 8)]
+pub struct ImageInput {
+    /// `image`.
+    name: ImageInputName,
+    /// `[N]` or `[N, 1]`; N from 1 to `--max-files`.
+    #[schema(min_items = 1, max_items = 2)]
     shape: Vec<i64>,
-    /// `BYTES` for `image`, `FP32` for `input`.
-    datatype: String,
+    /// `BYTES`.
+    datatype: BytesDatatype,
     /// Input parameters.
     parameters: Option<InputParameters>,
-    /// The elements in row-major order, flat or nested: for `image`, each an image file in
-    /// base64; for `input`, numbers. Absent when the data are binary.
+    /// The image files in base64, flat or nested. Absent when the data are binary.
     data: Option<TensorData>,
+}
+
+/// The `input` input: preprocessed images (`FP32`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct TensorInput {
+    /// `input`.
+    name: TensorInputName,
+    /// `[N, 3, 64, 64]`; N from 1 to `--max-files`.
+    #[schema(min_items = 4, max_items = 4)]
+    shape: Vec<i64>,
+    /// `FP32`.
+    datatype: Fp32Datatype,
+    /// Input parameters.
+    parameters: Option<InputParameters>,
+    /// The numbers in row-major order, flat or nested. Absent when the data are binary.
+    data: Option<TensorData>,
+}
+
+/// The name of the input of encoded images.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum ImageInputName {
+    /// `image`.
+    #[schema(rename = "image")]
+    Image,
+}
+
+/// The name of the input of preprocessed tensors.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum TensorInputName {
+    /// `input`.
+    #[schema(rename = "input")]
+    Input,
+}
+
+/// The datatype of encoded images.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum BytesDatatype {
+    /// Byte strings.
+    #[schema(rename = "BYTES")]
+    Bytes,
+}
+
+/// The datatype of preprocessed tensors.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum Fp32Datatype {
+    /// 32-bit floats.
+    #[schema(rename = "FP32")]
+    Fp32,
+}
+
+/// The outputs a request may name.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum OutputName {
+    /// The logits.
+    #[schema(rename = "logits")]
+    Logits,
+    /// The class probabilities.
+    #[schema(rename = "probabilities")]
+    Probabilities,
 }
 
 /// Parameters of an input.
@@ -562,7 +642,7 @@ pub struct InputParameters {
 #[allow(dead_code)]
 pub struct RequestedOutput {
     /// `logits` or `probabilities`.
-    name: String,
+    name: OutputName,
     /// Output parameters.
     parameters: Option<OutputParameters>,
 }
@@ -750,14 +830,14 @@ async fn run(
             quote(&String::from_utf8_lossy(encoding.as_bytes()))
         )));
     }
-    let wait = state.config.request_timeout;
+    let deadline = routes::deadline(state);
     let max_images = state.config.upload.files;
-    let body = tokio::time::timeout(
-        wait,
+    let body = tokio::time::timeout_at(
+        deadline,
         upload::read_whole(req, payload, state.config.upload.body, &state.body_budget),
     )
     .await
-    .map_err(|_| ApiError::RequestTimeout(wait.as_secs()))??;
+    .map_err(|_| ApiError::RequestTimeout(state.config.request_timeout.as_secs()))??;
     let json_len = match req.headers().get(HEADER_LENGTH) {
         None => body.bytes.len(),
         Some(value) => value
@@ -773,28 +853,27 @@ async fn run(
             })?,
     };
     // Floats sent in the JSON go into one buffer of the most the JSON can hold (each takes at
-    // least two bytes), reserved from the decode budget before it is parsed.
+    // least two bytes), reserved from the decode budget before it is parsed. Only a request
+    // that sends floats in its JSON needs it: the first parse keeps none and stops at the first
+    // number, so that other requests (images, binary tensors) neither reserve nor wait for it.
     let decode_limit = state.decode_budget.limit();
     let most_floats = max_images * IMAGE_FLOATS;
     let float_cap = (json_len / 2)
         .min(most_floats)
         .min(usize::try_from(decode_limit / 4).unwrap_or(usize::MAX));
-    let mut reserved = state
-        .decode_budget
-        .reserve(float_cap as u64 * 4, wait)
-        .await?;
-    // A large request is parsed on the blocking pool, never stalling an async worker.
-    let (body, parsed) = if json_len <= INLINE_PARSE_BYTES {
-        let parsed = Parsed::read(&body.bytes[..json_len], max_images, float_cap);
-        (body, parsed)
-    } else {
-        web::block(move || {
-            let parsed = Parsed::read(&body.bytes[..json_len], max_images, float_cap);
-            (body, parsed)
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("parsing the request: {e}")))?
-    };
+    let (mut body, mut parsed) = parse(body, json_len, max_images, 0).await?;
+    let mut reserved = None;
+    if let Err(ParseError::TooManyFloats) = parsed
+        && float_cap > 0
+    {
+        reserved = Some(
+            state
+                .decode_budget
+                .reserve(float_cap as u64 * 4, deadline)
+                .await?,
+        );
+        (body, parsed) = parse(body, json_len, max_images, float_cap).await?;
+    }
     let request = match parsed {
         // JSON cannot hold more than `json_len / 2` numbers: the buffer ran out either at the
         // most images a request may send or at the decode budget.
@@ -827,10 +906,11 @@ async fn run(
     let (images, admitted, pixels) = match input.name.as_str() {
         IMAGE_INPUT => {
             drop(reserved);
-            images(state, body, json_len, input).await?
+            images(state, req, body, json_len, input, deadline).await?
         }
         TENSOR_INPUT => {
-            let (floats, admitted) = tensor(state, &body, json_len, input, &mut reserved).await?;
+            let (floats, admitted, reserved) =
+                tensor(state, req, &body, json_len, input, reserved, deadline).await?;
             drop(body);
             let images = floats.len() / IMAGE_FLOATS;
             (images, admitted, Pixels::Floats(floats, reserved))
@@ -842,17 +922,87 @@ async fn run(
             )));
         }
     };
-    // The version is that of the model which answered: the one current at admission. A
-    // request for a given version that a reload replaced while its body was read is refused
-    // as if it had come after the reload.
-    let (scores, answered) = state.engine.scores(pixels, admitted, wait).await?;
+    // The version is that of the model which answered: the one current at admission
+    // ([`admit`] checked it against the one asked for).
+    let (scores, answered) = state.engine.scores(pixels, admitted, deadline).await?;
     let version = answered.version.label.clone();
+    Ok(respond(id, version, &wanted, &scores, images))
+}
+
+/// Parses the JSON part of `body`, keeping at most `float_cap` numbers of tensor data; a large
+/// request on the blocking pool, never stalling an async worker. Gives the body back.
+async fn parse(
+    body: Body,
+    json_len: usize,
+    max_images: usize,
+    float_cap: usize,
+) -> Result<(Body, Result<Request, ParseError>), V2Error> {
+    if json_len <= INLINE_PARSE_BYTES {
+        let parsed = Parsed::read(&body.bytes[..json_len], max_images, float_cap);
+        return Ok((body, parsed));
+    }
+    web::block(move || {
+        let parsed = Parsed::read(&body.bytes[..json_len], max_images, float_cap);
+        (body, parsed)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("parsing the request: {e}")).into())
+}
+
+/// What [`parse_request`] found in a request that parsed.
+#[derive(Debug)]
+pub struct ParsedRequest {
+    /// Encoded images in the JSON (base64-decoded).
+    pub images: usize,
+    /// Numbers of tensor data kept.
+    pub floats: usize,
+    /// Outputs asked for.
+    pub outputs: usize,
+}
+
+/// Parses an inference request's JSON as `POST /v2/models/{name}/infer` does, keeping at most
+/// `max_images` image strings and `float_cap` numbers, and checks the outputs it asks for; the
+/// error is the parser's text as a client gets it, before the reply's cut. For the fuzzer
+/// (`fuzz/fuzz_targets/v2_json.rs`): no input may panic it, break its bounds, or make an error
+/// that grows with the input.
+pub fn parse_request(
+    json: &[u8],
+    max_images: usize,
+    float_cap: usize,
+) -> Result<ParsedRequest, String> {
+    let request = match Parsed::read(json, max_images, float_cap) {
+        Ok(request) => request,
+        Err(ParseError::Json(e)) => return Err(format!("malformed inference request: {e}")),
+        Err(ParseError::TooManyFloats) => return Err("too many numbers".into()),
+        Err(ParseError::TooManyImages) => return Err("too many images".into()),
+    };
+    let outputs = wanted(&request).map_err(|e| e.to_string())?.len();
+    let (mut images, mut floats) = (0, 0);
+    for input in &request.inputs {
+        match &input.data {
+            Some(Data::Bytes(files)) => images += files.len(),
+            Some(Data::Floats(values)) => floats += values.len(),
+            Some(Data::Empty) | None => {}
+        }
+    }
+    Ok(ParsedRequest {
+        images,
+        floats,
+        outputs,
+    })
+}
+
+/// Admits `n` images to the engine under the model served now, and refuses a request for a
+/// version other than that one before anything is decoded or run (a reload may have replaced
+/// the version asked for while the body was read).
+fn admit(state: &AppState, req: &HttpRequest, n: usize) -> Result<Admission, V2Error> {
+    let admitted = state.engine.admit(n)?;
     if let Some(asked) = req.match_info().get("version")
-        && asked != version
+        && asked != admitted.served().version.label
     {
         return Err(V2Error::UnknownVersion(quote(asked)));
     }
-    Ok(respond(id, version, &wanted, &scores, images))
+    Ok(admitted)
 }
 
 /// The outputs asked for, checked.
@@ -885,13 +1035,13 @@ fn wanted(request: &Request) -> Result<Vec<Wanted>, V2Error> {
                 output.name
             )));
         }
-        let params = &output.parameters;
+        let params = &output.parameters.0;
         if params.shared_memory_region.is_some() {
             return Err(V2Error::BadRequest(
                 "shared memory is not supported: ask for binary_data instead".into(),
             ));
         }
-        let classification = match params.classification {
+        let classification = match params.classification.as_ref().map(|k| k.0) {
             None => None,
             Some(k) if (1..=NUM_CLASSES as u64).contains(&k) => Some(k as usize),
             Some(k) => {
@@ -904,7 +1054,10 @@ fn wanted(request: &Request) -> Result<Vec<Wanted>, V2Error> {
         wanted.push(Wanted {
             logits,
             classification,
-            binary: params.binary_data.unwrap_or(request.binary_output),
+            binary: params
+                .binary_data
+                .as_ref()
+                .map_or(request.binary_output, |b| b.0),
         });
     }
     if wanted.is_empty() {
@@ -983,9 +1136,11 @@ fn image_count(shape: &[i64], max_images: usize) -> Result<usize, V2Error> {
 /// The `image` input: encoded files, decoded within the decode budget.
 async fn images(
     state: &AppState,
+    req: &HttpRequest,
     body: Body,
     json_len: usize,
     input: Input,
+    deadline: Instant,
 ) -> Result<(usize, Admission, Pixels), V2Error> {
     expect_datatype(&input, "BYTES")?;
     let max_images = state.config.upload.files;
@@ -1030,9 +1185,9 @@ async fn images(
             })
             .collect(),
     );
-    let admitted = state.engine.admit(n)?;
-    let wait = state.config.request_timeout;
-    let prepared = decode::prepare(state.preprocessor, &state.decode_budget, uploads, wait).await?;
+    let admitted = admit(state, req, n)?;
+    let prepared =
+        decode::prepare(state.preprocessor, &state.decode_budget, uploads, deadline).await?;
     let mut pixels = Vec::with_capacity(n * model::IMAGE_BYTES);
     for (index, (_, image)) in prepared.into_iter().enumerate() {
         match image {
@@ -1081,14 +1236,17 @@ fn split_bytes(binary: &[u8], max_images: usize) -> Result<Vec<Vec<u8>>, V2Error
         .collect())
 }
 
-/// The `input` input: preprocessed floats, paid for by `reserved` from the decode budget.
+/// The `input` input: preprocessed floats, paid for from the decode budget by the returned
+/// permit (`reserved`: what the JSON's parse held, if it kept floats).
 async fn tensor(
     state: &AppState,
+    req: &HttpRequest,
     body: &Body,
     json_len: usize,
     input: Input,
-    reserved: &mut OwnedSemaphorePermit,
-) -> Result<(Vec<f32>, Admission), V2Error> {
+    reserved: Option<OwnedSemaphorePermit>,
+    deadline: Instant,
+) -> Result<(Vec<f32>, Admission, OwnedSemaphorePermit), V2Error> {
     expect_datatype(&input, "FP32")?;
     let shape = &input.shape;
     let n = image_count(shape, state.config.upload.files)?;
@@ -1105,7 +1263,7 @@ async fn tensor(
             "input '{TENSOR_INPUT}' has shape {shape:?} ({count} values) but {got} values"
         ))
     };
-    let floats = match binary_part(body, json_len, &input)? {
+    match binary_part(body, json_len, &input)? {
         Some(binary) => {
             if binary.len() != count * 4 {
                 return Err(mismatch(binary.len() / 4));
@@ -1117,36 +1275,32 @@ async fn tensor(
                     limit,
                 });
             }
-            let admitted = state.engine.admit(n)?;
-            let wait = state.config.request_timeout;
+            let admitted = admit(state, req, n)?;
             // What the JSON's parse held goes back before the floats' room is waited for.
-            decode::keep_only(reserved, 0);
-            *reserved = state.decode_budget.reserve(bytes, wait).await?;
+            drop(reserved);
+            let reserved = state.decode_budget.reserve(bytes, deadline).await?;
             let floats: Vec<f32> = binary
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            return finite(floats).map(|floats| (floats, admitted));
+            finite(floats).map(|floats| (floats, admitted, reserved))
         }
-        None => match input.data {
-            Some(Data::Floats(mut floats)) if floats.len() == count => {
+        None => match (input.data, reserved) {
+            (Some(Data::Floats(mut floats)), Some(mut reserved)) if floats.len() == count => {
                 // The buffer was sized for the most the JSON could hold: keep what is used.
                 floats.shrink_to_fit();
-                decode::keep_only(reserved, bytes);
-                floats
+                decode::keep_only(&mut reserved, bytes);
+                let floats = finite(floats)?;
+                let admitted = admit(state, req, n)?;
+                Ok((floats, admitted, reserved))
             }
-            Some(Data::Floats(floats)) => return Err(mismatch(floats.len())),
-            Some(Data::Empty) => return Err(mismatch(0)),
-            _ => {
-                return Err(V2Error::BadRequest(format!(
-                    "input '{TENSOR_INPUT}' holds FP32 numbers, not strings"
-                )));
-            }
+            (Some(Data::Floats(floats)), _) => Err(mismatch(floats.len())),
+            (Some(Data::Empty) | None, _) => Err(mismatch(0)),
+            (Some(Data::Bytes(_)), _) => Err(V2Error::BadRequest(format!(
+                "input '{TENSOR_INPUT}' holds FP32 numbers, not strings"
+            ))),
         },
-    };
-    let floats = finite(floats)?;
-    let admitted = state.engine.admit(n)?;
-    Ok((floats, admitted))
+    }
 }
 
 fn finite(floats: Vec<f32>) -> Result<Vec<f32>, V2Error> {
@@ -1286,25 +1440,119 @@ enum Data {
 struct OutputRequest {
     name: String,
     #[serde(default)]
-    parameters: OutputParams,
+    parameters: NoEcho<OutputParams>,
 }
 
 #[derive(Deserialize, Default)]
 struct OutputParams {
-    binary_data: Option<bool>,
-    classification: Option<u64>,
+    binary_data: Option<NoEcho<bool>>,
+    classification: Option<NoEcho<u64>>,
     shared_memory_region: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize, Default)]
 struct RequestParams {
-    binary_data_output: Option<bool>,
+    binary_data_output: Option<NoEcho<bool>>,
 }
 
 #[derive(Deserialize, Default)]
 struct InputParams {
-    binary_data_size: Option<u64>,
+    binary_data_size: Option<NoEcho<u64>>,
     shared_memory_region: Option<IgnoredAny>,
+}
+
+/// A value of a type other than string, read so that a string in its place is refused without
+/// being quoted back. `serde_json`'s own type error quotes the whole string, escaped (a 9 MiB
+/// string of U+0080 made a 33 MB error, built inside the parse and sent back), so every place
+/// of the request where a string does not belong is read through this or through a visitor of
+/// ours that refuses strings with [`string_here`].
+#[derive(Default)]
+struct NoEcho<T>(T);
+
+/// What a [`NoEcho`] value is, for its error message.
+trait Expected {
+    const WHAT: &'static str;
+}
+
+impl Expected for bool {
+    const WHAT: &'static str = "a boolean";
+}
+impl Expected for u64 {
+    const WHAT: &'static str = "a non-negative integer";
+}
+impl Expected for i64 {
+    const WHAT: &'static str = "an integer";
+}
+impl Expected for OutputRequest {
+    const WHAT: &'static str = "an output object";
+}
+impl Expected for OutputParams {
+    const WHAT: &'static str = "a parameters object";
+}
+impl Expected for RequestParams {
+    const WHAT: &'static str = "a parameters object";
+}
+impl Expected for InputParams {
+    const WHAT: &'static str = "a parameters object";
+}
+
+impl<'de, T: Deserialize<'de> + Expected> Deserialize<'de> for NoEcho<T> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoEchoVisitor(std::marker::PhantomData))
+            .map(NoEcho)
+    }
+}
+
+/// Hands every JSON value but a string on to `T` as it came.
+struct NoEchoVisitor<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Deserialize<'de> + Expected> Visitor<'de> for NoEchoVisitor<T> {
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(T::WHAT)
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<T, E> {
+        T::deserialize(de::value::BoolDeserializer::new(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
+        T::deserialize(de::value::I64Deserializer::new(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
+        T::deserialize(de::value::U64Deserializer::new(v))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<T, E> {
+        T::deserialize(de::value::F64Deserializer::new(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<T, E> {
+        T::deserialize(de::value::UnitDeserializer::new())
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        Err(string_here(v, &self))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+        T::deserialize(de::value::SeqAccessDeserializer::new(seq))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+        T::deserialize(de::value::MapAccessDeserializer::new(map))
+    }
+}
+
+/// The error for a string where `expected` belongs: it gives the string's length, never its
+/// text.
+fn string_here<E: de::Error>(v: &str, expected: &dyn de::Expected) -> E {
+    E::invalid_type(
+        de::Unexpected::Other(&format!("a string of {} bytes", v.len())),
+        expected,
+    )
 }
 
 enum ParseError {
@@ -1378,7 +1626,7 @@ struct RequestSeed<'c>(&'c Parsed);
 impl<'de> DeserializeSeed<'de> for RequestSeed<'_> {
     type Value = Request;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Request, D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -1387,6 +1635,10 @@ impl<'de> Visitor<'de> for RequestSeed<'_> {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an inference request object")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Request, E> {
+        Err(string_here(v, &self))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Request, A::Error> {
@@ -1408,7 +1660,7 @@ impl<'de> Visitor<'de> for RequestSeed<'_> {
                 }
                 RequestField::Parameters => {
                     once(params.is_some(), "parameters")?;
-                    params = Some(map.next_value()?);
+                    params = Some(map.next_value::<NoEcho<RequestParams>>()?.0);
                 }
                 RequestField::Inputs => {
                     once(inputs.is_some(), "inputs")?;
@@ -1428,7 +1680,9 @@ impl<'de> Visitor<'de> for RequestSeed<'_> {
         }
         Ok(Request {
             id,
-            binary_output: params.and_then(|p| p.binary_data_output).unwrap_or(false),
+            binary_output: params
+                .and_then(|p| p.binary_data_output)
+                .is_some_and(|b| b.0),
             inputs: inputs.ok_or_else(|| de::Error::missing_field("inputs"))?,
             outputs,
         })
@@ -1449,7 +1703,7 @@ struct InputsSeed<'c>(&'c Parsed);
 impl<'de> DeserializeSeed<'de> for InputsSeed<'_> {
     type Value = Vec<Input>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<Input>, D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -1460,17 +1714,29 @@ impl<'de> Visitor<'de> for InputsSeed<'_> {
         f.write_str("a list of one input")
     }
 
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<Input>, E> {
+        Err(string_here(v, &self))
+    }
+
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Input>, A::Error> {
-        let mut inputs = Vec::with_capacity(1);
-        while let Some(input) = seq.next_element_seed(InputSeed(self.0))? {
-            if !inputs.is_empty() {
-                return Err(de::Error::custom(format!(
-                    "this model takes exactly one input: '{IMAGE_INPUT}' (BYTES, encoded images) or '{TENSOR_INPUT}' (FP32, [N, 3, 64, 64])"
-                )));
-            }
-            inputs.push(input);
-        }
-        Ok(inputs)
+        let Some(input) = seq.next_element_seed(InputSeed(self.0))? else {
+            return Ok(Vec::new());
+        };
+        // A second input is refused where it starts, before any of it is read.
+        seq.next_element_seed(SecondInput)?;
+        Ok(vec![input])
+    }
+}
+
+/// Refuses whatever value comes, unread: the place of a second input.
+struct SecondInput;
+
+impl<'de> DeserializeSeed<'de> for SecondInput {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, _: D) -> Result<(), D::Error> {
+        Err(de::Error::custom(format!(
+            "this model takes exactly one input: '{IMAGE_INPUT}' (BYTES, encoded images) or '{TENSOR_INPUT}' (FP32, [N, 3, 64, 64])"
+        )))
     }
 }
 
@@ -1479,7 +1745,7 @@ struct InputSeed<'c>(&'c Parsed);
 impl<'de> DeserializeSeed<'de> for InputSeed<'_> {
     type Value = Input;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Input, D::Error> {
-        d.deserialize_map(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -1488,6 +1754,10 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("an input tensor object")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Input, E> {
+        Err(string_here(v, &self))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input, A::Error> {
@@ -1512,7 +1782,7 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
                 }
                 InputField::Parameters => {
                     once(params.is_some(), "parameters")?;
-                    params = Some(map.next_value()?);
+                    params = Some(map.next_value::<NoEcho<InputParams>>()?.0);
                 }
                 InputField::Data => {
                     once(data.is_some(), "data")?;
@@ -1520,6 +1790,7 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
                     map.next_value_seed(DataSeed {
                         ctx: self.0,
                         out: &mut elements,
+                        top: true,
                     })?;
                     data = Some(elements);
                 }
@@ -1533,7 +1804,7 @@ impl<'de> Visitor<'de> for InputSeed<'_> {
             name: name.ok_or_else(|| de::Error::missing_field("name"))?,
             datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
             shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
-            binary_size: params.binary_data_size,
+            binary_size: params.binary_data_size.map(|s| s.0),
             shared_memory: params.shared_memory_region.is_some(),
             data,
         })
@@ -1557,23 +1828,27 @@ impl<T> Bounded<T> {
     }
 }
 
-impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Bounded<T> {
+impl<'de, T: Deserialize<'de> + Expected> DeserializeSeed<'de> for Bounded<T> {
     type Value = Vec<T>;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Vec<T>, D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
-impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
+impl<'de, T: Deserialize<'de> + Expected> Visitor<'de> for Bounded<T> {
     type Value = Vec<T>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "a list of at most {} {}", self.max, self.what)
     }
 
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+        Err(string_here(v, &self))
+    }
+
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let mut out = Vec::new();
-        while let Some(value) = seq.next_element()? {
+        while let Some(NoEcho(value)) = seq.next_element()? {
             if out.len() == self.max {
                 return Err(de::Error::custom(format!(
                     "more than {} {}",
@@ -1586,16 +1861,17 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for Bounded<T> {
     }
 }
 
-/// Tensor data, flat or nested, flattened into `out`.
+/// Tensor data, flat or nested, flattened into `out`; at the `top`, only a list.
 struct DataSeed<'c, 'o> {
     ctx: &'c Parsed,
     out: &'o mut Data,
+    top: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for DataSeed<'_, '_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
+        d.deserialize_any(self)
     }
 }
 
@@ -1611,6 +1887,7 @@ impl<'de> DeserializeSeed<'de> for ElementSeed<'_, '_> {
         d.deserialize_any(DataSeed {
             ctx: self.ctx,
             out: self.out,
+            top: false,
         })
     }
 }
@@ -1624,6 +1901,9 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
 
 impl DataSeed<'_, '_> {
     fn number<E: de::Error>(self, v: f64) -> Result<(), E> {
+        if self.top {
+            return Err(E::invalid_type(de::Unexpected::Float(v), &self));
+        }
         let cap = self.ctx.float_cap;
         if let Data::Empty = self.out {
             *self.out = Data::Floats(Vec::with_capacity(cap));
@@ -1671,6 +1951,9 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        if self.top {
+            return Err(string_here(v, &self));
+        }
         if let Data::Empty = self.out {
             *self.out = Data::Bytes(Vec::new());
         }
@@ -1690,5 +1973,52 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_> {
         })?;
         files.push(bytes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::{ANSWER_BYTES_PER_IMAGE, ANSWER_FIXED_BYTES};
+
+    /// The largest `/v2` answer for `n` images (the longest `id`, of characters JSON writes as
+    /// six bytes; both outputs as numbers of the longest form, or as classifications of all
+    /// ten classes) fits what the memory bound counts for an answer of `n` images.
+    #[test]
+    fn the_largest_answer_fits_the_memory_bound() {
+        let n = 64;
+        let id = Some("\u{1}".repeat(MAX_ID_BYTES));
+        let row = [
+            -1.234_567_9e-30f32,
+            1.0 / 3.0,
+            2e-9,
+            -0.123_456_79,
+            1e30,
+            0.1,
+            0.2,
+            0.3,
+            0.4,
+            0.5,
+        ];
+        let scores = Scores {
+            logits: row.repeat(n),
+            probabilities: row.repeat(n),
+        };
+        for classification in [None, Some(NUM_CLASSES)] {
+            let wanted: Vec<Wanted> = [true, false]
+                .into_iter()
+                .map(|logits| Wanted {
+                    logits,
+                    classification,
+                    binary: false,
+                })
+                .collect();
+            let res = respond(id.clone(), "v".repeat(80), &wanted, &scores, n);
+            let body = actix_web::rt::System::new()
+                .block_on(actix_web::body::to_bytes(res.into_body()))
+                .unwrap();
+            let bound = ANSWER_FIXED_BYTES + n as u64 * ANSWER_BYTES_PER_IMAGE;
+            assert!(body.len() as u64 <= bound, "{} bytes", body.len());
+        }
     }
 }

@@ -442,3 +442,173 @@ fn cors_allows_only_configured_origins() {
     let other = get_reply(&s, "/health", &[("Origin", "http://evil.example")]);
     assert_eq!(other.header("access-control-allow-origin"), None);
 }
+
+/// A browser client may read the headers that say which model answered and which request it
+/// was, and the binary tensor extension's JSON length.
+#[test]
+fn cors_exposes_the_answer_headers() {
+    let config = ServerConfig {
+        cors_origins: vec!["http://app.example".into()],
+        ..ServerConfig::default()
+    };
+    let s = start(config);
+    let r = get_reply(&s, "/health", &[("Origin", "http://app.example")]);
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    for name in [
+        "model-version",
+        "x-request-id",
+        "inference-header-content-length",
+    ] {
+        assert!(exposed.contains(name), "{name} not in {exposed:?}");
+    }
+}
+
+/// `/classify` takes one file: a second part named `file` is refused, not dropped unseen.
+#[test]
+fn classify_refuses_a_second_file() {
+    let s = start(ServerConfig::default());
+    let image = encode(&DynamicImage::new_rgb8(8, 8), ImageFormat::Png);
+    let one = post_multipart(&s, "/classify", &[("file", "a.png", &image)]);
+    assert_eq!(one.status, 200, "{}", one.body);
+    let two = post_multipart(
+        &s,
+        "/classify",
+        &[("file", "a.png", &image), ("file", "b.png", &image)],
+    );
+    assert_problem(&two, 413, "too-many-files");
+}
+
+/// A file name is echoed back cut to 255 bytes, without control characters, so that an
+/// answer's size is bounded by its file count.
+#[test]
+fn long_file_names_are_cut() {
+    let s = start(ServerConfig::default());
+    let image = encode(&DynamicImage::new_rgb8(8, 8), ImageFormat::Png);
+    let name = format!("\t{}.png", "é".repeat(300));
+    let r = post_multipart(&s, "/classify/batch", &[("files", &name, &image)]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let echoed = r.json()["results"][0]["filename"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        echoed.len() <= server::upload::MAX_FILENAME_BYTES,
+        "{}",
+        echoed.len()
+    );
+    assert!(echoed.starts_with("\u{fffd}éé"), "{echoed:.20}");
+}
+
+/// With `--api-key`, every route but the probes answers 401 (with `WWW-Authenticate`) to a
+/// request without the token or with another, in the original API's form and in the V2 form;
+/// the token opens them; the OpenAPI document says so.
+#[test]
+fn an_api_key_guards_every_route_but_the_probes() {
+    let config = ServerConfig {
+        api_key: Some(server::ApiKey::new("s3cret", false)),
+        ..ServerConfig::default()
+    };
+    let s = start(config);
+    let image = encode(&DynamicImage::new_rgb8(8, 8), ImageFormat::Png);
+    for probe in ["/health", "/ready", "/v2/health/live", "/v2/health/ready"] {
+        assert_eq!(get(&s, probe).0, 200, "{probe}");
+    }
+    for path in [
+        "/",
+        "/model/info",
+        "/classes",
+        "/metrics",
+        "/v2",
+        "/openapi.json",
+    ] {
+        let r = get_reply(&s, path, &[]);
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{path}");
+        let wrong = get_reply(&s, path, &[("Authorization", "Bearer s3cre")]);
+        assert_eq!(wrong.status, 401, "{path}");
+        let right = get_reply(&s, path, &[("Authorization", "Bearer s3cret")]);
+        assert_eq!(right.status, 200, "{path}");
+    }
+    let r = post(&s, "/classify", "image/png", &image);
+    assert_problem(&r, 401, "unauthorized");
+    let r = post(
+        &s,
+        "/v2/models/cifar10-cnn/infer",
+        "application/json",
+        b"{}",
+    );
+    assert_eq!(r.status, 401);
+    assert!(
+        r.json()["error"].as_str().unwrap().contains("API key"),
+        "{}",
+        r.body
+    );
+
+    let spec = get_reply(&s, "/openapi.json", &[("Authorization", "Bearer s3cret")]).json();
+    assert_eq!(
+        spec["components"]["securitySchemes"]["apiKey"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(
+        spec["paths"]["/health"]["get"]["security"],
+        serde_json::json!([])
+    );
+    assert!(spec["paths"]["/classify"]["post"]["responses"]["401"].is_object());
+
+    let open_metrics = start(ServerConfig {
+        api_key: Some(server::ApiKey::new("s3cret", true)),
+        ..ServerConfig::default()
+    });
+    assert_eq!(get(&open_metrics, "/metrics").0, 200);
+    assert_eq!(get(&open_metrics, "/classes").0, 401);
+}
+
+/// One deadline per request: the time a body took to arrive counts against the wait for the
+/// model. A body sent over 1.2 s to a server with a 2 s timeout, whose batches wait 30 s for
+/// company, is answered 503 at 2 s after it started, not 2 s after its body ended.
+#[test]
+fn one_deadline_covers_every_wait_of_a_request() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let default = ServerConfig::default();
+    let s = start(ServerConfig {
+        request_timeout: Duration::from_secs(2),
+        batch: server::engine::BatchPolicy {
+            max_wait: Duration::from_secs(30),
+            ..default.batch
+        },
+        ..default
+    });
+    let image = encode(&DynamicImage::new_rgb8(8, 8), ImageFormat::Png);
+    let addr = s.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    write!(
+        stream,
+        "POST /classify HTTP/1.1\r\nHost: {addr}\r\nContent-Type: image/png\r\nContent-Length: {}\r\n\r\n",
+        image.len()
+    )
+    .unwrap();
+    let (first, rest) = image.split_at(image.len() / 2);
+    stream.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(1200));
+    stream.write_all(rest).unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).expect("an answer");
+    let waited = started.elapsed();
+    let head = String::from_utf8_lossy(&answer[..n]);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("/problems/timeout"), "{head}");
+    // The request's deadline is 2 s after it arrived; a fresh 2 s wait for the model after
+    // the body would end at 3.2 s.
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_millis(2900),
+        "answered after {waited:?}"
+    );
+}

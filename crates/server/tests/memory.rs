@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Process, SMALL_ARGS, check_peak};
+use common::{Process, SMALL_ARGS, check_peak, check_peak_at};
 
 fn start() -> Process {
     Process::start(&SMALL_ARGS)
@@ -265,4 +265,156 @@ fn an_image_that_would_take_more_than_the_decode_memory_is_refused() {
         200
     );
     check_peak(&server, "decode budget");
+}
+
+/// A connection to `addr` whose receive buffer is as small as the kernel allows, set before
+/// connecting (so the window it offers stays small): what the server sends and this client
+/// does not read stays in the server.
+fn small_window_connection(addr: &str) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    // SAFETY: plain socket calls on a descriptor this function owns until it hands it to
+    // `TcpStream`, which closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&raw const sin).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        let stream = TcpStream::from_raw_fd(fd);
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+/// Sends `request` on a small-window connection and reads the answer's status line only,
+/// leaving the rest unread; on 503 (no room now) tries again. Returns the connection, still
+/// open, and the status.
+fn answered_but_unread(addr: &str, request: &[u8]) -> (TcpStream, u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut stream = small_window_connection(addr);
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let status = status_of(&mut stream);
+        if status != 503 || Instant::now() > deadline {
+            return (stream, status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Issue 24's echo attack: a `/v2` request whose JSON is one long string (legal JSON, of a
+/// character JSON's error message escapes to six bytes) was answered with an error that
+/// quoted it back, escaped, and 64 clients that never read their answers held those in the
+/// server past its bound. Now every error is a few hundred bytes, and the server stays under
+/// the bound with all 64 answers unread.
+#[test]
+fn unread_v2_error_answers_stay_within_the_bound() {
+    let server = start();
+    // Under the 1 MiB body limit: a string of U+0080 (two bytes each in UTF-8).
+    let text = format!("\"{}\"", "\u{80}".repeat((1 << 20) / 2 - 64));
+    let request = |body: &str| {
+        let mut r = format!(
+            "POST /v2/models/cifar10-cnn/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body.as_bytes());
+        r
+    };
+    // The reply to each shape, read whole: small, whatever the string's length.
+    let shapes = [
+        text.clone(),
+        format!(r#"{{"inputs":{text}}}"#),
+        format!(r#"{{"inputs":[{text}]}}"#),
+        format!(r#"{{"parameters":{text},"inputs":[]}}"#),
+        format!(r#"{{"parameters":{{"binary_data_output":{text}}},"inputs":[]}}"#),
+        format!(r#"{{"outputs":{text},"inputs":[]}}"#),
+        format!(r#"{{"outputs":[{text}],"inputs":[]}}"#),
+        format!(
+            r#"{{"outputs":[{{"name":"logits","parameters":{{"classification":{text}}}}}],"inputs":[]}}"#
+        ),
+        format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":{text}}}]}}"#),
+        format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[{text}]}}]}}"#),
+        format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1],"data":{text}}}]}}"#),
+        format!(
+            r#"{{"inputs":[{{"name":"image","datatype":"BYTES","shape":[1],"parameters":{{"binary_data_size":{text}}}}}]}}"#
+        ),
+        format!(r#"{{"inputs":[{{"name":"image","datatype":"BYTES","shape":[1]}},{text}]}}"#),
+    ];
+    for body in &shapes {
+        let r = server.post(
+            "/v2/models/cifar10-cnn/infer",
+            "application/json",
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{}", &r.body[..r.body.len().min(300)]);
+        assert!(
+            r.body.len() <= 2 * server::problem::MAX_DETAIL_BYTES + 64,
+            "a {}-byte error for a {}-byte request: {:.300}",
+            r.body.len(),
+            body.len(),
+            r.body
+        );
+    }
+    // 64 connections (the server's most) each leave such an answer unread.
+    let body = request(&shapes[0]);
+    let held: Vec<(TcpStream, u16)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..63)
+            .map(|_| scope.spawn(|| answered_but_unread(&server.addr, &body)))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(held.iter().all(|(_, status)| *status == 400));
+    check_peak(&server, "64 unread /v2 error answers");
+    drop(held);
+}
+
+/// Issue 24's asset attack: Swagger UI's 1.7 MB script was sent as one piece, which actix
+/// copies whole into the connection's write buffer; clients that pipelined requests for it
+/// and read nothing held 1.7 MB each. In 64 KiB pieces a connection holds at most one.
+#[test]
+fn unread_static_assets_stay_within_the_bound() {
+    // 256 connections: each costs the bound 0.7 MiB, and cost the server 1.7 MB before.
+    let mut args = SMALL_ARGS;
+    assert_eq!(args[0], "--max-connections");
+    args[1] = "256";
+    let server = Process::start(&args);
+    let request = "GET /docs/swagger-ui-bundle.js HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4);
+    let held: Vec<(TcpStream, u16)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..255)
+            .map(|_| scope.spawn(|| answered_but_unread(&server.addr, request.as_bytes())))
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(held.iter().all(|(_, status)| *status == 200));
+    // Let the server write what it can before its peak is read.
+    std::thread::sleep(Duration::from_secs(1));
+    let config = server::ServerConfig {
+        max_connections: 256,
+        ..common::small_config()
+    };
+    check_peak_at(&server, &config, "255 × 4 unread copies of Swagger UI");
+    drop(held);
 }

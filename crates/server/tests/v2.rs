@@ -944,3 +944,23 @@ fn hostile_v2_requests_stay_within_the_memory_bound() {
     assert!(statuses.contains(&200), "{by_status:?}");
     common::check_peak(&server, "hostile /v2 requests");
 }
+
+/// A second input is refused where it starts, unread: what follows it cannot change the answer
+/// (before, it was parsed in full, into a buffer of its own, and its own errors came back).
+#[test]
+fn a_second_input_is_refused_unread() {
+    let s = start(ServerConfig::default());
+    let image = testdata::images("test", 1).remove(0).bytes;
+    let mut request = images_request(&[&image]);
+    let first = request["inputs"][0].clone();
+    for second in [first, json!({"name": 1}), json!("x".repeat(100_000))] {
+        request["inputs"] = json!([request["inputs"][0].clone(), second]);
+        let r = post_json(&s, INFER, &request);
+        assert_eq!(r.status, 400);
+        assert!(
+            r.error().contains("exactly one input"),
+            "{:.200}",
+            r.error()
+        );
+    }
+}

@@ -354,7 +354,12 @@ pub fn small_config() -> server::ServerConfig {
 /// The server at [`SMALL_ARGS`] kept its peak RSS (its own `VmHWM`) under the bound those
 /// settings give, and still answers `/health`; `what` names the attack in the messages.
 pub fn check_peak(server: &Process, what: &str) {
-    let bound = small_config().memory_bound();
+    check_peak_at(server, &small_config(), what);
+}
+
+/// [`check_peak`] for a server started with the settings `config` describes.
+pub fn check_peak_at(server: &Process, config: &server::ServerConfig, what: &str) {
+    let bound = config.memory_bound();
     let peak = server.status_bytes("VmHWM");
     eprintln!(
         "{what}: peak RSS {:.1} MiB, bound {bound}",
