@@ -4,9 +4,12 @@
 //! another, is answered 401 with `WWW-Authenticate: Bearer` before its body is read (the
 //! problem `/problems/unauthorized`). The probes (`/health`, `/ready`, `/v2/health/live`,
 //! `/v2/health/ready`) stay open so that an orchestrator can check the server without the
-//! key, and `/metrics` too with `--public-metrics` (for a scraper that has no key). CORS
-//! pre-flight requests are answered by the CORS layer outside this one, as browsers send them
-//! without credentials.
+//! key, and `/metrics` too with `--public-metrics` (for a scraper that has no key). So do the
+//! pages a browser loads by address, which cannot send a header and hold no data: the API's
+//! documentation (`/docs`, its assets, `/openapi.json`, whose Swagger UI then sends the key
+//! from its "Authorize" dialog) and the `/ui` page (its requests need the key like any other).
+//! CORS pre-flight requests are answered by the CORS layer outside this one, as browsers send
+//! them without credentials.
 //!
 //! Tokens are compared through their SHA-256 digests in constant time ([`subtle`]), so that
 //! neither the time taken nor an early exit tells how much of a guess was right, nor how long
@@ -15,8 +18,16 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Paths answered without the key: the probes.
-const PROBES: [&str; 4] = ["/health", "/ready", "/v2/health/live", "/v2/health/ready"];
+/// Paths answered without the key: the probes, and the pages a browser loads by address.
+const OPEN: [&str; 7] = [
+    "/health",
+    "/ready",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/docs",
+    "/openapi.json",
+    "/ui",
+];
 
 /// The key requests must present, kept as its digest.
 #[derive(Clone)]
@@ -44,7 +55,11 @@ impl ApiKey {
     /// Whether `path` is answered without the key: a probe, or `/metrics` with
     /// `--public-metrics`.
     pub fn is_open(&self, path: &str) -> bool {
-        PROBES.contains(&path) || (self.public_metrics && path == "/metrics")
+        OPEN.contains(&path)
+            || path
+                .strip_prefix("/docs/")
+                .is_some_and(|file| !file.contains('/'))
+            || (self.public_metrics && path == "/metrics")
     }
 
     /// Whether a request for `path` with this `Authorization` header value may pass.
@@ -52,7 +67,7 @@ impl ApiKey {
         if self.is_open(path) {
             return true;
         }
-        let Some(token) = authorization.and_then(bearer) else {
+        let Some(token) = authorization.and_then(bearer).filter(|t| !t.is_empty()) else {
             return false;
         };
         let digest: [u8; 32] = Sha256::digest(token).into();
@@ -86,13 +101,23 @@ mod tests {
     }
 
     #[test]
-    fn probes_are_open_and_metrics_when_asked() {
+    fn probes_and_pages_are_open_and_metrics_when_asked() {
         let closed = ApiKey::new("k", false);
-        for probe in PROBES {
-            assert!(closed.allows(probe, None), "{probe}");
+        for path in OPEN {
+            assert!(closed.allows(path, None), "{path}");
         }
+        assert!(closed.allows("/docs/swagger-ui.css", None));
+        assert!(!closed.allows("/docs/a/b", None));
         assert!(!closed.allows("/metrics", None));
         assert!(!closed.allows("/health/", None));
+        assert!(!closed.allows("/model/info", None));
         assert!(ApiKey::new("k", true).allows("/metrics", None));
+    }
+
+    #[test]
+    fn an_empty_key_opens_nothing() {
+        let key = ApiKey::new("", false);
+        assert!(!key.allows("/classify", Some(b"Bearer ")));
+        assert!(!key.allows("/classify", Some(b"Bearer")));
     }
 }

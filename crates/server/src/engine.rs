@@ -86,12 +86,17 @@ impl Admission {
     }
 }
 
-/// Clears the readiness flag when dropped: held by the inference thread for its whole life.
-struct UnreadyAtExit(Arc<AtomicBool>);
+/// Clears the readiness and liveness flags when dropped: held by the inference thread for its
+/// whole life.
+struct UnreadyAtExit {
+    ready: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
+}
 
 impl Drop for UnreadyAtExit {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.alive.store(false, Ordering::Release);
+        self.ready.store(false, Ordering::Release);
     }
 }
 
@@ -100,6 +105,7 @@ impl Drop for UnreadyAtExit {
 pub struct Engine {
     tx: SyncSender<Job>,
     ready: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
     images: Arc<Semaphore>,
     models: Arc<Models>,
     /// The permits `images` started with.
@@ -117,13 +123,18 @@ impl Engine {
         let (tx, rx) = sync_channel(max_images);
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
+        let alive = Arc::new(AtomicBool::new(true));
+        let thread_alive = alive.clone();
         let first = models.current();
         std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
                 // However this thread ends (a panic outside the batch's own catch included),
                 // readiness goes with it: requests would only fail from then on.
-                let _unready_at_exit = UnreadyAtExit(flag.clone());
+                let _unready_at_exit = UnreadyAtExit {
+                    ready: flag.clone(),
+                    alive: thread_alive,
+                };
                 let serve = || {
                     // Warm-up: the first call allocates and picks kernels.
                     let _ = first.inference.predict(&vec![0.0; IMAGE_FLOATS], 1);
@@ -146,6 +157,7 @@ impl Engine {
         Self {
             tx,
             ready,
+            alive,
             images: Arc::new(Semaphore::new(max_images)),
             models,
             max_images,
@@ -181,6 +193,12 @@ impl Engine {
     /// True once the model is loaded and has run once.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// False once the inference thread has ended (it never does but by a bug): every request
+    /// would fail, so liveness fails too and an orchestrator restarts the process.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     /// Queues prepared images ([`IMAGE_BYTES`] each, concatenated) under their admission and

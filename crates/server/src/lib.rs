@@ -305,7 +305,8 @@ pub fn serve(
                             authorization.map(header::HeaderValue::as_bytes),
                         ) =>
                     {
-                        let refusal = if req.path().starts_with("/v2") {
+                        let path = req.path();
+                        let refusal = if path == "/v2" || path.starts_with("/v2/") {
                             v2::V2Error::from(ApiError::Unauthorized).error_response()
                         } else {
                             ApiError::Unauthorized.error_response()

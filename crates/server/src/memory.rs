@@ -39,7 +39,7 @@ pub const PER_CONNECTION_BYTES: u64 = 512 << 10;
 /// at most doubled by JSON's escaping, and the fixed fields) or a `/v2` answer's rows (both
 /// outputs, as numbers or as classification strings). The routes' tests serialise the largest
 /// answers and check them against this.
-pub const ANSWER_BYTES_PER_IMAGE: u64 = 3 << 10;
+pub const ANSWER_BYTES_PER_IMAGE: u64 = 2 << 10;
 
 /// An answer's part that does not grow with its images: a `/v2` answer's `id` (at most 1 KiB,
 /// escaped at most sixfold), names and brackets; any error document.
@@ -63,7 +63,9 @@ pub const LOG_METHOD_BYTES: usize = 16;
 pub const REQUEST_SPAN_BYTES: u64 = 4 << 10;
 
 /// The metrics: a closed set of series (route patterns × status codes, problem kinds) and the
-/// histogram samples of at most a second (folded into buckets every second), with room to spare.
+/// histogram samples of at most a second (folded into buckets every second), and the
+/// expositions of at most `metrics::MAX_SCRAPES` `/metrics` requests being sent (tens of KiB
+/// each), with room to spare.
 pub const METRICS_BYTES: u64 = 1 << 20;
 
 /// Threads of each worker's blocking pool (they decode images).
@@ -80,9 +82,13 @@ pub struct MemoryBound {
     pub base: u64,
     /// `workers × ceil(max_connections / workers) × PER_CONNECTION_BYTES`.
     pub connections: u64,
-    /// The largest answer, once per open connection: a client that does not read keeps it in
-    /// the server (`ANSWER_FIXED_BYTES + max_files × ANSWER_BYTES_PER_IMAGE`). Fixed bodies
-    /// (the docs' assets, the OpenAPI document) are shared by every connection, not copied.
+    /// The largest answer, three times per open connection: a client that pipelines requests
+    /// and reads nothing leaves one answer copied into the connection's write buffer (whose
+    /// capacity may grow to twice what it holds) and the next one waiting to be sent
+    /// (`3 × (ANSWER_FIXED_BYTES + max_files × ANSWER_BYTES_PER_IMAGE)`; answers are
+    /// serialised to their exact size). Fixed bodies (the docs' assets, the OpenAPI document)
+    /// are shared by every connection, not copied; `/metrics` expositions are counted in
+    /// `metrics`.
     pub answers: u64,
     /// `3 × body_memory`: a growing buffer may hold up to twice the bytes charged to it, and
     /// a JPEG decoder takes a copy of its file.
@@ -164,7 +170,7 @@ impl ServerConfig {
         MemoryBound {
             base: BASE_BYTES,
             connections: connections * PER_CONNECTION_BYTES,
-            answers: connections * self.largest_answer(),
+            answers: connections * 3 * self.largest_answer(),
             bodies: 3 * n(self.body_memory),
             decoding: self.decode_memory + workers * INLINE_DECODE_BYTES,
             images: n(self.batch.max_images) * n(IMAGE_BYTES) + largest_batch * per_image,
@@ -230,9 +236,9 @@ mod tests {
     fn the_default_settings_give_the_documented_bound() {
         let bound = ServerConfig::default().memory_bound();
         // Rounded to the MiB, as the start-up line prints it.
-        assert_eq!((bound.total() + (1 << 19)) >> 20, 463, "{bound}");
+        assert_eq!((bound.total() + (1 << 19)) >> 20, 489, "{bound}");
         assert_eq!(bound.connections, 128 * PER_CONNECTION_BYTES);
-        assert_eq!(bound.answers, 128 * (8 << 10) + 128 * 64 * (3 << 10));
+        assert_eq!(bound.answers, 128 * 3 * ((8 << 10) + 64 * (2 << 10)));
     }
 
     /// A batch request's job goes whole into one batch, however large `--max-batch` is.

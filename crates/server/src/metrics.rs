@@ -84,7 +84,13 @@ pub struct Metrics {
     reloads_ok: Counter,
     reloads_failed: Counter,
     log_dropped: Counter,
+    /// Expositions being sent: a client that does not read holds its copy.
+    scrapes: Arc<tokio::sync::Semaphore>,
 }
+
+/// `/metrics` answers being sent at once; another is refused (503) until one is done, so that
+/// clients that do not read hold at most this many expositions (`memory::METRICS_BYTES`).
+pub const MAX_SCRAPES: usize = 2;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -172,6 +178,7 @@ impl Metrics {
             recorder,
             process,
             routes: RwLock::default(),
+            scrapes: Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES)),
         };
         // Registered at 0: a reload that never happened is still a series to alert on.
         metrics.reloads_ok.increment(0);
@@ -283,6 +290,13 @@ impl Metrics {
     /// Sets the number of images admitted and not yet answered.
     pub fn images_in_flight(&self, images: usize) {
         self.in_flight.set(count(images));
+    }
+
+    /// [`Metrics::render`] with one of the [`MAX_SCRAPES`] permits to send it, which the answer
+    /// keeps until it is sent; `None` when they are all taken.
+    pub fn exposition(&self) -> Option<(String, tokio::sync::OwnedSemaphorePermit)> {
+        let permit = self.scrapes.clone().try_acquire_owned().ok()?;
+        Some((self.render(), permit))
     }
 
     /// The Prometheus text exposition of every metric, with the process metrics read now.

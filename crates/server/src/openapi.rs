@@ -107,7 +107,7 @@ pub fn spec_json(max_files: usize, model_version: &str, api_key: Option<&ApiKey>
 pub async fn spec(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(ContentType::json())
-        .body(in_chunks(state.openapi.clone()))
+        .body(in_chunks(state.openapi.clone(), ()))
 }
 
 /// Largest piece of a fixed body handed to a connection at once.
@@ -118,15 +118,18 @@ pub async fn spec(state: web::Data<AppState>) -> HttpResponse {
 /// this size a connection holds at most 32 KiB + one piece (`memory::PER_CONNECTION_BYTES`).
 pub const CHUNK_BYTES: usize = 64 << 10;
 
-/// A fixed body (static, or shared by every request: no copy is made) sent in pieces of at
-/// most [`CHUNK_BYTES`], with its length announced.
-pub fn in_chunks(
+/// A body (static, or shared by every request: no copy is made) sent in pieces of at most
+/// [`CHUNK_BYTES`], with its length announced; `keep` lives as long as the answer (a permit
+/// that counts it, or `()`).
+pub fn in_chunks<K: 'static>(
     body: web::Bytes,
+    keep: K,
 ) -> SizedStream<impl Stream<Item = Result<web::Bytes, Infallible>>> {
     let len = body.len();
-    let pieces = (0..len)
-        .step_by(CHUNK_BYTES)
-        .map(move |at| Ok(body.slice(at..(at + CHUNK_BYTES).min(len))));
+    let pieces = (0..len).step_by(CHUNK_BYTES).map(move |at| {
+        let _kept = &keep;
+        Ok(body.slice(at..(at + CHUNK_BYTES).min(len)))
+    });
     SizedStream::new(len as u64, futures_util::stream::iter(pieces))
 }
 
@@ -171,7 +174,7 @@ pub async fn asset(file: web::Path<String>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type(content_type)
         .insert_header((CACHE_CONTROL, "public, max-age=86400"))
-        .body(in_chunks(web::Bytes::from_static(body)))
+        .body(in_chunks(web::Bytes::from_static(body), ()))
 }
 
 #[cfg(test)]

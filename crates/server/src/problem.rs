@@ -49,7 +49,8 @@ pub enum ApiError {
         /// The per-request limit (`--max-body`), in bytes.
         limit: usize,
     },
-    /// A request with more files than the endpoint takes at once.
+    /// A request with more files than the endpoint takes at once (`--max-files` for a batch,
+    /// one for `/classify`).
     #[error("at most {limit} file(s) per request")]
     TooManyFiles {
         /// The most files one batch may hold (`--max-files`).
@@ -137,7 +138,7 @@ impl From<ImageError> for ApiError {
 /// Longest error detail sent back, in bytes. Every error text of this server is written to
 /// fit; the cut is for the parts of a request an error names (a field name, a file name, a
 /// content type, a parser's message).
-pub const MAX_DETAIL_BYTES: usize = 512;
+pub const MAX_DETAIL_BYTES: usize = 256;
 
 /// `text` fit to send back: control characters (which JSON writes as six bytes each) replaced
 /// by U+FFFD, then cut to at most `max` bytes at a character boundary. JSON's escaping then

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use actix_web::http::Method;
 use actix_web::http::header::{self, ContentType};
-use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
+use actix_web::{
+    FromRequest, Handler, HttpRequest, HttpResponse, HttpResponseBuilder, Responder, web,
+};
 use model::{CLASSES, Gathered, PARAMETER_COUNT, Prediction, Ranked, RecordMeta, RecordVersion};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -174,12 +176,22 @@ pub struct Health {
     model_loaded: bool,
 }
 
-#[utoipa::path(get, path = "/health", tag = "service", responses((status = 200, description = "The process is alive", body = Health)))]
-async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(Health {
-        status: "healthy",
-        model_loaded: true,
-    })
+#[utoipa::path(get, path = "/health", tag = "service", responses(
+    (status = 200, description = "The process is alive", body = Health),
+    (status = 503, description = "The inference thread has ended: restart the process", body = Health),
+))]
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    if state.engine.is_alive() {
+        HttpResponse::Ok().json(Health {
+            status: "healthy",
+            model_loaded: true,
+        })
+    } else {
+        HttpResponse::ServiceUnavailable().json(Health {
+            status: "unhealthy",
+            model_loaded: false,
+        })
+    }
 }
 
 /// Readiness.
@@ -278,14 +290,18 @@ async fn classes() -> HttpResponse {
     })
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "service", responses((status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain")))]
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+#[utoipa::path(get, path = "/metrics", tag = "service", responses(
+    (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain"),
+    (status = 503, description = "`/problems/overloaded`: two expositions are being sent already (clients that do not read hold them); retry after `Retry-After`", body = Problem, content_type = "application/problem+json"),
+))]
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state
         .metrics
         .images_in_flight(state.engine.images_in_flight());
-    HttpResponse::Ok()
+    let (text, permit) = state.metrics.exposition().ok_or(ApiError::Overloaded)?;
+    Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::openapi::in_chunks(state.metrics.render().into()))
+        .body(crate::openapi::in_chunks(text.into(), permit)))
 }
 
 #[utoipa::path(get, path = "/ui", tag = "service", responses((status = 200, description = "A web page to classify an image", body = String, content_type = "text/html")))]
@@ -545,9 +561,18 @@ async fn classify_batch(
             }
         })
         .collect();
-    Ok(HttpResponse::Ok()
-        .insert_header(model_version(&served))
-        .json(BatchAnswer { results, total }))
+    let mut res = HttpResponse::Ok();
+    res.insert_header(model_version(&served));
+    Ok(json_exact(res, &BatchAnswer { results, total }))
+}
+
+/// `value` as a JSON answer whose buffer is exactly its length (`HttpResponse::json` keeps the
+/// serialiser's buffer, which may have twice the capacity): an answer that is never read is
+/// held as the memory bound counts it (`memory::MemoryBound::answers`).
+pub(crate) fn json_exact<T: Serialize>(mut res: HttpResponseBuilder, value: &T) -> HttpResponse {
+    let mut json = serde_json::to_vec(value).expect("an answer serialises");
+    json.shrink_to_fit();
+    res.content_type(ContentType::json()).body(json)
 }
 
 /// The `Model-Version` header: which record answered (its [`RecordVersion::label`]), so a

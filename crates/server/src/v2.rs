@@ -1378,11 +1378,13 @@ fn respond(
         outputs,
     };
     if wanted.iter().all(|w| !w.binary) {
-        return HttpResponse::Ok().json(response);
+        return routes::json_exact(HttpResponse::Ok(), &response);
     }
     let mut body = serde_json::to_vec(&response).expect("the response serialises");
     let json_len = body.len();
     body.extend_from_slice(&binary);
+    // Exactly its length, as the memory bound counts an unread answer.
+    body.shrink_to_fit();
     HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((HEADER_LENGTH, json_len))
@@ -1988,12 +1990,13 @@ mod tests {
     fn the_largest_answer_fits_the_memory_bound() {
         let n = 64;
         let id = Some("\u{1}".repeat(MAX_ID_BYTES));
+        // The longest texts f32 values print as (Rust writes them without an exponent).
         let row = [
-            -1.234_567_9e-30f32,
+            -1.175_494_2e-38f32,
             1.0 / 3.0,
-            2e-9,
+            -2e-9,
             -0.123_456_79,
-            1e30,
+            -3.4e38,
             0.1,
             0.2,
             0.3,
@@ -2004,13 +2007,18 @@ mod tests {
             logits: row.repeat(n),
             probabilities: row.repeat(n),
         };
-        for classification in [None, Some(NUM_CLASSES)] {
+        for (classification, binary) in [
+            (None, false),
+            (Some(NUM_CLASSES), false),
+            (None, true),
+            (Some(NUM_CLASSES), true),
+        ] {
             let wanted: Vec<Wanted> = [true, false]
                 .into_iter()
                 .map(|logits| Wanted {
                     logits,
                     classification,
-                    binary: false,
+                    binary,
                 })
                 .collect();
             let res = respond(id.clone(), "v".repeat(80), &wanted, &scores, n);
