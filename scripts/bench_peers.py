@@ -227,6 +227,8 @@ def main():
     ap.add_argument("--criterion",
                     help="criterion's output of `cargo bench -p fastcnn --bench forward`")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peak", type=float,
+                    help="the measured FP32 FMA peak in GFLOP/s (scripts/fma-peak.c), for shares")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per point")
     ap.add_argument("--calib-per-class", type=int, default=50)
     ap.add_argument("--test-per-class", type=int, default=100)
@@ -295,6 +297,12 @@ def main():
     for bs in (1, 16, 64):
         f, o32, o8 = fast.get(bs), speed["fp32"][bs], speed["int8"][bs]
         print(f"| {bs} | {num(f)} | {num(o32)} | {num(o8)} | {ratio(f, o32)} | {ratio(f, o8)} |")
+    if a.peak:
+        # 14.6 MFLOP per image forward (conv1 3.54, conv2 9.44, fc1 1.64, fc2 0.002).
+        share = lambda v: f"{v * 14.6e-3:,.0f} GFLOP/s ({v * 14.6e-3 / a.peak:.0%})" if v else "—"
+        print(f"\nshare of the measured FP32 FMA peak ({a.peak:,.0f} GFLOP/s, 14.6 MFLOP per image):")
+        for bs in (1, 16, 64):
+            print(f"  batch {bs}: fastcnn {share(fast.get(bs))}, ORT FP32 {share(speed['fp32'][bs])}")
     print("\n" + json.dumps({"cpu": model, "flags": flags, "threads": a.threads,
                              "onnxruntime": ort.__version__, "fastcnn": fast,
                              "ort_fp32": speed["fp32"], "ort_int8": speed["int8"],

@@ -18,6 +18,7 @@ fn filled(n: usize, scale: f32) -> Vec<f32> {
 }
 
 fn forward(c: &mut Criterion) {
+    eprintln!("fastcnn: GEMMs on {}", fastcnn::simd());
     let net = FastCnn::new(Weights {
         conv1_weight: filled(16 * 3 * 9, 0.3),
         conv1_bias: filled(16, 0.1),

@@ -266,6 +266,21 @@ thread_local! {
     });
 }
 
+/// The instruction set the GEMMs run on, as `gemm` chooses it at run time on this CPU:
+/// `"avx512f"`, `"avx2+fma"` or `"scalar"` (the forward benchmark prints it).
+pub fn simd() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return "avx512f";
+        }
+        if std::arch::is_x86_feature_detected!("fma") {
+            return "avx2+fma";
+        }
+    }
+    "scalar"
+}
+
 /// `c = a · b` for row-major `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`).
 pub(crate) fn matmul(
     m: usize,
@@ -432,6 +447,18 @@ fn bias_relu_pool(input: &[f32], c: usize, h: usize, w: usize, bias: &[f32], out
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernels' tests run once natively and once under `qemu-x86_64 -cpu Haswell`
+    /// (`scripts/test`), which has AVX2 and FMA but no AVX-512: `FASTCNN_EXPECT_SIMD` names
+    /// the path a run must have taken, so that the emulated run cannot pass on the wrong one.
+    #[test]
+    fn the_expected_instruction_set_is_in_use() {
+        let simd = simd();
+        eprintln!("GEMMs run on {simd}");
+        if let Ok(expected) = std::env::var("FASTCNN_EXPECT_SIMD") {
+            assert_eq!(simd, expected);
+        }
+    }
 
     /// Deterministic pseudo-random values in [-1, 1) (the training kernels' tests use them too).
     pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
