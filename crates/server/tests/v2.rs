@@ -964,3 +964,42 @@ fn a_second_input_is_refused_unread() {
         );
     }
 }
+
+/// A request of encoded images reserves no room for floats it will never hold. Here a tensor
+/// request holds three quarters of a 64 KiB decode budget while its batch waits for a second
+/// image; an image request whose JSON is long (200 KiB of whitespace) then comes. Before, it
+/// first reserved room for the most floats its JSON could hold (all 64 KiB) and waited for the
+/// tensor request to give up; now it reserves nothing, joins the batch, and both are answered.
+#[test]
+fn an_image_request_reserves_no_float_buffer() {
+    let default = ServerConfig::default();
+    let s = start(ServerConfig {
+        decode_memory: 64 << 10,
+        request_timeout: std::time::Duration::from_secs(5),
+        batch: BatchPolicy {
+            max_batch: 2,
+            max_wait: std::time::Duration::from_secs(10),
+            ..default.batch
+        },
+        ..default
+    });
+    let image = testdata::images("test", 1).remove(0).bytes;
+    let pixels = Preprocessor::default().preprocess(&image).unwrap();
+    let tensor = tensor_request(&pixels);
+    let mut images = images_request(&[&image]).to_string().into_bytes();
+    images.extend(std::iter::repeat_n(b' ', 200 << 10));
+    let (tensor_status, images_status) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| post_json(&s, INFER, &tensor).status);
+        // The tensor request is in its batch, waiting for a second image.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let second = send(
+            &s.base,
+            INFER,
+            &[("Content-Type", "application/json".into())],
+            &images,
+        );
+        (first.join().unwrap(), second.status)
+    });
+    assert_eq!(images_status, 200);
+    assert_eq!(tensor_status, 200);
+}
