@@ -124,7 +124,7 @@ impl ApiError {
                 .unwrap_or("Error")
                 .to_string(),
             status: self.status_code().as_u16(),
-            detail: echo(&self.to_string(), MAX_DETAIL_BYTES),
+            detail: detail(self),
         }
     }
 }
@@ -139,6 +139,12 @@ impl From<ImageError> for ApiError {
 /// fit; the cut is for the parts of a request an error names (a field name, a file name, a
 /// content type, a parser's message).
 pub const MAX_DETAIL_BYTES: usize = 256;
+
+/// An error's words as every answer carries them: [`echo`]ed to [`MAX_DETAIL_BYTES`] (the
+/// problem document's `detail`, a batch entry's `error`, the `/v2` `{"error"}`).
+pub fn detail(error: &impl std::fmt::Display) -> String {
+    echo(&error.to_string(), MAX_DETAIL_BYTES)
+}
 
 /// `text` fit to send back: control characters (which JSON writes as six bytes each) replaced
 /// by U+FFFD, then cut to at most `max` bytes at a character boundary. JSON's escaping then

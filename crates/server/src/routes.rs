@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::decode::{self, Prepared};
 use crate::models::ReloadReport;
-use crate::problem::{self, ApiError, Problem};
+use crate::problem::{ApiError, Problem};
 use crate::upload::{self, UploadLimits, Uploads};
 
 /// Registers every endpoint, each answering `OPTIONS` and a wrong method (405 with `Allow`)
@@ -347,6 +347,18 @@ pub enum BatchItem {
     },
 }
 
+impl BatchItem {
+    /// The entry of a file that failed with `error`: its words once, in both fields.
+    fn failed(filename: Option<String>, error: &ApiError) -> Self {
+        let problem = error.problem();
+        BatchItem::Failed {
+            filename,
+            error: problem.detail.clone(),
+            problem,
+        }
+    }
+}
+
 /// What `POST /classify/batch` answers: one entry per file, in upload order.
 #[derive(Serialize, ToSchema)]
 pub struct BatchAnswer {
@@ -553,11 +565,7 @@ async fn classify_batch(
             Ok(p) => BatchItem::Classified(Classified::new(filename, p)),
             Err(e) => {
                 state.metrics.error(e.kind());
-                BatchItem::Failed {
-                    filename,
-                    error: problem::echo(&e.to_string(), problem::MAX_DETAIL_BYTES),
-                    problem: e.problem(),
-                }
+                BatchItem::failed(filename, &e)
             }
         })
         .collect();
@@ -593,11 +601,7 @@ mod tests {
     fn the_largest_batch_entries_fit_the_memory_bound() {
         let filename = Some(upload::filename(&"\"".repeat(10_000)));
         let error = ApiError::BadRequest("\\".repeat(10_000));
-        let failed = BatchItem::Failed {
-            filename: filename.clone(),
-            error: problem::echo(&error.to_string(), problem::MAX_DETAIL_BYTES),
-            problem: error.problem(),
-        };
+        let failed = BatchItem::failed(filename.clone(), &error);
         let probabilities = [
             1e-30f32,
             0.1,

@@ -268,7 +268,7 @@ impl ResponseError for V2Error {
         // Counted by the metrics middleware, as the original API's errors are.
         res.insert_header(("x-error-kind", self.kind()));
         res.json(ErrorBody {
-            error: problem::echo(&self.to_string(), problem::MAX_DETAIL_BYTES),
+            error: problem::detail(self),
         })
     }
 }
