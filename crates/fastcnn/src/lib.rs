@@ -3,10 +3,15 @@
 //! and the home of the network's dimensions ([`arch`]).
 //!
 //! Burn's CPU backend spends most of this small network's time outside matrix multiplication
-//! (layout conversions, per-tile dispatch, separate passes for bias, ReLU and pooling). Here each
-//! convolution is one im2col copy plus one GEMM per image, bias + ReLU + 2×2 max-pool run as a
-//! single pass, the images of a batch are spread over rayon's threads, and the fully connected
-//! layers run once for the whole batch so that fc1's 3.3 MB of weights are read once per batch.
+//! (layout conversions, per-tile dispatch, separate passes for bias, ReLU and pooling). Here
+//! each block is one kernel shaped for its sizes, with bias, ReLU and the 2×2 max-pool applied
+//! in registers: the first convolution is direct ([`direct`]: 16 output channels per register,
+//! 27 taps), the second is Winograd F(2×2, 3×3) ([`winograd`]: 2.25× fewer multiplications, and
+//! each 2×2 output patch is a pooling window). Weights are reordered once, at construction. The
+//! kernels are written once over [`simd::Simd`] and compiled for AVX-512, AVX2 + FMA and scalar
+//! code, chosen at run time. The fully connected layers are `gemm` calls: for a batch, once
+//! over all its images so that fc1's 3.3 MB of weights are read once; for one image, half the
+//! features on each core. The images of a batch are spread over rayon's threads.
 //!
 //! The crate knows nothing about Burn: it takes plain weight arrays in Burn's (and PyTorch's)
 //! layouts. The `model` crate builds it from the one network definition and tests its logits
@@ -22,9 +27,15 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 pub mod arch;
+mod direct;
+mod simd;
 pub mod train;
+mod winograd;
 
 pub use arch::{IMAGE_FLOATS, INPUT_SIZE};
+pub use simd::Isa;
+
+use simd::dispatch;
 
 const C0: usize = arch::INPUT_CHANNELS;
 const C1: usize = arch::CONV1_CHANNELS;
@@ -69,11 +80,17 @@ pub struct ShapeError {
     pub got: usize,
 }
 
-/// The network, ready to run.
+/// The network, ready to run: weights reordered once for the kernels.
 #[derive(Debug, Clone)]
 pub struct FastCnn {
-    conv1: ConvBlock,
-    conv2: ConvBlock,
+    isa: Isa,
+    /// `[27 taps][16]` (see [`direct::pack_weights`]).
+    conv1_weight: Vec<f32>,
+    conv1_bias: Vec<f32>,
+    /// Winograd-transformed, `[16][16][32]` (see [`winograd::transform_weights`]).
+    conv2_u: Vec<f32>,
+    conv2_bias: Vec<f32>,
+    /// Rows permuted to the channel-last feature order the second block writes.
     fc1_weight: Vec<f32>,
     fc1_bias: Vec<f32>,
     fc2_weight: Vec<f32>,
@@ -83,7 +100,8 @@ pub struct FastCnn {
 }
 
 impl FastCnn {
-    /// Checks every array's size; the hidden width and class count come from the biases.
+    /// Checks every array's size; the hidden width and class count come from the biases. The
+    /// kernels run on the widest instruction set the CPU has ([`Isa::detect`]).
     pub fn new(w: Weights) -> Result<Self, ShapeError> {
         let hidden = w.fc1_bias.len();
         let classes = w.fc2_bias.len();
@@ -106,28 +124,44 @@ impl FastCnn {
         check("fc1.weight", w.fc1_weight.len(), FEATURES * hidden)?;
         check("fc2.bias", classes, classes.max(1))?;
         check("fc2.weight", w.fc2_weight.len(), hidden * classes)?;
+        // Burn flattens the feature map channel-major (index c·256 + position); the second
+        // block writes it channel-last (position·32 + c).
+        let positions = FEATURES / C2;
+        let mut fc1_weight = vec![0.0; FEATURES * hidden];
+        for c in 0..C2 {
+            for p in 0..positions {
+                let from = (c * positions + p) * hidden;
+                let to = (p * C2 + c) * hidden;
+                fc1_weight[to..to + hidden].copy_from_slice(&w.fc1_weight[from..from + hidden]);
+            }
+        }
         Ok(Self {
-            conv1: ConvBlock {
-                cin: C0,
-                cout: C1,
-                size: S1,
-                weight: w.conv1_weight,
-                bias: w.conv1_bias,
-            },
-            conv2: ConvBlock {
-                cin: C1,
-                cout: C2,
-                size: S2,
-                weight: w.conv2_weight,
-                bias: w.conv2_bias,
-            },
-            fc1_weight: w.fc1_weight,
+            isa: Isa::detect(),
+            conv1_weight: direct::pack_weights(&w.conv1_weight),
+            conv1_bias: w.conv1_bias,
+            conv2_u: winograd::transform_weights(&w.conv2_weight),
+            conv2_bias: w.conv2_bias,
+            fc1_weight,
             fc1_bias: w.fc1_bias,
             fc2_weight: w.fc2_weight,
             fc2_bias: w.fc2_bias,
             hidden,
             classes,
         })
+    }
+
+    /// The same network on another instruction set (to compare them), or `None` where this
+    /// CPU lacks it.
+    pub fn with_isa(mut self, isa: Isa) -> Option<Self> {
+        Isa::available().contains(&isa).then(|| {
+            self.isa = isa;
+            self
+        })
+    }
+
+    /// The instruction set the convolutions run on.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// Number of logits per image.
@@ -139,41 +173,51 @@ impl FastCnn {
     /// [`IMAGE_FLOATS`] values each, back to back. A trailing partial image is ignored.
     pub fn forward(&self, images: &[f32]) -> Vec<f32> {
         let n = images.len() / IMAGE_FLOATS;
-        let features = if n == 1 {
-            // One image alone: split each convolution into a top and a bottom half, one per
-            // core (gemm's own threading measured slower than one thread at these sizes). The
-            // second block needs all of the first's output, hence two joins.
-            self.conv2.run_halves(&self.conv1.run_halves(images))
+        let mut hidden = vec![0.0f32; n * self.hidden];
+        if n == 1 {
+            // One image: the top and the bottom half on one core each, through the hidden
+            // layer, whose sum splits over the features: one fork and one join per image. Each
+            // half computes the first block's rows that its half of the second block reads
+            // (two rows more than half), rather than waiting for the other's.
+            let half = winograd::PATCHES / 2;
+            let rows = FEATURES / 2;
+            let partial = |patches: Range<usize>| {
+                let mut features = vec![0.0f32; rows];
+                self.features(images, patches.clone(), &mut features);
+                let mut out = vec![0.0f32; self.hidden];
+                let first = patches.start * winograd::PATCHES * C2;
+                let weight = &self.fc1_weight[first * self.hidden..];
+                matmul(
+                    1,
+                    self.hidden,
+                    rows,
+                    &features,
+                    weight,
+                    &mut out,
+                    Parallelism::None,
+                );
+                out
+            };
+            let (top, bottom) = rayon::join(|| partial(0..half), || partial(half..2 * half));
+            for ((h, a), b) in hidden.iter_mut().zip(&top).zip(&bottom) {
+                *h = a + b;
+            }
         } else {
             let mut features = vec![0.0f32; n * FEATURES];
             features
                 .par_chunks_mut(FEATURES)
                 .zip(images.par_chunks_exact(IMAGE_FLOATS))
-                .for_each(|(out, image)| {
-                    // 64 KiB on the worker's stack rather than an allocation per image.
-                    #[allow(clippy::large_stack_arrays)]
-                    let p1 = &mut [0.0f32; C1 * S2 * S2][..];
-                    self.conv1.run(image, 0..S1, p1);
-                    self.conv2.run(p1, 0..S2, out);
-                });
-            features
-        };
-
-        let mut hidden = vec![0.0f32; n * self.hidden];
-        matmul(
-            n,
-            self.hidden,
-            FEATURES,
-            &features,
-            &self.fc1_weight,
-            &mut hidden,
-            // Worth both cores for a batch; for one image it measured the same either way.
-            if n > 1 {
-                Parallelism::Rayon(0)
-            } else {
-                Parallelism::None
-            },
-        );
+                .for_each(|(out, image)| self.features(image, 0..winograd::PATCHES, out));
+            matmul(
+                n,
+                self.hidden,
+                FEATURES,
+                &features,
+                &self.fc1_weight,
+                &mut hidden,
+                Parallelism::Rayon(0),
+            );
+        }
         for row in hidden.chunks_exact_mut(self.hidden) {
             for (h, b) in row.iter_mut().zip(&self.fc1_bias) {
                 *h = (*h + b).max(0.0);
@@ -196,89 +240,48 @@ impl FastCnn {
         }
         logits
     }
-}
 
-/// A 3×3 convolution (stride 1, padding 1) followed by bias, ReLU and 2×2 max-pooling, on a
-/// square `cin × size × size` input.
-#[derive(Debug, Clone)]
-struct ConvBlock {
-    cin: usize,
-    cout: usize,
-    size: usize,
-    weight: Vec<f32>,
-    bias: Vec<f32>,
-}
-
-impl ConvBlock {
-    /// Computes the pooled output for the conv output rows `rows` (an even-aligned band) and
-    /// writes it to `out`, laid out `cout × rows.len()/2 × size/2`.
-    fn run(&self, input: &[f32], rows: Range<usize>, out: &mut [f32]) {
-        let band = rows.len() * self.size;
+    /// Both convolution blocks for the patch rows `patches` of the second block (all 16 for a
+    /// whole image), writing those rows of the channel-last feature map to `out`.
+    fn features(&self, image: &[f32], patches: Range<usize>, out: &mut [f32]) {
+        // The second block's patch row p reads the first block's rows 2p - 1 ..= 2p + 2.
+        let rows = (2 * patches.start).saturating_sub(1)..(2 * patches.end + 1).min(S2);
         SCRATCH.with_borrow_mut(|s| {
-            let cols = &mut s.cols[..self.cin * 9 * band];
-            let conv = &mut s.conv[..self.cout * band];
-            im2col_3x3(input, self.cin, self.size, rows.clone(), cols);
-            matmul(
-                self.cout,
-                band,
-                self.cin * 9,
-                &self.weight,
-                cols,
-                conv,
-                Parallelism::None,
-            );
-            bias_relu_pool(conv, self.cout, rows.len(), self.size, &self.bias, out);
+            direct::pad_input(image, rows.clone(), &mut s.input);
+            let (conv1, conv2) = (&self.conv1_weight, &self.conv1_bias);
+            dispatch!(self.isa, conv1_kernel [1, 8] [2, 2] [16, 2]
+                (&s.input, conv1, conv2, rows, &mut s.pooled));
+            let (u, bias) = (&self.conv2_u, &self.conv2_bias);
+            dispatch!(self.isa, conv2_kernel [1, 2, 8] [2, 4, 2] [16, 32, 1]
+                (&s.pooled, u, bias, patches, out));
         });
     }
-
-    /// [`ConvBlock::run`] over the whole input as two halves on two threads.
-    fn run_halves(&self, input: &[f32]) -> Vec<f32> {
-        let half = self.size / 2;
-        let band_out = self.cout * (half / 2) * (self.size / 2);
-        let mut top = vec![0.0f32; band_out];
-        let mut bottom = vec![0.0f32; band_out];
-        rayon::join(
-            || self.run(input, 0..half, &mut top),
-            || self.run(input, half..self.size, &mut bottom),
-        );
-        // Interleave the bands back into channel-major planes.
-        let plane = band_out / self.cout;
-        let mut out = Vec::with_capacity(2 * band_out);
-        for ch in 0..self.cout {
-            out.extend_from_slice(&top[ch * plane..(ch + 1) * plane]);
-            out.extend_from_slice(&bottom[ch * plane..(ch + 1) * plane]);
-        }
-        out
-    }
 }
 
-/// Per-thread buffers, allocated once per thread rather than once per image; sized for the
-/// larger of the two blocks.
+use direct::conv_pool as conv1_kernel;
+use winograd::conv_pool as conv2_kernel;
+
+/// Per-thread buffers, allocated once per thread rather than once per image. Their zero
+/// borders are never written, so each image only fills the interior.
 struct Scratch {
-    cols: Vec<f32>,
-    conv: Vec<f32>,
+    /// The image inside a zero border, `[3][66][66]`.
+    input: Vec<f32>,
+    /// The first block's pooled output inside a zero border, `[34][34][16]`.
+    pooled: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
-        cols: vec![0.0; (C0 * 9 * S1 * S1).max(C1 * 9 * S2 * S2)],
-        conv: vec![0.0; (C1 * S1 * S1).max(C2 * S2 * S2)],
+        input: vec![0.0; direct::PADDED_INPUT],
+        pooled: vec![0.0; direct::PADDED_OUTPUT],
     });
 }
 
-/// The instruction set the GEMMs run on, as `gemm` chooses it at run time on this CPU:
-/// `"avx512f"`, `"avx2+fma"` or `"scalar"` (the forward benchmark prints it).
+/// The instruction set the kernels run on, chosen at run time on this CPU: `"avx512f"`,
+/// `"avx2+fma"` or `"scalar"` (the forward benchmark prints it). `gemm`, which runs the fully
+/// connected layers and training's GEMMs, makes the same choice with the same detection.
 pub fn simd() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return "avx512f";
-        }
-        if std::arch::is_x86_feature_detected!("fma") {
-            return "avx2+fma";
-        }
-    }
-    "scalar"
+    Isa::detect().name()
 }
 
 /// `c = a · b` for row-major `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`).
@@ -422,28 +425,6 @@ pub(crate) fn im2col_3x3(
     }
 }
 
-/// Adds the channel bias, applies ReLU and 2×2 max-pooling (stride 2) in one pass.
-/// Pooling first is exact: adding the same bias and ReLU are both monotonic, so they commute
-/// with `max`.
-fn bias_relu_pool(input: &[f32], c: usize, h: usize, w: usize, bias: &[f32], out: &mut [f32]) {
-    let (oh, ow) = (h / 2, w / 2);
-    for ch in 0..c {
-        let plane = &input[ch * h * w..(ch + 1) * h * w];
-        let dst = &mut out[ch * oh * ow..(ch + 1) * oh * ow];
-        for y in 0..oh {
-            let r0 = &plane[2 * y * w..(2 * y + 1) * w];
-            let r1 = &plane[(2 * y + 1) * w..(2 * y + 2) * w];
-            for (x, d) in dst[y * ow..(y + 1) * ow].iter_mut().enumerate() {
-                let m = r0[2 * x]
-                    .max(r0[2 * x + 1])
-                    .max(r1[2 * x])
-                    .max(r1[2 * x + 1]);
-                *d = (m + bias[ch]).max(0.0);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,17 +551,92 @@ mod tests {
     }
 
     #[test]
-    fn matches_naive_loops_for_single_images_and_batches() {
+    fn matches_naive_loops_for_single_images_and_batches_on_every_instruction_set() {
         let w = weights(100, 10);
-        let net = FastCnn::new(w.clone()).unwrap();
-        for n in [1usize, 2, 5] {
-            let images = values(n * IMAGE_FLOATS, 100 + n as u64);
-            let got = net.forward(&images);
-            let want: Vec<f32> = images
-                .chunks_exact(IMAGE_FLOATS)
-                .flat_map(|img| naive_forward(&w, img))
-                .collect();
-            assert_close(&got, &want, 1e-3);
+        for isa in Isa::available() {
+            let net = FastCnn::new(w.clone()).unwrap().with_isa(isa).unwrap();
+            for n in [1usize, 2, 7, 64] {
+                let images = values(n * IMAGE_FLOATS, 100 + n as u64);
+                let got = net.forward(&images);
+                let want: Vec<f32> = images
+                    .chunks_exact(IMAGE_FLOATS)
+                    .flat_map(|img| naive_forward(&w, img))
+                    .collect();
+                eprintln!("{isa:?}, batch {n}");
+                assert_close(&got, &want, 1e-3);
+            }
+        }
+    }
+
+    /// Each block's kernel alone, over a band of rows in the middle and at both edges, against
+    /// the textbook loops (in the kernels' layouts: channel-last inside a zero border).
+    #[test]
+    fn each_block_matches_naive_loops_on_any_band_of_rows() {
+        let image = values(IMAGE_FLOATS, 11);
+        let (w1, b1) = (values(C1 * C0 * 9, 12), values(C1, 13));
+        let w2: Vec<f32> = values(C2 * C1 * 9, 14).iter().map(|v| v * 0.3).collect();
+        let b2 = values(C2, 15);
+        let p1 = naive_conv_block(&image, C0, C1, S1, &w1, &b1);
+        let p2 = naive_conv_block(&p1, C1, C2, S2, &w2, &b2);
+        let (packed, u) = (direct::pack_weights(&w1), winograd::transform_weights(&w2));
+        let side = direct::OUT_PADDED;
+        let patches = winograd::PATCHES;
+        for isa in Isa::available() {
+            for rows in [0..S2, 0..3, 13..19, 29..S2] {
+                let mut padded = vec![0.0; direct::PADDED_INPUT];
+                direct::pad_input(&image, rows.clone(), &mut padded);
+                let mut out = vec![f32::NAN; direct::PADDED_OUTPUT];
+                dispatch!(isa, conv1_kernel [1, 8] [2, 2] [16, 2]
+                    (&padded, &packed, &b1, rows.clone(), &mut out));
+                for y in rows.clone() {
+                    for x in 0..S2 {
+                        for c in 0..C1 {
+                            let got = out[((y + 1) * side + x + 1) * C1 + c];
+                            let want = p1[(c * S2 + y) * S2 + x];
+                            assert!((got - want).abs() < 1e-4, "{isa:?} conv1 {c} {y} {x}");
+                        }
+                    }
+                }
+            }
+            // The second block reads the first's output in its bordered channel-last layout.
+            let mut bordered = vec![0.0; direct::PADDED_OUTPUT];
+            for c in 0..C1 {
+                for y in 0..S2 {
+                    for x in 0..S2 {
+                        bordered[((y + 1) * side + x + 1) * C1 + c] = p1[(c * S2 + y) * S2 + x];
+                    }
+                }
+            }
+            for rows in [0..patches, 0..1, 5..11, 15..patches] {
+                let mut out = vec![f32::NAN; rows.len() * patches * C2];
+                dispatch!(isa, conv2_kernel [1, 2, 8] [2, 4, 2] [16, 32, 1]
+                    (&bordered, &u, &b2, rows.clone(), &mut out));
+                for y in rows.clone() {
+                    for x in 0..patches {
+                        for c in 0..C2 {
+                            let got = out[((y - rows.start) * patches + x) * C2 + c];
+                            let want = p2[(c * patches + y) * patches + x];
+                            assert!((got - want).abs() < 1e-4, "{isa:?} conv2 {c} {y} {x}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_instruction_set_this_cpu_lacks_is_refused() {
+        let net = FastCnn::new(weights(100, 10)).unwrap();
+        assert_eq!(net.isa(), Isa::detect());
+        assert_eq!(
+            net.clone().with_isa(Isa::Scalar).unwrap().isa(),
+            Isa::Scalar
+        );
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            assert_eq!(
+                net.clone().with_isa(isa).is_some(),
+                Isa::available().contains(&isa)
+            );
         }
     }
 

@@ -1,0 +1,231 @@
+//! The vector instructions the convolution kernels are written in, chosen at run time.
+//!
+//! Each kernel is written once, generic over [`Simd`], and compiled three times: for AVX-512F
+//! (16 floats per register), for AVX2 + FMA (8) and for plain scalar code (1). [`Isa::detect`]
+//! picks the widest the CPU has, so one binary runs on any x86-64 and takes AVX-512 where it
+//! exists (no `target-cpu=native` in what ships). The `#[inline(always)]` methods below are
+//! inlined into `#[target_feature]` entry points (see `dispatch!` below), which is
+//! what lets the intrinsics compile to single instructions.
+
+/// An instruction set the kernels can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// 512-bit registers (`avx512f`).
+    Avx512,
+    /// 256-bit registers with fused multiply-add (`avx2` + `fma`).
+    Avx2,
+    /// Portable scalar code: the fallback, and a third reference in the tests.
+    Scalar,
+}
+
+impl Isa {
+    /// The widest instruction set this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Self::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return Self::Avx2;
+            }
+        }
+        Self::Scalar
+    }
+
+    /// Every instruction set this CPU can run, widest first (the tests check each one).
+    pub fn available() -> Vec<Self> {
+        let widest = Self::detect();
+        [Self::Avx512, Self::Avx2, Self::Scalar]
+            .into_iter()
+            .skip_while(|&isa| isa != widest)
+            .collect()
+    }
+
+    /// The name `fastcnn::simd()` reports: `"avx512f"`, `"avx2+fma"` or `"scalar"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Avx512 => "avx512f",
+            Self::Avx2 => "avx2+fma",
+            Self::Scalar => "scalar",
+        }
+    }
+}
+
+/// One register of `LANES` floats and the operations the kernels use.
+///
+/// # Safety
+/// Implementations may only be used where their instruction set is available: the kernels
+/// reach them through `dispatch!`, which checks [`Isa::detect`]'s answer.
+/// Loads and stores touch `LANES` floats from the pointer, which the caller keeps in bounds.
+pub(crate) unsafe trait Simd: Copy {
+    /// Floats per register.
+    const LANES: usize;
+    /// The register.
+    type V: Copy;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a · b + c`, rounded once.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        unsafe { Self::splat(0.0) }
+    }
+}
+
+/// Plain `f32` arithmetic, one lane.
+#[derive(Clone, Copy)]
+pub(crate) struct Scalar;
+
+// SAFETY: plain arithmetic needs no instruction set; pointers are the caller's to keep valid.
+unsafe impl Simd for Scalar {
+    const LANES: usize = 1;
+    type V = f32;
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> f32 {
+        x
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> f32 {
+        unsafe { *p }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: f32) {
+        unsafe { *p = v }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+    #[inline(always)]
+    unsafe fn add(a: f32, b: f32) -> f32 {
+        a + b
+    }
+    #[inline(always)]
+    unsafe fn sub(a: f32, b: f32) -> f32 {
+        a - b
+    }
+    #[inline(always)]
+    unsafe fn max(a: f32, b: f32) -> f32 {
+        a.max(b)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Simd;
+
+    /// 512-bit registers.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx512;
+
+    // SAFETY: only reached where `avx512f` was detected (`dispatch!`).
+    unsafe impl Simd for Avx512 {
+        const LANES: usize = 16;
+        type V = __m512;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            unsafe { _mm512_max_ps(a, b) }
+        }
+    }
+
+    /// 256-bit registers with FMA.
+    #[derive(Clone, Copy)]
+    pub(crate) struct Avx2;
+
+    // SAFETY: only reached where `avx2` and `fma` were detected (`dispatch!`).
+    unsafe impl Simd for Avx2 {
+        const LANES: usize = 8;
+        type V = __m256;
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_max_ps(a, b) }
+        }
+    }
+}
+
+/// Calls the generic kernel `$kernel::<S, consts...>(args)` compiled for `$isa`: inside a
+/// `#[target_feature]` function for the x86 instruction sets, so that the whole kernel is
+/// compiled with those instructions. Each arm names the kernel's block sizes for that width.
+macro_rules! dispatch {
+    ($isa:expr, $kernel:ident [$($a512:expr),*] [$($a2:expr),*] [$($a1:expr),*] ($($arg:expr),* $(,)?)) => {{
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::Isa::Avx512 => {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn run<F: FnOnce()>(f: F) { f() }
+                // SAFETY: `Isa::Avx512` is only in hand where `avx512f` was detected.
+                unsafe { run(|| $kernel::<$crate::simd::Avx512, $($a512),*>($($arg),*)) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::simd::Isa::Avx2 => {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn run<F: FnOnce()>(f: F) { f() }
+                // SAFETY: `Isa::Avx2` is only in hand where `avx2` and `fma` were detected.
+                unsafe { run(|| $kernel::<$crate::simd::Avx2, $($a2),*>($($arg),*)) }
+            }
+            _ => $kernel::<$crate::simd::Scalar, $($a1),*>($($arg),*),
+        }
+    }};
+}
+pub(crate) use dispatch;
