@@ -1,5 +1,6 @@
 //! Forward pass of the fast path at batch 1, 16 and 64 (random weights: speed does not depend
-//! on their values). The same batches through Burn are in `cargo bench -p model --bench inference`.
+//! on their values), on the widest instruction set the CPU has and, where that is AVX-512, on
+//! AVX2 too. The same batches through Burn are in `cargo bench -p model --bench inference`.
 //!
 //!     cargo bench -p fastcnn
 
@@ -7,9 +8,10 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use fastcnn::{FastCnn, IMAGE_FLOATS, Weights};
+use fastcnn::{FastCnn, IMAGE_FLOATS, Isa, Weights};
 
 fn filled(n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -30,13 +32,38 @@ fn forward(c: &mut Criterion) {
         fc2_bias: filled(10, 0.1),
     })
     .expect("weights sized for the architecture");
+    // Called from a worker of the rayon pool, as the server's inference thread calls it: a
+    // fork then keeps one half on the calling thread.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .expect("a thread pool");
+    // The AVX2 path too where the CPU has more (what an AVX2-only machine runs).
+    // Reported as `fastcnn/<batch>` and `fastcnn/avx2/<batch>`.
+    let mut nets = vec![("", net.clone())];
+    if net.isa() == Isa::Avx512 {
+        nets.extend(net.with_isa(Isa::Avx2).map(|net| ("avx2/", net)));
+    }
     let mut group = c.benchmark_group("fastcnn");
-    for batch in [1usize, 16, 64] {
-        let images = filled(batch * IMAGE_FLOATS, 1.0);
-        group.throughput(Throughput::Elements(batch as u64));
-        group.bench_with_input(BenchmarkId::from_parameter(batch), &images, |b, x| {
-            b.iter(|| black_box(net.forward(x)));
-        });
+    for (name, net) in &nets {
+        for batch in [1usize, 16, 64] {
+            let images = filled(batch * IMAGE_FLOATS, 1.0);
+            group.throughput(Throughput::Elements(batch as u64));
+            group.bench_with_input(
+                BenchmarkId::from_parameter(format!("{name}{batch}")),
+                &images,
+                |b, x| {
+                    b.iter_custom(|iters| {
+                        pool.install(|| {
+                            let start = Instant::now();
+                            for _ in 0..iters {
+                                black_box(net.forward(x));
+                            }
+                            start.elapsed()
+                        })
+                    });
+                },
+            );
+        }
     }
     group.finish();
 }

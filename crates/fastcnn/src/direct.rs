@@ -56,6 +56,9 @@ pub(crate) fn pad_input(image: &[f32], rows: Range<usize>, padded: &mut [f32]) {
 /// Pooled output rows `rows` of the block, from the zero-bordered input `padded`, written into
 /// the interior of `out` (`[34][34][16]`). `NV` registers hold one pixel's 16 channels
 /// (`NV · S::LANES == 16`); each step computes `2 × BW` pixels.
+// Inlined into each instruction set's `#[target_feature]` entry point (`dispatch!`), where it
+// compiles with those instructions; the loops index several arrays in step.
+#[allow(clippy::inline_always, clippy::needless_range_loop)]
 #[inline(always)]
 pub(crate) fn conv_pool<S: Simd, const NV: usize, const BW: usize>(
     padded: &[f32],
@@ -64,7 +67,7 @@ pub(crate) fn conv_pool<S: Simd, const NV: usize, const BW: usize>(
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    const { assert!(BW % 2 == 0 && SIDE % BW == 0) };
+    const { assert!(BW.is_multiple_of(2) && SIDE.is_multiple_of(BW)) };
     assert!(NV * S::LANES == COUT);
     assert!(padded.len() >= PADDED_INPUT && out.len() >= PADDED_OUTPUT);
     assert!(weight.len() >= CIN * TAPS * COUT && bias.len() >= COUT);

@@ -202,21 +202,27 @@ impl FastCnn {
             for ((h, a), b) in hidden.iter_mut().zip(&top).zip(&bottom) {
                 *h = a + b;
             }
-        } else {
-            let mut features = vec![0.0f32; n * FEATURES];
-            features
-                .par_chunks_mut(FEATURES)
-                .zip(images.par_chunks_exact(IMAGE_FLOATS))
-                .for_each(|(out, image)| self.features(image, 0..winograd::PATCHES, out));
-            matmul(
-                n,
-                self.hidden,
-                FEATURES,
-                &features,
-                &self.fc1_weight,
-                &mut hidden,
-                Parallelism::Rayon(0),
-            );
+        } else if n > 1 {
+            // A batch: one share of the images per thread, each taken through the hidden layer
+            // on its own thread, so the batch costs one fork and one join. (gemm's own
+            // threading of the hidden layer spent a quarter of the time waking threads and
+            // yielding.)
+            let share = n.div_ceil(rayon::current_num_threads());
+            hidden
+                .par_chunks_mut(share * self.hidden)
+                .zip(images.par_chunks(share * IMAGE_FLOATS))
+                .for_each(|(hidden, images)| {
+                    let m = hidden.len() / self.hidden;
+                    let mut features = vec![0.0f32; m * FEATURES];
+                    for (out, image) in features
+                        .chunks_exact_mut(FEATURES)
+                        .zip(images.chunks_exact(IMAGE_FLOATS))
+                    {
+                        self.features(image, 0..winograd::PATCHES, out);
+                    }
+                    let (k, w) = (FEATURES, &self.fc1_weight);
+                    matmul(m, self.hidden, k, &features, w, hidden, Parallelism::None);
+                });
         }
         for row in hidden.chunks_exact_mut(self.hidden) {
             for (h, b) in row.iter_mut().zip(&self.fc1_bias) {

@@ -7,6 +7,10 @@
 //! inlined into `#[target_feature]` entry points (see `dispatch!` below), which is
 //! what lets the intrinsics compile to single instructions.
 
+// Not inlining any of these would leave an intrinsic in a function compiled without its
+// instruction set: a call per arithmetic operation instead of one instruction.
+#![allow(clippy::inline_always)]
+
 /// An instruction set the kernels can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -123,7 +127,11 @@ pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::*;
+    use std::arch::x86_64::{
+        __m256, __m512, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_max_ps,
+        _mm256_set1_ps, _mm256_storeu_ps, _mm256_sub_ps, _mm512_add_ps, _mm512_fmadd_ps,
+        _mm512_loadu_ps, _mm512_max_ps, _mm512_set1_ps, _mm512_storeu_ps, _mm512_sub_ps,
+    };
 
     use super::Simd;
 

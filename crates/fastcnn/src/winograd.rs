@@ -64,6 +64,9 @@ pub(crate) fn transform_weights(weight: &[f32]) -> Vec<f32> {
 /// written to `out` from its start: `[rows.len() · 16 positions][32 channels]`. `NC` registers
 /// hold 16 input channels, `NK` hold 32 output channels (`NC · S::LANES == 16`,
 /// `NK · S::LANES == 32`); each step transforms `T` patches.
+// Inlined into each instruction set's `#[target_feature]` entry point (`dispatch!`), where it
+// compiles with those instructions; the loops index several arrays in step.
+#[allow(clippy::inline_always, clippy::needless_range_loop)]
 #[inline(always)]
 pub(crate) fn conv_pool<S: Simd, const NC: usize, const NK: usize, const T: usize>(
     input: &[f32],
@@ -72,7 +75,7 @@ pub(crate) fn conv_pool<S: Simd, const NC: usize, const NK: usize, const T: usiz
     rows: Range<usize>,
     out: &mut [f32],
 ) {
-    const { assert!(PATCHES % T == 0) };
+    const { assert!(PATCHES.is_multiple_of(T)) };
     assert!(NC * S::LANES == CIN && NK * S::LANES == COUT);
     assert!(input.len() >= IN_PADDED * IN_PADDED * CIN && u.len() >= U_LEN && bias.len() >= COUT);
     assert!(rows.end <= PATCHES && out.len() >= rows.len() * PATCHES * COUT);
