@@ -38,10 +38,13 @@ fn forward(c: &mut Criterion) {
         .build()
         .expect("a thread pool");
     // The AVX2 path too where the CPU has more (what an AVX2-only machine runs).
-    // Reported as `fastcnn/<batch>` and `fastcnn/avx2/<batch>`.
-    let mut nets = vec![("", net.clone())];
+    // Reported as `fastcnn/<batch>`, `fastcnn/int8/<batch>`, `fastcnn/avx2/<batch>`, ...
+    let calibration = net.calibrate(&filled(16 * IMAGE_FLOATS, 1.0));
+    let int8 = net.clone().quantized(calibration);
+    let mut nets = vec![("", net.clone()), ("int8/", int8.clone())];
     if net.isa() == Isa::Avx512 {
         nets.extend(net.with_isa(Isa::Avx2).map(|net| ("avx2/", net)));
+        nets.extend(int8.with_isa(Isa::Avx2).map(|net| ("int8/avx2/", net)));
     }
     let mut group = c.benchmark_group("fastcnn");
     for (name, net) in &nets {

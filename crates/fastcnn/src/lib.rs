@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 pub mod arch;
 mod direct;
+pub mod int8;
 mod simd;
 pub mod train;
 mod winograd;
@@ -87,6 +88,8 @@ pub struct FastCnn {
     /// `[27 taps][16]` (see [`direct::pack_weights`]).
     conv1_weight: Vec<f32>,
     conv1_bias: Vec<f32>,
+    /// As given, `[32][16][3][3]`: the int8 path quantises it.
+    conv2_weight: Vec<f32>,
     /// Winograd-transformed, `[16][16][32]` (see [`winograd::transform_weights`]).
     conv2_u: Vec<f32>,
     conv2_bias: Vec<f32>,
@@ -97,11 +100,51 @@ pub struct FastCnn {
     fc2_bias: Vec<f32>,
     hidden: usize,
     classes: usize,
+    /// The int8 path's weights and scales, once [`FastCnn::quantized`].
+    int8: Option<Box<Int8>>,
+}
+
+/// The arithmetic the second block and the hidden layer run in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats throughout.
+    Fp32,
+    /// 8-bit weights and activations in the second block and the hidden layer ([`int8`]).
+    Int8,
+}
+
+/// The largest value each quantised activation takes on calibration images: the `u8` scales
+/// are these over 255. The first block's pooled output feeds the second block, the second's
+/// the hidden layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Calibration {
+    /// Largest output of the first block (after ReLU and pooling).
+    pub conv1: f32,
+    /// Largest output of the second block.
+    pub conv2: f32,
+}
+
+/// The quantised weights and the scales that connect them.
+#[derive(Debug, Clone)]
+struct Int8 {
+    calibration: Calibration,
+    /// 255 over the first block's largest output: floats to `u8` steps.
+    conv1_inverse_scale: f32,
+    /// Packed by [`int8::pack_conv`].
+    conv2_weight: Vec<i8>,
+    /// Per output channel: `u8` output steps per unit of the integer sum, and the bias in
+    /// output steps.
+    conv2_m: Vec<f32>,
+    conv2_c: Vec<f32>,
+    /// Packed by [`int8::pack_linear`].
+    fc1_weight: Vec<i8>,
+    /// Per hidden unit: the float value of one unit of the integer sum.
+    fc1_scale: Vec<f32>,
 }
 
 impl FastCnn {
     /// Checks every array's size; the hidden width and class count come from the biases. The
-    /// kernels run on the widest instruction set the CPU has ([`Isa::detect`]).
+    /// kernels run on the widest instruction set the CPU has ([`Isa::detect`]), in FP32.
     pub fn new(w: Weights) -> Result<Self, ShapeError> {
         let hidden = w.fc1_bias.len();
         let classes = w.fc2_bias.len();
@@ -140,6 +183,7 @@ impl FastCnn {
             conv1_weight: direct::pack_weights(&w.conv1_weight),
             conv1_bias: w.conv1_bias,
             conv2_u: winograd::transform_weights(&w.conv2_weight),
+            conv2_weight: w.conv2_weight,
             conv2_bias: w.conv2_bias,
             fc1_weight,
             fc1_bias: w.fc1_bias,
@@ -147,6 +191,7 @@ impl FastCnn {
             fc2_bias: w.fc2_bias,
             hidden,
             classes,
+            int8: None,
         })
     }
 
@@ -159,9 +204,23 @@ impl FastCnn {
         })
     }
 
-    /// The instruction set the convolutions run on.
+    /// The instruction set the kernels run on.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// The arithmetic [`FastCnn::forward`] runs in.
+    pub fn precision(&self) -> Precision {
+        if self.int8.is_some() {
+            Precision::Int8
+        } else {
+            Precision::Fp32
+        }
+    }
+
+    /// The calibration the int8 path was quantised with, if it is the one in use.
+    pub fn calibration(&self) -> Option<Calibration> {
+        self.int8.as_ref().map(|q| q.calibration)
     }
 
     /// Number of logits per image.
@@ -169,36 +228,73 @@ impl FastCnn {
         self.classes
     }
 
+    /// The largest activation of each quantised layer's input over `images` (preprocessed,
+    /// back to back), in FP32: what [`FastCnn::quantized`] takes.
+    pub fn calibrate(&self, images: &[f32]) -> Calibration {
+        let mut features = vec![0.0f32; FEATURES];
+        let mut largest = Calibration {
+            conv1: 0.0,
+            conv2: 0.0,
+        };
+        for image in images.chunks_exact(IMAGE_FLOATS) {
+            self.features(image, 0..winograd::PATCHES, &mut features);
+            // The scratch still holds this image's first-block output (zeros at the border
+            // change no maximum of values that are ≥ 0).
+            let conv1 = SCRATCH.with_borrow(|s| s.pooled.iter().fold(0.0f32, |m, &v| m.max(v)));
+            largest.conv1 = largest.conv1.max(conv1);
+            largest.conv2 = features.iter().fold(largest.conv2, |m, &v| m.max(v));
+        }
+        largest
+    }
+
+    /// This network on the int8 path: the second convolution and the hidden layer quantised
+    /// (weights per channel, activations at the calibrated scales), the rest in FP32.
+    #[must_use]
+    pub fn quantized(mut self, calibration: Calibration) -> Self {
+        let step = |largest: f32| if largest > 0.0 { largest / 255.0 } else { 1.0 };
+        let (s1, s2) = (step(calibration.conv1), step(calibration.conv2));
+        let (conv2, conv2_scales) =
+            int8::quantize_rows(&self.conv2_weight, C2, C1 * 9, |r, i| r * C1 * 9 + i);
+        let hidden = self.hidden;
+        let (fc1, fc1_scales) =
+            int8::quantize_rows(&self.fc1_weight, hidden, FEATURES, |r, i| i * hidden + r);
+        self.int8 = Some(Box::new(Int8 {
+            calibration,
+            conv1_inverse_scale: 1.0 / s1,
+            conv2_weight: int8::pack_conv(&conv2),
+            conv2_m: conv2_scales.iter().map(|w| s1 * w / s2).collect(),
+            conv2_c: self.conv2_bias.iter().map(|b| b / s2).collect(),
+            fc1_weight: int8::pack_linear(&fc1, FEATURES, hidden),
+            fc1_scale: fc1_scales.iter().map(|w| s2 * w).collect(),
+        }));
+        self
+    }
+
+    /// The same weights on the FP32 path.
+    #[must_use]
+    pub fn fp32(mut self) -> Self {
+        self.int8 = None;
+        self
+    }
+
     /// Logits (`n × classes`, row-major) for `images`: `n` preprocessed images of
     /// [`IMAGE_FLOATS`] values each, back to back. A trailing partial image is ignored.
     pub fn forward(&self, images: &[f32]) -> Vec<f32> {
         let n = images.len() / IMAGE_FLOATS;
+        let all = 0..winograd::PATCHES;
         let mut hidden = vec![0.0f32; n * self.hidden];
         if n == 1 {
             // One image: the top and the bottom half on one core each, through the hidden
             // layer, whose sum splits over the features: one fork and one join per image. Each
             // half computes the first block's rows that its half of the second block reads
             // (two rows more than half), rather than waiting for the other's.
-            let half = winograd::PATCHES / 2;
-            let rows = FEATURES / 2;
-            let partial = |patches: Range<usize>| {
-                let mut features = vec![0.0f32; rows];
-                self.features(images, patches.clone(), &mut features);
-                let mut out = vec![0.0f32; self.hidden];
-                let first = patches.start * winograd::PATCHES * C2;
-                let weight = &self.fc1_weight[first * self.hidden..];
-                matmul(
-                    1,
-                    self.hidden,
-                    rows,
-                    &features,
-                    weight,
-                    &mut out,
-                    Parallelism::None,
-                );
-                out
+            let half = all.end / 2;
+            let part = |patches| {
+                let mut sums = vec![0.0f32; self.hidden];
+                self.hidden_sums(images, patches, &mut sums);
+                sums
             };
-            let (top, bottom) = rayon::join(|| partial(0..half), || partial(half..2 * half));
+            let (top, bottom) = rayon::join(|| part(0..half), || part(half..all.end));
             for ((h, a), b) in hidden.iter_mut().zip(&top).zip(&bottom) {
                 *h = a + b;
             }
@@ -211,18 +307,7 @@ impl FastCnn {
             hidden
                 .par_chunks_mut(share * self.hidden)
                 .zip(images.par_chunks(share * IMAGE_FLOATS))
-                .for_each(|(hidden, images)| {
-                    let m = hidden.len() / self.hidden;
-                    let mut features = vec![0.0f32; m * FEATURES];
-                    for (out, image) in features
-                        .chunks_exact_mut(FEATURES)
-                        .zip(images.chunks_exact(IMAGE_FLOATS))
-                    {
-                        self.features(image, 0..winograd::PATCHES, out);
-                    }
-                    let (k, w) = (FEATURES, &self.fc1_weight);
-                    matmul(m, self.hidden, k, &features, w, hidden, Parallelism::None);
-                });
+                .for_each(|(hidden, images)| self.hidden_sums(images, all.clone(), hidden));
         }
         for row in hidden.chunks_exact_mut(self.hidden) {
             for (h, b) in row.iter_mut().zip(&self.fc1_bias) {
@@ -247,24 +332,87 @@ impl FastCnn {
         logits
     }
 
+    /// The hidden layer's sums before bias (`images.len() / IMAGE_FLOATS` rows into `out`),
+    /// over the features of the second block's patch rows `patches` only.
+    fn hidden_sums(&self, images: &[f32], patches: Range<usize>, out: &mut [f32]) {
+        let m = images.len() / IMAGE_FLOATS;
+        let len = patches.len() * winograd::PATCHES * C2;
+        let first = patches.start * winograd::PATCHES * C2;
+        let images = images.chunks_exact(IMAGE_FLOATS);
+        let Some(q) = &self.int8 else {
+            let mut features = vec![0.0f32; m * len];
+            for (f, image) in features.chunks_exact_mut(len).zip(images) {
+                self.features(image, patches.clone(), f);
+            }
+            let weight = &self.fc1_weight[first * self.hidden..];
+            matmul(
+                m,
+                self.hidden,
+                len,
+                &features,
+                weight,
+                out,
+                Parallelism::None,
+            );
+            return;
+        };
+        let mut features = vec![0u8; m * len];
+        for (f, image) in features.chunks_exact_mut(len).zip(images) {
+            self.features_int8(q, image, patches.clone(), f);
+        }
+        let width = self.hidden.div_ceil(int8::BLOCK) * int8::BLOCK;
+        let mut sums = vec![0i32; m * width];
+        let groups = first / 4..(first + len) / 4;
+        dispatch!(self.isa, fc1_int8 [1, 4] [2, 2] [16, 1]
+            (&features, len, m, groups, &q.fc1_weight, FEATURES / 4, &mut sums));
+        for (out, sums) in out
+            .chunks_exact_mut(self.hidden)
+            .zip(sums.chunks_exact(width))
+        {
+            for ((o, &s), scale) in out.iter_mut().zip(sums).zip(&q.fc1_scale) {
+                *o = s as f32 * scale;
+            }
+        }
+    }
+
     /// Both convolution blocks for the patch rows `patches` of the second block (all 16 for a
     /// whole image), writing those rows of the channel-last feature map to `out`.
     fn features(&self, image: &[f32], patches: Range<usize>, out: &mut [f32]) {
-        // The second block's patch row p reads the first block's rows 2p - 1 ..= 2p + 2.
-        let rows = (2 * patches.start).saturating_sub(1)..(2 * patches.end + 1).min(S2);
         SCRATCH.with_borrow_mut(|s| {
-            direct::pad_input(image, rows.clone(), &mut s.input);
-            let (conv1, conv2) = (&self.conv1_weight, &self.conv1_bias);
-            dispatch!(self.isa, conv1_kernel [1, 8] [2, 2] [16, 2]
-                (&s.input, conv1, conv2, rows, &mut s.pooled));
+            self.first_block(image, &patches, s);
             let (u, bias) = (&self.conv2_u, &self.conv2_bias);
             dispatch!(self.isa, conv2_kernel [1, 2, 8] [2, 4, 2] [16, 32, 1]
                 (&s.pooled, u, bias, patches, out));
         });
     }
+
+    /// [`FastCnn::features`] on the int8 path: `u8` features.
+    fn features_int8(&self, q: &Int8, image: &[f32], patches: Range<usize>, out: &mut [u8]) {
+        SCRATCH.with_borrow_mut(|s| {
+            let rows = self.first_block(image, &patches, s);
+            let inverse = q.conv1_inverse_scale;
+            dispatch!(self.isa, quantize_map [] [] [] (&s.pooled, inverse, rows, &mut s.quantized));
+            let (w, m, c) = (&q.conv2_weight, &q.conv2_m, &q.conv2_c);
+            dispatch!(self.isa, conv2_int8 [2, 4] [4, 2] [32, 2]
+                (&s.quantized, w, m, c, patches, out));
+        });
+    }
+
+    /// The first block's pooled rows that the second block's patch rows `patches` read, into
+    /// the scratch's bordered map; returns those rows.
+    fn first_block(&self, image: &[f32], patches: &Range<usize>, s: &mut Scratch) -> Range<usize> {
+        // The second block's patch row p reads the first block's rows 2p - 1 ..= 2p + 2.
+        let rows = (2 * patches.start).saturating_sub(1)..(2 * patches.end + 1).min(S2);
+        direct::pad_input(image, rows.clone(), &mut s.input);
+        let (weight, bias) = (&self.conv1_weight, &self.conv1_bias);
+        dispatch!(self.isa, conv1_kernel [1, 8] [2, 2] [16, 2]
+            (&s.input, weight, bias, rows.clone(), &mut s.pooled));
+        rows
+    }
 }
 
 use direct::conv_pool as conv1_kernel;
+use int8::{conv_pool as conv2_int8, linear as fc1_int8, quantize_map};
 use winograd::conv_pool as conv2_kernel;
 
 /// Per-thread buffers, allocated once per thread rather than once per image. Their zero
@@ -274,16 +422,19 @@ struct Scratch {
     input: Vec<f32>,
     /// The first block's pooled output inside a zero border, `[34][34][16]`.
     pooled: Vec<f32>,
+    /// The same in `u8` steps, for the int8 path.
+    quantized: Vec<u8>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
         input: vec![0.0; direct::PADDED_INPUT],
         pooled: vec![0.0; direct::PADDED_OUTPUT],
+        quantized: vec![0; direct::PADDED_OUTPUT],
     });
 }
 
-/// The instruction set the kernels run on, chosen at run time on this CPU: `"avx512f"`,
+/// The instruction set the kernels run on, chosen at run time on this CPU: `"avx512f+vnni"`,
 /// `"avx2+fma"` or `"scalar"` (the forward benchmark prints it). `gemm`, which runs the fully
 /// connected layers and training's GEMMs, makes the same choice with the same detection.
 pub fn simd() -> &'static str {
@@ -628,6 +779,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_int8_path_agrees_across_instruction_sets_and_splits_and_stays_near_fp32() {
+        let w = weights(100, 10);
+        let fp32 = FastCnn::new(w.clone()).unwrap();
+        let images = values(7 * IMAGE_FLOATS, 21);
+        let calibration = fp32.calibrate(&images);
+        assert!(calibration.conv1 > 0.0 && calibration.conv2 > 0.0);
+        let int8 = fp32.clone().quantized(calibration);
+        assert_eq!(
+            (int8.precision(), int8.calibration()),
+            (Precision::Int8, Some(calibration))
+        );
+        let reference = fp32.forward(&images);
+        let widest = int8.forward(&images);
+        let range = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = widest
+            .iter()
+            .zip(&reference)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        eprintln!("int8 vs fp32: largest |difference| {worst} for logits up to {range}");
+        assert!(
+            worst < 0.05 * range,
+            "int8 strays {worst} from logits up to {range}"
+        );
+        for isa in Isa::available() {
+            let net = int8.clone().with_isa(isa).unwrap();
+            // The integer kernels agree bit for bit; a batch and its images one by one differ
+            // only by how the hidden layer's two halves are summed.
+            assert_close(&net.forward(&images), &widest, 1e-5);
+            for (i, image) in images.chunks_exact(IMAGE_FLOATS).enumerate() {
+                assert_close(&net.forward(image), &widest[i * 10..(i + 1) * 10], 1e-4);
+            }
+        }
+        let back = int8.fp32();
+        assert_eq!(
+            (back.precision(), back.calibration()),
+            (Precision::Fp32, None)
+        );
+        assert_close(&back.forward(&images), &reference, 0.0);
     }
 
     #[test]
