@@ -9,7 +9,9 @@ use burn::prelude::Device;
 use clap::{CommandFactory, Parser, Subcommand};
 use model::dataset::{self, OnCorrupt};
 use model::eval::evaluate;
-use model::{Backend, CLASSES, Cnn, Inference, PARAMETER_COUNT, Preprocessor, RecordMeta};
+use model::{
+    Backend, CLASSES, Cnn, Inference, PARAMETER_COUNT, Precision, Preprocessor, RecordMeta,
+};
 use serde_json::json;
 
 /// Classify images and evaluate records with the CIFAR-10 CNN.
@@ -22,6 +24,10 @@ struct Cli {
     /// Compute backend (those compiled in: see `cnn info`; `fast` is the CPU fast path).
     #[arg(long, global = true, default_value_t = Backend::default_inference())]
     backend: Backend,
+    /// Arithmetic of the fast backend: fp32, or int8 (needs a calibrated record: see
+    /// `cnn calibrate`).
+    #[arg(long, global = true, env = "CNN_PRECISION", default_value_t = Precision::Fp32)]
+    precision: Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,6 +71,19 @@ enum Command {
         /// horizontal mirror's (twice the compute).
         #[arg(long)]
         tta: bool,
+    },
+    /// Calibrate the int8 path: measure the activation ranges on training images, score int8
+    /// and FP32 on the test set, and write the record with the ranges and int8's accuracy.
+    Calibrate {
+        /// A CIFAR-10 data set: train/ and test/ folders, or the official binary files.
+        #[arg(long)]
+        data: PathBuf,
+        /// Training images to measure, spread evenly over the split.
+        #[arg(long, default_value_t = 500)]
+        images: usize,
+        /// Record to write (may be the one read).
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Classify image files, or every file under directories, through a running server
     /// (`/classify`, or `/classify/batch` in batches of at most the server's `--max-files`).
@@ -180,6 +199,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Calibrate { data, images, out } => calibrate(cli, data, *images, out),
         Command::Info => {
             let (_, meta, source) = load(cli, &device)?;
             let mut out = std::io::stdout().lock();
@@ -198,6 +218,16 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             )?;
             if let Some(a) = meta.test_accuracy {
                 writeln!(out, "test accuracy {:.2}%", a * 100.0)?;
+            }
+            if let Some(q) = &meta.int8 {
+                let accuracy = q.test_accuracy.map_or(String::new(), |a| {
+                    format!(", test accuracy {:.2}%", a * 100.0)
+                });
+                writeln!(
+                    out,
+                    "int8          calibrated on {} images{accuracy}",
+                    q.images
+                )?;
             }
             if let Some(c) = &meta.created {
                 writeln!(out, "trained       {c}")?;
@@ -222,8 +252,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             batch_size,
             tta,
         } => {
-            let (net, _, _) = load(cli, &device)?;
-            let net = Inference::new(net, cli.backend)?.with_tta(*tta);
+            let (net, meta, _) = load(cli, &device)?;
+            let net = Inference::new(net, cli.backend)?
+                .with_precision(cli.precision, meta.int8.as_ref())?
+                .with_tta(*tta);
             classify(&net, paths, *top_k, *json, *jsonl, *batch_size)
         }
         Command::Eval {
@@ -233,7 +265,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             tta,
         } => {
             let (net, meta, source) = load(cli, &device)?;
-            let net = Inference::new(net, cli.backend)?.with_tta(*tta);
+            let net = Inference::new(net, cli.backend)?
+                .with_precision(cli.precision, meta.int8.as_ref())?
+                .with_tta(*tta);
             let split = dataset::labelled_set(data, OnCorrupt::Skip)?;
             // A progress bar on a terminal only: scripts and logs get just the result.
             let bar = if std::io::stderr().is_terminal() {
@@ -258,7 +292,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "record": source, "recorded_accuracy": meta.test_accuracy,
-                        "tta": tta, "skipped": split.skipped, "evaluation": e,
+                        "tta": tta, "precision": net.precision().name(),
+                        "skipped": split.skipped, "evaluation": e,
                     }))?
                 )?;
             } else {
@@ -304,6 +339,60 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `cnn calibrate`: ranges on training images, both precisions scored on the test split, the
+/// record written with the ranges.
+fn calibrate(
+    cli: &Cli,
+    data: &std::path::Path,
+    images: usize,
+    out: &std::path::Path,
+) -> Result<ExitCode> {
+    // The ranges are the fast path's, so the record is read for it whatever `--backend` says.
+    let (net, mut meta, source) = load(cli, &Backend::Fast.device())?;
+    let layout = dataset::detect(data)?;
+    let train = layout.train(OnCorrupt::Skip)?;
+    let test = layout.test(OnCorrupt::Skip)?;
+    anyhow::ensure!(
+        images > 0 && !train.samples.is_empty() && !test.samples.is_empty(),
+        "calibration needs training images and test images under {}",
+        data.display()
+    );
+    // Evenly spread, so that every class is measured (the split is ordered class by class).
+    let step = (train.samples.len() / images).max(1);
+    let chosen: Vec<_> = train
+        .samples
+        .iter()
+        .step_by(step)
+        .take(images)
+        .cloned()
+        .collect();
+    let mut calibration = model::quantize::calibrate(&net, &chosen)?;
+    let fp32 = Inference::new(net.clone(), Backend::Fast)?;
+    let int8 = Inference::new(net.clone(), Backend::Fast)?
+        .with_precision(Precision::Int8, Some(&calibration))?;
+    let (e32, e8) = (
+        evaluate(&fp32, &test.samples, 256, |_| {}),
+        evaluate(&int8, &test.samples, 256, |_| {}),
+    );
+    let agreement = model::quantize::agreement(&fp32, &int8, &test.samples);
+    calibration.test_accuracy = Some(e8.accuracy);
+    meta.int8 = Some(calibration);
+    model::save_model(&net, out, &meta)
+        .with_context(|| format!("cannot write {}", out.display()))?;
+    writeln!(
+        std::io::stdout(),
+        "{}",
+        serde_json::to_string_pretty(&json!({
+            "record": source, "written": out.display().to_string(), "calibration": calibration,
+            "test_images": e8.images,
+            "fp32": {"accuracy": e32.accuracy, "top3_accuracy": e32.top3_accuracy},
+            "int8": {"accuracy": e8.accuracy, "top3_accuracy": e8.top3_accuracy},
+            "top1_agreement": agreement,
+        }))?
+    )?;
+    Ok(ExitCode::SUCCESS)
 }
 
 mod remote;

@@ -292,3 +292,120 @@ fn a_closed_stdout_ends_every_command_quietly() {
         assert!(err.is_empty(), "{args:?}: {err}");
     }
 }
+
+/// `cnn calibrate` writes a record that carries int8's ranges and accuracy; `--precision int8`
+/// then runs classify and eval on it, and is refused, with the reason, where it cannot run.
+#[test]
+fn calibrate_then_int8_on_classify_and_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut images = testdata::images("train", 2);
+    images.extend(testdata::images("test", 1));
+    testdata::write_folders(&dir.join("data"), &images);
+    let file = dir.join("a.jpg");
+    std::fs::write(&file, &images[0].bytes).unwrap();
+    let (model, calibrated) = (record(dir), dir.join("int8.safetensors"));
+    let (m, c, f) = (
+        model.to_str().unwrap(),
+        calibrated.to_str().unwrap(),
+        file.to_str().unwrap(),
+    );
+    let data = dir.join("data");
+
+    let refused = cnn(&["--model", m, "--precision", "int8", "classify", f]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("no int8 calibration"),
+        "{err}"
+    );
+
+    let out = cnn(&[
+        "--model",
+        m,
+        "calibrate",
+        "--data",
+        data.to_str().unwrap(),
+        "--images",
+        "20",
+        "--out",
+        c,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["calibration"]["images"], 20);
+    assert_eq!(report["test_images"], 10);
+    assert!(report["calibration"]["conv1"].as_f64().unwrap() > 0.0);
+    let int8 = report["int8"]["accuracy"].as_f64().unwrap();
+    assert_eq!(report["calibration"]["test_accuracy"].as_f64(), Some(int8));
+    let agreement = report["top1_agreement"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&agreement));
+    assert!(
+        stdout(&cnn(&["--model", c, "info"])).contains("int8          calibrated on 20 images")
+    );
+
+    let eval = cnn(&[
+        "--model",
+        c,
+        "--precision",
+        "int8",
+        "eval",
+        "--data",
+        data.join("test").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        eval.status.success(),
+        "{}",
+        String::from_utf8_lossy(&eval.stderr)
+    );
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert_eq!(eval["precision"], "int8");
+    assert_eq!(eval["evaluation"]["accuracy"].as_f64(), Some(int8));
+
+    // The in-process int8 network's answer.
+    let backend = Backend::default_inference();
+    let (net, meta) = load_model(&calibrated, &backend.device()).unwrap();
+    let local = Inference::new(net, backend)
+        .and_then(|i| i.with_precision(model::Precision::Int8, meta.int8.as_ref()))
+        .unwrap();
+    let pre = Preprocessor::default();
+    let want = local
+        .predict(&pre.preprocess(&images[0].bytes).unwrap(), 3)
+        .remove(0);
+    let out = cnn(&["--model", c, "--precision", "int8", "classify", "--json", f]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = &v["results"][0]["prediction"];
+    assert_eq!(got["class_index"], want.best.class_index);
+    let confidence = got["confidence"].as_f64().unwrap();
+    assert!(
+        (confidence - f64::from(want.best.confidence)).abs() < 1e-5,
+        "{v}"
+    );
+
+    if Backend::available().contains(&Backend::Flex) {
+        let other = cnn(&[
+            "--model",
+            c,
+            "--backend",
+            "flex",
+            "--precision",
+            "int8",
+            "classify",
+            f,
+        ]);
+        let err = String::from_utf8_lossy(&other.stderr);
+        assert!(
+            !other.status.success() && err.contains("fast backend only"),
+            "{err}"
+        );
+    }
+}

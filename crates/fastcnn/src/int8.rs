@@ -109,7 +109,11 @@ pub(crate) fn quantize_map<S: Simd>(
 /// written to `out` from its start. `NK` registers hold 32 channels; each step computes a
 /// block of 2 × `BW` conv outputs.
 // `iload` is an unaligned load, so casting byte pointers to `i32` ones is sound.
-#[allow(clippy::inline_always, clippy::needless_range_loop, clippy::cast_ptr_alignment)]
+#[allow(
+    clippy::inline_always,
+    clippy::needless_range_loop,
+    clippy::cast_ptr_alignment
+)]
 #[inline(always)]
 pub(crate) fn conv_pool<S: Simd, const NK: usize, const BW: usize>(
     input: &[u8],

@@ -113,6 +113,33 @@ pub enum Precision {
     Int8,
 }
 
+impl Precision {
+    /// `"fp32"` or `"int8"`, as the command lines and `/model/info` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Fp32 => "fp32",
+            Self::Int8 => "int8",
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Self::Fp32),
+            "int8" => Ok(Self::Int8),
+            other => Err(format!("unknown precision {other:?} (fp32 or int8)")),
+        }
+    }
+}
+
 /// The largest value each quantised activation takes on calibration images: the `u8` scales
 /// are these over 255. The first block's pooled output feeds the second block, the second's
 /// the hidden layer.

@@ -55,4 +55,8 @@ pub enum RecordError {
     /// Serialising the metadata or writing the file failed.
     #[error("cannot write record: {0}")]
     Save(String),
+    /// The precision asked for cannot run with this record or backend (int8 needs the fast
+    /// backend and a calibrated record).
+    #[error("{0}")]
+    Precision(String),
 }

@@ -9,7 +9,7 @@
 //! two steps around a model call made elsewhere (the server's batching engine).
 
 use burn::prelude::*;
-use fastcnn::FastCnn;
+use fastcnn::{FastCnn, Precision};
 
 use crate::backend::Backend;
 use crate::error::RecordError;
@@ -17,6 +17,7 @@ use crate::net::Cnn;
 use crate::net::INPUT_SIZE;
 use crate::predict::{Prediction, rank_probabilities, softmax, values};
 use crate::preprocess::{IMAGE_FLOATS, to_tensor};
+use crate::record::Int8Calibration;
 
 /// A loaded network ready to classify.
 #[derive(Debug)]
@@ -52,6 +53,40 @@ impl Inference {
     pub fn with_tta(mut self, on: bool) -> Self {
         self.tta = on;
         self
+    }
+
+    /// Runs the network in `precision` (FP32 by default). int8 needs the fast backend and the
+    /// record's calibration (`int8`, from `cnn calibrate`).
+    pub fn with_precision(
+        mut self,
+        precision: Precision,
+        int8: Option<&Int8Calibration>,
+    ) -> Result<Self, RecordError> {
+        self.fast = match (precision, self.fast.take()) {
+            (Precision::Fp32, fast) => fast.map(FastCnn::fp32),
+            (Precision::Int8, Some(fast)) => {
+                let calibration = int8.ok_or_else(|| {
+                    RecordError::Precision(
+                        "the record has no int8 calibration (run `cnn calibrate` on it)".into(),
+                    )
+                })?;
+                Some(fast.quantized((*calibration).into()))
+            }
+            (Precision::Int8, None) => {
+                return Err(RecordError::Precision(format!(
+                    "int8 runs on the fast backend only, not on {}",
+                    self.backend
+                )));
+            }
+        };
+        Ok(self)
+    }
+
+    /// The arithmetic the forward pass runs in.
+    pub fn precision(&self) -> Precision {
+        self.fast
+            .as_ref()
+            .map_or(Precision::Fp32, FastCnn::precision)
     }
 
     /// Whether test-time augmentation is on.

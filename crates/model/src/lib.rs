@@ -20,6 +20,7 @@ pub mod multipart;
 pub mod net;
 pub mod predict;
 pub mod preprocess;
+pub mod quantize;
 pub mod record;
 #[cfg(feature = "testdata")]
 pub mod testdata;
@@ -31,6 +32,8 @@ pub use inference::{Gathered, Inference};
 pub use net::{Cnn, INPUT_SIZE, PARAMETER_COUNT, arch};
 pub use predict::{Prediction, Ranked, predict, rank_logits, rank_probabilities, softmax};
 pub use preprocess::{DEFAULT_MAX_PIXELS, Header, IMAGE_BYTES, IMAGE_FLOATS, Preprocessor};
+pub use quantize::Precision;
 pub use record::{
-    RecordMeta, RecordVersion, import_pytorch, load_model, load_model_bytes, save_model,
+    Int8Calibration, RecordMeta, RecordVersion, import_pytorch, load_model, load_model_bytes,
+    save_model,
 };

@@ -47,6 +47,35 @@ pub struct RecordMeta {
     /// How images were prepared in training, and so must be in service.
     #[serde(default)]
     pub preprocessing: Preprocessing,
+    /// The int8 path's activation ranges, once calibrated (`cnn calibrate`).
+    #[serde(default)]
+    pub int8: Option<Int8Calibration>,
+}
+
+/// What the int8 path needs from a record beyond its weights: the largest activation of each
+/// quantised layer's input on training images (their `u8` scales are these over 255), and
+/// what it scored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Int8Calibration {
+    /// Largest output of the first convolution block (after ReLU and pooling).
+    pub conv1: f32,
+    /// Largest output of the second block.
+    pub conv2: f32,
+    /// Training images the ranges were measured on.
+    pub images: usize,
+    /// Top-1 accuracy on the CIFAR-10 test set on the int8 path, if measured.
+    #[serde(default)]
+    pub test_accuracy: Option<f64>,
+}
+
+impl From<Int8Calibration> for fastcnn::Calibration {
+    fn from(c: Int8Calibration) -> Self {
+        Self {
+            conv1: c.conv1,
+            conv2: c.conv2,
+        }
+    }
 }
 
 impl Default for RecordMeta {
@@ -58,6 +87,7 @@ impl Default for RecordMeta {
             created: None,
             recipe: None,
             preprocessing: Preprocessing::default(),
+            int8: None,
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct ServerConfig {
     /// Test-time augmentation: each image's probabilities are the mean of its own and its
     /// horizontal mirror's ([`Inference::with_tta`]). Off by default.
     pub tta: bool,
+    /// The fast backend's arithmetic ([`Inference::with_precision`]): FP32 by default; int8
+    /// needs the record's calibration, and a reload to a record without one is refused.
+    pub precision: model::Precision,
     /// The bearer token every route but the probes asks for ([`auth`]); none by default.
     pub api_key: Option<ApiKey>,
 }
@@ -131,6 +134,7 @@ impl Default for ServerConfig {
             watch_model: false,
             signals: true,
             tta: false,
+            precision: model::Precision::Fp32,
             api_key: None,
         }
     }
@@ -232,7 +236,11 @@ pub fn serve(
         config.api_key.as_ref(),
     );
     let first = Served {
-        inference: loaded.inference.with_tta(config.tta),
+        inference: loaded
+            .inference
+            .with_precision(config.precision, loaded.meta.int8.as_ref())
+            .map_err(std::io::Error::other)?
+            .with_tta(config.tta),
         meta: loaded.meta,
         source: loaded.source,
         version: loaded.version,

@@ -105,6 +105,8 @@ pub struct Models {
     /// The file reloads read (`None`: the built-in record, which cannot change).
     path: Option<PathBuf>,
     backend: Backend,
+    /// Reloads run in the precision the first record was served in.
+    precision: model::Precision,
     tta: bool,
     last: Mutex<Option<ReloadReport>>,
     /// One reload at a time (a signal and a file change may arrive together).
@@ -127,6 +129,7 @@ impl Models {
     ) -> Self {
         Self {
             backend: first.inference.backend(),
+            precision: first.inference.precision(),
             current: RwLock::new(Arc::new(first)),
             retired: Mutex::new(Weak::new()),
             path,
@@ -233,7 +236,9 @@ impl Models {
             return Ok(Outcome::Unchanged);
         }
         let loaded = file.load(&device)?;
-        let inference = Inference::new(loaded.model, self.backend)?.with_tta(self.tta);
+        let inference = Inference::new(loaded.model, self.backend)?
+            .with_precision(self.precision, loaded.meta.int8.as_ref())?
+            .with_tta(self.tta);
         // On one thread of its own: the fast path would otherwise start rayon's global pool
         // (a thread per core, with scratch memory) for this one probe.
         match rayon::ThreadPoolBuilder::new().num_threads(1).build() {

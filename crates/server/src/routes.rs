@@ -237,6 +237,8 @@ pub struct ModelInfo {
     /// The last reload (SIGHUP or `--watch-model`), if any: a failed one says why.
     last_reload: Option<ReloadReport>,
     backend: &'static str,
+    /// The forward pass's arithmetic: `fp32` or `int8` (`--precision`).
+    precision: &'static str,
     /// Whether predictions average each image's and its mirror's probabilities (`--tta`).
     test_time_augmentation: bool,
 }
@@ -264,6 +266,7 @@ async fn model_info(state: web::Data<AppState>) -> HttpResponse {
         serving_since: served.since.clone(),
         last_reload: state.models.last_reload(),
         backend: state.backend.name(),
+        precision: served.inference.precision().name(),
         test_time_augmentation: state.config.tta,
     })
 }

@@ -1,5 +1,6 @@
 //! The `server` binary itself: start-up on good and bad records, the health-check probe, a
-//! graceful stop on SIGTERM, and test-time augmentation switched on by flag or environment.
+//! graceful stop on SIGTERM, and test-time augmentation and int8 switched on by flag or
+//! environment.
 
 mod common;
 
@@ -8,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Process;
-use model::{Backend, Inference, Preprocessor, RecordMeta, load_model, save_model, testdata};
+use model::{
+    Backend, Inference, Precision, Preprocessor, RecordMeta, load_model, save_model, testdata,
+};
 
 /// A record of weights made here, written into `dir`.
 fn good_record(dir: &Path) -> PathBuf {
@@ -20,7 +23,9 @@ fn good_record(dir: &Path) -> PathBuf {
 
 fn server() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_server"));
-    cmd.env_remove("CNN_PORT").env_remove("CNN_MODEL");
+    cmd.env_remove("CNN_PORT")
+        .env_remove("CNN_MODEL")
+        .env_remove("CNN_PRECISION");
     cmd
 }
 
@@ -203,5 +208,58 @@ fn tta_by_flag_or_environment_answers_with_the_mirrored_mean() {
     {
         assert_eq!(answer["filename"], *name);
         agrees(answer, bytes);
+    }
+}
+
+/// `--precision int8` (or `CNN_PRECISION`) serves the int8 path from the calibration the record
+/// carries: the start-up line and `/model/info` say so, and `/classify` answers as the model
+/// crate's int8 inference does in-process. A record without a calibration is refused at start.
+#[test]
+fn int8_by_flag_or_environment_serves_the_calibrated_record_and_refuses_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uncalibrated = good_record(tmp.path());
+    let out = server()
+        .args(["--port", "0", "--precision", "int8", "--model"])
+        .arg(&uncalibrated)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("no int8 calibration"), "{err}");
+    let out = server().args(["--precision", "fp16"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("fp32 or int8"),
+        "{err}"
+    );
+
+    // The built-in record is calibrated.
+    let server = Process::start_with_env(&[], &[("CNN_PRECISION", "int8")]);
+    assert!(server.banner.contains("in int8"), "{}", server.banner);
+    let (status, body) = server.get("/model/info");
+    assert_eq!(status, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["precision"], "int8");
+    assert_eq!(info["record"]["int8"]["images"], 500);
+
+    let backend = Backend::default_inference();
+    let (net, meta) = model::record::load_shipped(&backend.device()).unwrap();
+    let local = Inference::new(net, backend)
+        .and_then(|i| i.with_precision(Precision::Int8, meta.int8.as_ref()))
+        .unwrap();
+    let pre = Preprocessor::default();
+    for image in testdata::images("test", 1).iter().take(3) {
+        let want = local
+            .predict(&pre.preprocess(&image.bytes).unwrap(), 3)
+            .remove(0);
+        let reply = server.post_multipart("/classify", &[("file", "a.jpg", &image.bytes)]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        let got = reply.json();
+        assert_eq!(got["prediction"]["class_index"], want.best.class_index);
+        let confidence = got["prediction"]["confidence"].as_f64().unwrap();
+        assert!(
+            (confidence - f64::from(want.best.confidence)).abs() < 1e-5,
+            "{got}"
+        );
     }
 }

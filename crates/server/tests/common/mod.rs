@@ -185,6 +185,7 @@ impl Process {
             .env_remove("CNN_PORT")
             .env_remove("CNN_MODEL")
             .env_remove("CNN_TTA")
+            .env_remove("CNN_PRECISION")
             .env_remove("RUST_LOG")
             .envs(env.iter().copied())
             .args(["--port", "0", "--log-format", log_format])
