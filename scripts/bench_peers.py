@@ -197,17 +197,19 @@ def quantize(fp32, out_dir, calib):
 
 
 def criterion_throughput(path):
-    """{batch: images/s} from criterion's report of `fastcnn/<batch>`: the middle (estimate) of
-    its thrpt line. Lines of a `change:` block are in %, not elem/s, so they do not match."""
+    """{variant: {batch: images/s}} from criterion's report of `fastcnn/<variant><batch>`
+    (variant "" for FP32 on the widest instruction set, "int8/", "avx2/", "int8/avx2/"): the
+    middle (estimate) of each thrpt line. Lines of a `change:` block are in %, not elem/s, so
+    they do not match."""
     scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9}
     res, current = {}, None
     for line in open(path, encoding="utf-8", errors="replace"):
-        m = re.match(r"fastcnn/(\d+)(\s|$)", line)
+        m = re.match(r"fastcnn/((?:int8/)?(?:avx2/)?)(\d+)(\s|$)", line)
         if m:
-            current = int(m.group(1))
+            current = (m.group(1), int(m.group(2)))
         m = re.search(r"thrpt:\s*\[\S+ \w*elem/s (\S+) (\w*)elem/s", line)
         if m and current is not None:
-            res[current] = float(m.group(1)) * scale[m.group(2)]
+            res.setdefault(current[0], {})[current[1]] = float(m.group(1)) * scale[m.group(2)]
             current = None
     return res
 
@@ -279,6 +281,7 @@ def main():
         for k, s in sessions.items():
             speed[k][bs] = images_per_s(s, xb, a.seconds)
     fast = criterion_throughput(a.criterion) if a.criterion else {}
+    f32, f8 = fast.get("", {}), fast.get("int8/", {})
 
     model, flags, ncpu = cpu()
     print(f"\nCPU: {model}, {ncpu} CPUs; "
@@ -291,18 +294,29 @@ def main():
 
     def ratio(f, o):
         return f"{f / o:.2f}×" if f and o else "—"
-    print("| batch | fastcnn img/s | ORT FP32 img/s | ORT int8 img/s "
-          "| fastcnn/ORT-FP32 | fastcnn/ORT-int8 |")
-    print("|---|---|---|---|---|---|")
+    print("| batch | fastcnn FP32 | fastcnn int8 | ORT FP32 | ORT int8 (img/s) "
+          "| FP32 ÷ ORT FP32 | int8 ÷ ORT FP32 | int8 ÷ ORT int8 |")
+    print("|---|---|---|---|---|---|---|---|")
     for bs in (1, 16, 64):
-        f, o32, o8 = fast.get(bs), speed["fp32"][bs], speed["int8"][bs]
-        print(f"| {bs} | {num(f)} | {num(o32)} | {num(o8)} | {ratio(f, o32)} | {ratio(f, o8)} |")
+        o32, o8 = speed["fp32"][bs], speed["int8"][bs]
+        print(f"| {bs} | {num(f32.get(bs))} | {num(f8.get(bs))} | {num(o32)} | {num(o8)} "
+              f"| {ratio(f32.get(bs), o32)} | {ratio(f8.get(bs), o32)} | {ratio(f8.get(bs), o8)} |")
+    for variant, label in (("avx2/", "FP32"), ("int8/avx2/", "int8")):
+        if fast.get(variant):
+            print(f"fastcnn {label} on its AVX2 kernels: "
+                  + ", ".join(f"batch {bs} {num(fast[variant].get(bs))}" for bs in (1, 16, 64)))
+    int8 = meta.get("int8") or {}
+    print(f"fastcnn's top-1 (the record's figures, all 10,000 test images): FP32 "
+          f"{meta.get('test_accuracy')}, int8 {int8.get('test_accuracy')}")
     if a.peak:
-        # 14.6 MFLOP per image forward (conv1 3.54, conv2 9.44, fc1 1.64, fc2 0.002).
+        # 14.6 MFLOP per image forward as direct convolution (conv1 3.54, conv2 9.44, fc1 1.64,
+        # fc2 0.002): an effective rate for fastcnn, whose Winograd conv2 does fewer.
         share = lambda v: f"{v * 14.6e-3:,.0f} GFLOP/s ({v * 14.6e-3 / a.peak:.0%})" if v else "—"
-        print(f"\nshare of the measured FP32 FMA peak ({a.peak:,.0f} GFLOP/s, 14.6 MFLOP per image):")
+        print(f"\neffective rate, share of the measured FP32 FMA peak ({a.peak:,.0f} GFLOP/s, "
+              "14.6 MFLOP per image):")
         for bs in (1, 16, 64):
-            print(f"  batch {bs}: fastcnn {share(fast.get(bs))}, ORT FP32 {share(speed['fp32'][bs])}")
+            print(f"  batch {bs}: fastcnn FP32 {share(f32.get(bs))}, "
+                  f"ORT FP32 {share(speed['fp32'][bs])}")
     print("\n" + json.dumps({"cpu": model, "flags": flags, "threads": a.threads,
                              "onnxruntime": ort.__version__, "fastcnn": fast,
                              "ort_fp32": speed["fp32"], "ort_int8": speed["int8"],
