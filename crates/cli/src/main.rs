@@ -79,7 +79,7 @@ enum Command {
         #[arg(long)]
         data: PathBuf,
         /// Training images to measure, spread evenly over the split.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = model::quantize::CALIBRATION_IMAGES)]
         images: usize,
         /// Record to write (may be the one read).
         #[arg(long)]
@@ -359,15 +359,7 @@ fn calibrate(
         "calibration needs training images and test images under {}",
         data.display()
     );
-    // Evenly spread, so that every class is measured (the split is ordered class by class).
-    let step = (train.samples.len() / images).max(1);
-    let chosen: Vec<_> = train
-        .samples
-        .iter()
-        .step_by(step)
-        .take(images)
-        .cloned()
-        .collect();
+    let chosen = model::quantize::spread(&train.samples, images);
     let mut calibration = model::quantize::calibrate(&net, &chosen)?;
     let fp32 = Inference::new(net.clone(), Backend::Fast)?;
     let int8 = Inference::new(net.clone(), Backend::Fast)?

@@ -13,6 +13,17 @@ use crate::net::Cnn;
 use crate::preprocess::{IMAGE_FLOATS, normalize_into, resize};
 use crate::record::Int8Calibration;
 
+/// Training images calibrated on by default (`cnn calibrate --images`, and `train` at the end
+/// of a run): enough for the largest activations to settle (the shipped record's ranges).
+pub const CALIBRATION_IMAGES: usize = 500;
+
+/// `n` of `samples`, evenly spread, so that every class is measured (splits are ordered class
+/// by class).
+pub fn spread(samples: &[Sample], n: usize) -> Vec<Sample> {
+    let step = (samples.len() / n.max(1)).max(1);
+    samples.iter().step_by(step).take(n).cloned().collect()
+}
+
 /// The largest activation of each quantised layer's input over `samples` (training images),
 /// with no accuracy yet.
 pub fn calibrate(model: &Cnn, samples: &[Sample]) -> Result<Int8Calibration, RecordError> {

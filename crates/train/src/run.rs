@@ -19,6 +19,7 @@ use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric};
 use burn::train::{Learner, SupervisedTraining};
 use model::dataset::{self, OnCorrupt, Sample};
 use model::eval::{Evaluation, evaluate};
+use model::quantize;
 use model::{Backend, Inference, RecordMeta, save_model};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -143,6 +144,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         test_split.skipped.len()
     );
     let (train, valid) = split_valid(train_split.samples, config.valid_fraction, config.seed)?;
+    let calibration_set = quantize::spread(&train, quantize::CALIBRATION_IMAGES);
 
     let device = opts.backend.device();
     device.seed(config.seed);
@@ -213,11 +215,19 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         valid.images
     );
     let net = inference.model();
+    // The int8 path's ranges, measured on training images, so that the record can be served
+    // with `--precision int8` as it is (the fast path is the one that runs int8).
+    let mut int8 = if engine == Backend::Fast {
+        Some(quantize::calibrate(net, &calibration_set)?)
+    } else {
+        None
+    };
     if !opts.test {
         let meta = RecordMeta {
             epochs: Some(config.epochs),
             created: Some(crate::time::rfc3339_now()),
             recipe: Some(config.recipe()),
+            int8,
             ..RecordMeta::default()
         };
         save_model(net, &opts.out.join(RECORD_FILE), &meta)?;
@@ -226,11 +236,24 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
     println!("evaluating on {} test images", test_split.samples.len());
     let evaluation = evaluate(&inference, &test_split.samples, 256, |_| {});
+    if let Some(calibration) = &mut int8 {
+        let quantized = Inference::new(net.clone(), Backend::Fast)?
+            .with_precision(quantize::Precision::Int8, Some(calibration))?;
+        let e = evaluate(&quantized, &test_split.samples, 256, |_| {});
+        println!(
+            "test accuracy {:.2}% (int8: {:.2}%) on {} images",
+            evaluation.accuracy * 100.0,
+            e.accuracy * 100.0,
+            e.images
+        );
+        calibration.test_accuracy = Some(e.accuracy);
+    }
     let meta = RecordMeta {
         test_accuracy: Some(evaluation.accuracy),
         epochs: Some(config.epochs),
         created: Some(crate::time::rfc3339_now()),
         recipe: Some(config.recipe()),
+        int8,
         ..RecordMeta::default()
     };
     save_model(net, &opts.out.join(RECORD_FILE), &meta)?;
