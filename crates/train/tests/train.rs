@@ -75,9 +75,17 @@ fn assert_complete_run(run: &Path, epochs: usize) {
     assert_eq!(meta.test_accuracy, test["evaluation"]["accuracy"].as_f64());
     assert_eq!(meta.epochs, Some(epochs));
     // Calibrated for int8 on training images, with int8's own test accuracy.
-    let int8 = meta.int8.expect("a trained record carries its int8 calibration");
-    assert!(int8.conv1 > 0.0 && int8.conv2 > 0.0 && int8.images > 0, "{int8:?}");
-    assert!(int8.test_accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)), "{int8:?}");
+    let int8 = meta
+        .int8
+        .expect("a trained record carries its int8 calibration");
+    assert!(
+        int8.conv1 > 0.0 && int8.conv2 > 0.0 && int8.images > 0,
+        "{int8:?}"
+    );
+    assert!(
+        int8.test_accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)),
+        "{int8:?}"
+    );
 }
 
 #[test]
