@@ -249,11 +249,27 @@ pub fn resize(img: &RgbImage) -> RgbImage {
                 for (i, &wt) in weights.iter().enumerate() {
                     t += line[(left + i) * 3 + c] * wt;
                 }
-                dst[x * 3 + c] = t.clamp(0.0, 255.0).round() as u8;
+                dst[x * 3 + c] = round_to_byte(t);
             }
         }
     }
     RgbImage::from_raw(side, side, out).expect("64×64×3 bytes")
+}
+
+/// `t.clamp(0.0, 255.0).round() as u8`, exactly, without `round`: on x86-64 without SSE4.1
+/// that is a call into libm for every byte, which was a tenth of a loaded server's time
+/// (`perf`, 32 connections on 32×32 JPEGs). The integer part is exact and so is `t - whole`
+/// (both below 2²³), and ties go up, as `round`'s do for non-negative values; NaN gives 0 both
+/// ways.
+#[inline]
+fn round_to_byte(t: f32) -> u8 {
+    let t = t.clamp(0.0, 255.0);
+    let whole = t as u8;
+    if t - f32::from(whole) >= 0.5 {
+        whole + 1
+    } else {
+        whole
+    }
 }
 
 /// For each of `dst` output positions along an axis of `src` pixels: the first input pixel and
@@ -313,6 +329,15 @@ pub fn to_tensor(floats: Vec<f32>, n: usize, device: &Device) -> Tensor<4> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn round_to_byte_is_clamp_then_round() {
+        let edges = [-1.0, -0.0, 0.0, 0.49999997, 0.5, 0.50000006, 1.5, 2.5, 254.49998, 254.5];
+        let more = (0..=2600).map(|i| i as f32 * 0.1 - 2.0);
+        for t in edges.into_iter().chain(more).chain([255.0, 255.5, 1e9, f32::NAN]) {
+            assert_eq!(round_to_byte(t), t.clamp(0.0, 255.0).round() as u8, "{t}");
+        }
+    }
+
     #[test]
     fn resize_is_byte_identical_to_image_crates_triangle_filter() {
         use image::imageops::{FilterType, resize as reference};
