@@ -9,7 +9,7 @@ use actix_web::test::TestRequest;
 use actix_web::web::Bytes;
 use futures::stream;
 use libfuzzer_sys::fuzz_target;
-use server::upload::{BodyBudget, UploadLimits, read};
+use server::ingest::upload::{BodyBudget, UploadLimits, read};
 
 const CONTENT_TYPES: [&str; 6] = [
     "multipart/form-data; boundary=XyZ",

@@ -331,9 +331,15 @@ pub fn to_tensor(floats: Vec<f32>, n: usize, device: &Device) -> Tensor<4> {
 mod tests {
     #[test]
     fn round_to_byte_is_clamp_then_round() {
-        let edges = [-1.0, -0.0, 0.0, 0.49999997, 0.5, 0.50000006, 1.5, 2.5, 254.49998, 254.5];
+        let edges = [
+            -1.0, -0.0, 0.0, 0.499_999_97, 0.5, 0.500_000_06, 1.5, 2.5, 254.49998, 254.5,
+        ];
         let more = (0..=2600).map(|i| i as f32 * 0.1 - 2.0);
-        for t in edges.into_iter().chain(more).chain([255.0, 255.5, 1e9, f32::NAN]) {
+        for t in edges
+            .into_iter()
+            .chain(more)
+            .chain([255.0, 255.5, 1e9, f32::NAN])
+        {
             assert_eq!(round_to_byte(t), t.clamp(0.0, 255.0).round() as u8, "{t}");
         }
     }

@@ -1,28 +1,21 @@
 //! The HTTP inference service for the CIFAR-10 CNN, on actix-web.
 //!
 //! [`serve`] binds the server and returns it running; requests are decoded on the blocking
-//! pool, gathered into model batches by the [`engine`], and answered in the original Python
-//! service's JSON shapes. Errors are RFC 9457 problem documents ([`problem`]); every request
-//! is counted in [`metrics`] and logged in a span that carries its request id ([`logging`]).
+//! pool, gathered into model batches by the [`engine`](inference::engine), and answered in the original Python
+//! service's JSON shapes. Errors are RFC 9457 problem documents ([`problem`](http::problem)); every request
+//! is counted in [`metrics`](ops::metrics) and logged in a span that carries its request id ([`logging`](ops::logging)).
 //!
-//! The served record can be replaced while the server runs ([`models`]: SIGHUP, or a watched
-//! file); SIGTERM drains before stopping ([`lifecycle`]).
+//! The served record can be replaced while the server runs ([`models`](inference::models): SIGHUP, or a watched
+//! file); SIGTERM drains before stopping ([`lifecycle`](ops::lifecycle)).
 //!
-//! Memory is bounded by the settings, whatever clients send: see [`memory`]. An optional
-//! bearer token guards every route but the probes ([`auth`]).
+//! Memory is bounded by the settings, whatever clients send: see [`memory`](ops::memory). An optional
+//! bearer token guards every route but the probes ([`auth`](http::auth)).
 
-pub mod auth;
-pub mod decode;
-pub mod engine;
-pub mod lifecycle;
-pub mod logging;
-pub mod memory;
-pub mod metrics;
-pub mod models;
-pub mod openapi;
-pub mod problem;
+pub mod http;
+pub mod inference;
+pub mod ingest;
+pub mod ops;
 pub mod routes;
-pub mod upload;
 pub mod v2;
 
 use std::net::TcpListener;
@@ -39,18 +32,18 @@ use futures_util::future::Either;
 use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
 use tracing_actix_web::TracingLogger;
 
-pub use crate::auth::ApiKey;
-use crate::decode::DecodeBudget;
-use crate::engine::{BatchPolicy, Engine};
-use crate::lifecycle::Draining;
-use crate::logging::{REQUEST_TARGET, RequestSpan, RequestTag};
-use crate::memory::BLOCKING_THREADS_PER_WORKER;
-use crate::metrics::{Metrics, UPKEEP_PERIOD};
-use crate::models::{Models, Served};
-use crate::problem::ApiError;
-use crate::upload::{BodyBudget, UploadLimits};
+pub use crate::http::auth::ApiKey;
+use crate::http::problem::ApiError;
+use crate::inference::engine::{BatchPolicy, Engine};
+use crate::inference::models::{Models, Served};
+use crate::ingest::decode::DecodeBudget;
+use crate::ingest::upload::{BodyBudget, UploadLimits};
+use crate::ops::lifecycle::Draining;
+use crate::ops::logging::{REQUEST_TARGET, RequestSpan, RequestTag};
+use crate::ops::memory::BLOCKING_THREADS_PER_WORKER;
+use crate::ops::metrics::{Metrics, UPKEEP_PERIOD};
 
-/// How the server logs ([`logging`]).
+/// How the server logs ([`logging`](ops::logging)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// Text lines for people (`text` is an alias).
@@ -90,12 +83,12 @@ pub struct ServerConfig {
     /// How long a graceful shutdown waits for requests in progress.
     pub shutdown_timeout: Duration,
     /// How long requests are still served after SIGTERM or SIGINT, with readiness off, before
-    /// the listener closes ([`lifecycle`]). Zero by default.
+    /// the listener closes ([`lifecycle`](ops::lifecycle)). Zero by default.
     pub drain: Duration,
-    /// Reload the record when its file changes ([`models::watch`]). Off by default (SIGHUP
+    /// Reload the record when its file changes ([`inference::models::watch`]). Off by default (SIGHUP
     /// reloads either way).
     pub watch_model: bool,
-    /// Handle the process's signals ([`lifecycle`]): on for a server that is the process (the
+    /// Handle the process's signals ([`lifecycle`](ops::lifecycle)): on for a server that is the process (the
     /// binary), off for one embedded in another program (tests), whose signals are its own.
     pub signals: bool,
     /// Test-time augmentation: each image's probabilities are the mean of its own and its
@@ -104,7 +97,7 @@ pub struct ServerConfig {
     /// The fast backend's arithmetic ([`Inference::with_precision`]): FP32 by default; int8
     /// needs the record's calibration, and a reload to a record without one is refused.
     pub precision: model::Precision,
-    /// The bearer token every route but the probes asks for ([`auth`]); none by default.
+    /// The bearer token every route but the probes asks for ([`auth`](http::auth)); none by default.
     pub api_key: Option<ApiKey>,
 }
 
@@ -155,7 +148,7 @@ pub struct AppState {
     /// Set at the first stop signal: readiness answers 503 from then on.
     pub draining: Draining,
     /// The record file's watcher (`--watch-model`), kept for the server's lifetime.
-    pub watcher: Mutex<Option<models::Watcher>>,
+    pub watcher: Mutex<Option<inference::models::Watcher>>,
     /// The backend inference runs on, for `/model/info`.
     pub backend: Backend,
     /// Decodes uploads under [`ServerConfig::max_pixels`].
@@ -217,7 +210,7 @@ impl Loaded {
 }
 
 /// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned),
-/// reloads its record on SIGHUP and drains, then stops, on SIGTERM/SIGINT ([`lifecycle`]).
+/// reloads its record on SIGHUP and drains, then stops, on SIGTERM/SIGINT ([`lifecycle`](ops::lifecycle)).
 /// Must be called on an actix (tokio) runtime.
 // The settings are the server's to keep (a copy goes into `AppState`): taking a reference would
 // only move that clone into every caller.
@@ -230,7 +223,7 @@ pub fn serve(
     let metrics = Arc::new(Metrics::new());
     Metrics::keep_up(&metrics, UPKEEP_PERIOD);
     let backend = loaded.inference.backend();
-    let openapi = openapi::spec_json(
+    let openapi = http::openapi::spec_json(
         config.upload.files,
         &loaded.version.label,
         config.api_key.as_ref(),
@@ -244,7 +237,7 @@ pub fn serve(
         meta: loaded.meta,
         source: loaded.source,
         version: loaded.version,
-        since: models::now(),
+        since: inference::models::now(),
     };
     // A request holds its model for at most its request timeout (one deadline for every wait);
     // a reload waits that long, and a margin for a batch in the model, for the one it replaced.
@@ -257,7 +250,7 @@ pub fn serve(
         metrics.clone(),
     ));
     let watcher = if config.watch_model {
-        Some(models::watch(models.clone()).map_err(std::io::Error::other)?)
+        Some(inference::models::watch(models.clone()).map_err(std::io::Error::other)?)
     } else {
         None
     };
@@ -278,7 +271,7 @@ pub fn serve(
         openapi: web::Bytes::from(openapi),
     });
     let served = Arc::new(AtomicU64::new(0));
-    memory::give_back_when_idle(served.clone(), Duration::from_secs(2));
+    ops::memory::give_back_when_idle(served.clone(), Duration::from_secs(2));
     let server = HttpServer::new(move || {
         let state = state.clone();
         let served = served.clone();
@@ -374,7 +367,7 @@ pub fn serve(
     .listen(listener)?
     .run();
     if config.signals {
-        actix_web::rt::spawn(lifecycle::handle_signals(
+        actix_web::rt::spawn(ops::lifecycle::handle_signals(
             server.handle(),
             models,
             draining,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use model::Backend;
-use server::engine::BatchPolicy;
-use server::upload::UploadLimits;
+use server::inference::engine::BatchPolicy;
+use server::ingest::upload::UploadLimits;
 use server::{Loaded, LogFormat, ServerConfig};
 
 #[cfg(feature = "mimalloc")]
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
             }
         };
     }
-    let logs = server::logging::init(args.log_format);
+    let logs = server::ops::logging::init(args.log_format);
     let result = run(args);
     if let Err(e) = &result {
         tracing::error!("{e:#}");

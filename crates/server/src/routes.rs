@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::decode::{self, Prepared};
-use crate::models::ReloadReport;
-use crate::problem::{ApiError, Problem};
-use crate::upload::{self, UploadLimits, Uploads};
+use crate::http::problem::{ApiError, Problem};
+use crate::inference::models::ReloadReport;
+use crate::ingest::decode::{self, Prepared};
+use crate::ingest::upload::{self, UploadLimits, Uploads};
 
 /// Registers every endpoint, each answering `OPTIONS` and a wrong method (405 with `Allow`)
 /// itself: the one route table, which [`crate::serve`] mounts.
@@ -29,9 +29,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     get(cfg, "/classes", classes);
     get(cfg, "/metrics", metrics);
     get(cfg, "/ui", ui);
-    get(cfg, "/openapi.json", crate::openapi::spec);
-    get(cfg, "/docs", crate::openapi::docs);
-    get(cfg, "/docs/{file}", crate::openapi::asset);
+    get(cfg, "/openapi.json", crate::http::openapi::spec);
+    get(cfg, "/docs", crate::http::openapi::docs);
+    get(cfg, "/docs/{file}", crate::http::openapi::asset);
     post(cfg, "/classify", classify);
     post(cfg, "/classify/batch", classify_batch);
     // The Open Inference Protocol (KServe V2) beside the original API.
@@ -304,7 +304,7 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (text, permit) = state.metrics.exposition().ok_or(ApiError::Overloaded)?;
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(crate::openapi::in_chunks(text.into(), permit)))
+        .body(crate::http::openapi::in_chunks(text.into(), permit)))
 }
 
 #[utoipa::path(get, path = "/ui", tag = "service", responses((status = 200, description = "A web page to classify an image", body = String, content_type = "text/html")))]
@@ -588,14 +588,14 @@ pub(crate) fn json_exact<T: Serialize>(mut res: HttpResponseBuilder, value: &T) 
 
 /// The `Model-Version` header: which record answered (its [`RecordVersion::label`]), so a
 /// client can tell answers from before and after a reload apart.
-fn model_version(served: &crate::models::Served) -> (&'static str, String) {
+fn model_version(served: &crate::inference::models::Served) -> (&'static str, String) {
     ("model-version", served.version.label.clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::ANSWER_BYTES_PER_IMAGE;
+    use crate::ops::memory::ANSWER_BYTES_PER_IMAGE;
 
     /// The largest entries a batch answer can hold, serialised: a file name of the longest
     /// kept length of characters JSON escapes, and error texts of the longest kept length of

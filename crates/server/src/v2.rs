@@ -16,7 +16,7 @@
 //!
 //! Every bound of the original API holds here too: the body is read and metered by
 //! [`upload::read_whole`] (`--max-body`, `--body-memory`), a request takes one image permit per
-//! image before anything is decoded ([`crate::engine::Engine::admit`], `--max-images`), images
+//! image before anything is decoded ([`crate::inference::engine::Engine::admit`], `--max-images`), images
 //! are decoded by [`decode::prepare`] within `--decode-memory`, at most `--max-files` images go
 //! in one request, and the images join the same batching engine as the original API's. A
 //! tensor's floats are reserved from the decode budget before they are allocated and stay
@@ -38,11 +38,11 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
-use crate::decode;
-use crate::engine::{Admission, Pixels};
-use crate::problem::{self, ApiError};
+use crate::http::problem::{self, ApiError};
+use crate::inference::engine::{Admission, Pixels};
+use crate::ingest::decode;
+use crate::ingest::upload::{self, Body, Upload};
 use crate::routes;
-use crate::upload::{self, Body, Upload};
 
 /// The name the model is served under.
 pub const MODEL_NAME: &str = "cifar10-cnn";
@@ -1981,7 +1981,7 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::memory::{ANSWER_BYTES_PER_IMAGE, ANSWER_FIXED_BYTES};
+    use crate::ops::memory::{ANSWER_BYTES_PER_IMAGE, ANSWER_FIXED_BYTES};
 
     /// The largest `/v2` answer for `n` images (the longest `id`, of characters JSON writes as
     /// six bytes; both outputs as numbers of the longest form, or as classifications of all

@@ -495,7 +495,7 @@ fn long_file_names_are_cut() {
         .unwrap()
         .to_string();
     assert!(
-        echoed.len() <= server::upload::MAX_FILENAME_BYTES,
+        echoed.len() <= server::ingest::upload::MAX_FILENAME_BYTES,
         "{}",
         echoed.len()
     );
@@ -586,7 +586,7 @@ fn one_deadline_covers_every_wait_of_a_request() {
     let default = ServerConfig::default();
     let s = start(ServerConfig {
         request_timeout: Duration::from_secs(2),
-        batch: server::engine::BatchPolicy {
+        batch: server::inference::engine::BatchPolicy {
             max_wait: Duration::from_secs(30),
             ..default.batch
         },

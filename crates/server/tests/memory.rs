@@ -371,7 +371,7 @@ fn unread_v2_error_answers_stay_within_the_bound() {
         );
         assert_eq!(r.status, 400, "{}", &r.body[..r.body.len().min(300)]);
         assert!(
-            r.body.len() <= 2 * server::problem::MAX_DETAIL_BYTES + 64,
+            r.body.len() <= 2 * server::http::problem::MAX_DETAIL_BYTES + 64,
             "a {}-byte error for a {}-byte request: {:.300}",
             r.body.len(),
             body.len(),

@@ -16,20 +16,22 @@ const SAVED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/openapi
 /// (it changes with the shipped weights), and lists of strings put in order.
 fn normalised(mut spec: Value) -> Value {
     spec["info"]["version"] = Value::from("<record version>");
-    fn sort_names(v: &mut Value) {
-        match v {
-            Value::Array(items) => {
-                items.iter_mut().for_each(sort_names);
-                if items.iter().all(Value::is_string) {
-                    items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
-                }
-            }
-            Value::Object(map) => map.values_mut().for_each(sort_names),
-            _ => {}
-        }
-    }
     sort_names(&mut spec);
     spec
+}
+
+/// Puts every list of strings under `v` in order.
+fn sort_names(v: &mut Value) {
+    match v {
+        Value::Array(items) => {
+            items.iter_mut().for_each(sort_names);
+            if items.iter().all(Value::is_string) {
+                items.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+        Value::Object(map) => map.values_mut().for_each(sort_names),
+        _ => {}
+    }
 }
 
 #[test]

@@ -17,8 +17,8 @@ use common::{Process, TestServer, agent, get, get_reply, start};
 use model::{Backend, CLASSES, Inference, Preprocessor, softmax, testdata};
 use serde_json::{Value, json};
 use server::ServerConfig;
-use server::engine::BatchPolicy;
-use server::upload::UploadLimits;
+use server::inference::engine::BatchPolicy;
+use server::ingest::upload::UploadLimits;
 
 const MODEL: &str = "/v2/models/cifar10-cnn";
 const INFER: &str = "/v2/models/cifar10-cnn/infer";

@@ -337,11 +337,11 @@ pub fn small_config() -> server::ServerConfig {
     server::ServerConfig {
         workers: 2,
         max_connections: 64,
-        batch: server::engine::BatchPolicy {
+        batch: server::inference::engine::BatchPolicy {
             max_images: 128,
             ..default.batch
         },
-        upload: server::upload::UploadLimits {
+        upload: server::ingest::upload::UploadLimits {
             body: 1 << 20,
             files: 64,
         },

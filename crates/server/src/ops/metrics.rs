@@ -1,11 +1,11 @@
-//! Prometheus metrics, recorded with the [`metrics`](::metrics) crate and exposed at `/metrics` by
+//! Prometheus metrics, recorded with the [`metrics`] crate and exposed at `/metrics` by
 //! [`metrics_exporter_prometheus`] (its recorder only: the server's own route renders it, no
 //! listener of its own), plus the standard `process_*` metrics of [`metrics_process`].
 //!
 //! Each server has its own recorder (several servers in one process, as in the tests, never
 //! mix their counts): handles are registered on it directly rather than through the global
 //! macros, and the process collector writes into it through
-//! [`metrics::with_local_recorder`](::metrics::with_local_recorder) at scrape time.
+//! [`metrics::with_local_recorder`] at scrape time.
 //!
 //! | name | type | labels | what |
 //! |---|---|---|---|
@@ -304,7 +304,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         ::metrics::with_local_recorder(&self.recorder, || self.process.collect());
         self.log_dropped
-            .absolute(u64::try_from(crate::logging::dropped_lines()).unwrap_or(u64::MAX));
+            .absolute(u64::try_from(crate::ops::logging::dropped_lines()).unwrap_or(u64::MAX));
         self.handle.render()
     }
 

@@ -32,7 +32,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::LogFormat;
-use crate::memory::{LOG_LINE_BYTES, LOG_LINES, LOG_METHOD_BYTES, LOG_PATH_BYTES};
+use crate::ops::memory::{LOG_LINE_BYTES, LOG_LINES, LOG_METHOD_BYTES, LOG_PATH_BYTES};
 
 /// The target of the request spans and of their `answered` events: `RUST_LOG=server::request=off`
 /// silences them (as `--log-format off` does).

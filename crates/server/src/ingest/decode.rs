@@ -14,8 +14,8 @@ use model::{ImageError, Preprocessor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::problem::ApiError;
-use crate::upload::{Upload, Uploads};
+use crate::http::problem::ApiError;
+use crate::ingest::upload::{Upload, Uploads};
 
 /// A single upload at most this large and of at most [`INLINE_PIXELS`] pixels is decoded right
 /// on the async worker: that takes tens of microseconds, less than the two thread hand-offs

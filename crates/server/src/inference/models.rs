@@ -5,7 +5,7 @@
 //! file and checks it beside the model being served: the record's header against the
 //! architecture, then one probe batch whose outputs must be finite probabilities, which also
 //! warms the new model up. Only then is it swapped in. Each request takes the model current
-//! when it is admitted and keeps it until answered ([`crate::engine`]), so requests in flight
+//! when it is admitted and keeps it until answered ([`crate::inference::engine`]), so requests in flight
 //! finish on the model they started with, and the old model is freed with the last of them. At
 //! most two models are held at once (a few MiB each): a reload first waits for the one the
 //! previous reload replaced to be freed. A record that fails leaves the old one
@@ -20,7 +20,7 @@ use model::{Backend, Inference, RecordError, RecordMeta, RecordVersion};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::metrics::Metrics;
+use crate::ops::metrics::Metrics;
 
 /// A record being served, with what `/model/info` says of it.
 pub struct Served {

@@ -24,9 +24,9 @@ use model::preprocess::{IMAGE_BYTES, IMAGE_FLOATS, normalize_bytes_into};
 use model::{Prediction, rank_probabilities};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::metrics::Metrics;
-use crate::models::{Models, Served};
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
+use crate::inference::models::{Models, Served};
+use crate::ops::metrics::Metrics;
 
 /// Batching policy.
 #[derive(Debug, Clone, Copy)]

@@ -1,9 +1,9 @@
 //! The server's memory, bounded by its settings whatever clients send.
 //!
 //! Each term of [`MemoryBound`] is held to its size by a limit in the code: open connections
-//! (`max_connections`), request bodies (the body budget in [`crate::upload`]), decoding (the
-//! decode budget in [`crate::decode`]), images waiting for the model (the image permits in
-//! [`crate::engine`]), the log (a bounded, lossy queue of bounded lines, and one bounded span
+//! (`max_connections`), request bodies (the body budget in [`crate::ingest::upload`]), decoding (the
+//! decode budget in [`crate::ingest::decode`]), images waiting for the model (the image permits in
+//! [`crate::inference::engine`]), the log (a bounded, lossy queue of bounded lines, and one bounded span
 //! per request in progress) and the metrics (closed label sets, histogram samples folded every
 //! second). [`give_back_when_idle`]
 //! returns freed memory to the system once a burst is over.
@@ -16,14 +16,14 @@ use std::time::Duration;
 use model::preprocess::{IMAGE_BYTES, IMAGE_FLOATS};
 
 use crate::ServerConfig;
-use crate::decode::INLINE_DECODE_BYTES;
+use crate::ingest::decode::INLINE_DECODE_BYTES;
 
 /// What the process needs besides the listed terms: code, runtime, threads, the model's weights
 /// (in the Burn module and in the fast path) and allocator slack. Measured: about 21 MB idle.
 pub const BASE_BYTES: u64 = 48 << 20;
 
 /// A second record, held while a reload reads and checks it and then until the last request
-/// admitted to the old one is answered ([`crate::models`]): the file's bytes, the Burn module and
+/// admitted to the old one is answered ([`crate::inference::models`]): the file's bytes, the Burn module and
 /// the fast path's copy of the weights (3.3 MB each) and the probe batch, rounded up.
 pub const RELOAD_BYTES: u64 = 16 << 20;
 
@@ -246,7 +246,7 @@ mod tests {
     fn a_batch_is_counted_at_the_largest_request() {
         let default = ServerConfig::default();
         let small_batches = ServerConfig {
-            batch: crate::engine::BatchPolicy {
+            batch: crate::inference::engine::BatchPolicy {
                 max_batch: 8,
                 ..default.batch
             },

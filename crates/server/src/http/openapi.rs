@@ -10,8 +10,8 @@ use futures_util::Stream;
 use utoipa::OpenApi;
 
 use crate::AppState;
-use crate::auth::ApiKey;
-use crate::problem::Problem;
+use crate::http::auth::ApiKey;
+use crate::http::problem::Problem;
 use crate::{routes, v2};
 
 /// The API's OpenAPI document, derived from the `#[utoipa::path]` annotations of the handlers
@@ -66,7 +66,7 @@ pub struct ApiDoc;
 /// The description as JSON, with the limits of this server's settings where a schema states
 /// them (`maxItems` of a batch: `--max-files`), and the served model's version as the example
 /// of a `/v2` path's version (a pattern, not a list: a reload changes it). With `api_key`, every
-/// operation but the probes asks for the bearer token (`crate::auth`). Built once, at
+/// operation but the probes asks for the bearer token (`crate::http::auth`). Built once, at
 /// start-up.
 pub fn spec_json(max_files: usize, model_version: &str, api_key: Option<&ApiKey>) -> String {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
@@ -162,11 +162,11 @@ pub async fn docs() -> HttpResponse {
 pub async fn asset(file: web::Path<String>) -> HttpResponse {
     let (body, content_type): (&'static [u8], &str) = match file.as_str() {
         "swagger-ui-bundle.js" => (
-            include_bytes!("../static/swagger-ui/swagger-ui-bundle.js"),
+            include_bytes!("../../static/swagger-ui/swagger-ui-bundle.js"),
             "text/javascript; charset=utf-8",
         ),
         "swagger-ui.css" => (
-            include_bytes!("../static/swagger-ui/swagger-ui.css"),
+            include_bytes!("../../static/swagger-ui/swagger-ui.css"),
             "text/css; charset=utf-8",
         ),
         _ => return HttpResponse::NotFound().finish(),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::models::{Models, Trigger};
+use crate::inference::models::{Models, Trigger};
 
 /// Whether the server is draining (set at the first stop signal).
 #[derive(Debug, Default, Clone)]

@@ -19,7 +19,7 @@ use actix_web::web::Bytes;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::problem::{self, ApiError};
+use crate::http::problem::{self, ApiError};
 
 /// Longest file name kept (and echoed back), in bytes: the most a file system allows in one
 /// name. Longer ones are cut (and control characters replaced), so that a batch answer's size

@@ -1,0 +1,6 @@
+//! The model side of the server: the batching engine that runs every request's images through
+//! the network ([`engine`]), and the records being served, reloaded and retired ([`models`]).
+//! It knows nothing of the protocols that feed it; the HTTP modules above it do.
+
+pub mod engine;
+pub mod models;
