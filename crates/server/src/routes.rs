@@ -3,11 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::http::Method;
-use actix_web::http::header::{self, ContentType};
-use actix_web::{
-    FromRequest, Handler, HttpRequest, HttpResponse, HttpResponseBuilder, Responder, web,
-};
+use actix_web::http::header::ContentType;
+use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
 use model::{CLASSES, Gathered, PARAMETER_COUNT, Prediction, Ranked, RecordMeta, RecordVersion};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -15,6 +12,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::http::problem::{ApiError, Problem};
+use crate::http::resource::{deadline, get_with, json_exact, post_with};
 use crate::inference::models::ReloadReport;
 use crate::ingest::decode::{self, Prepared};
 use crate::ingest::upload::{self, UploadLimits, Uploads};
@@ -37,15 +35,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     // The Open Inference Protocol (KServe V2) beside the original API.
     crate::v2::configure(cfg);
 }
-
-/// Methods of a read-only resource (RFC 9110: HEAD wherever GET is served).
-pub(crate) const ALLOW_GET: &str = "GET, HEAD, OPTIONS";
-/// Methods of an upload resource.
-pub(crate) const ALLOW_POST: &str = "POST, OPTIONS";
-
-/// How an API answers a method a resource does not serve (given the `Allow` value): a 405 in
-/// that API's error form. The original API's and the V2 protocol's forms differ.
-pub(crate) type WrongMethod = fn(&'static str) -> actix_web::Error;
 
 /// The original API's 405: a problem document.
 fn problem_405(methods: &'static str) -> actix_web::Error {
@@ -70,59 +59,6 @@ where
     F::Output: Responder + 'static,
 {
     post_with(cfg, path, handler, problem_405);
-}
-
-/// A resource served by GET and HEAD (actix-http sends HEAD answers without their body),
-/// answering OPTIONS with its methods and any other method with `wrong_method`.
-pub(crate) fn get_with<F, Args>(
-    cfg: &mut web::ServiceConfig,
-    path: &str,
-    handler: F,
-    wrong_method: WrongMethod,
-) where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    cfg.service(
-        web::resource(path)
-            .route(web::get().to(handler.clone()))
-            .route(web::head().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_GET) }))
-            .default_service(web::to(move || async move {
-                Err::<HttpResponse, _>(wrong_method(ALLOW_GET))
-            })),
-    );
-}
-
-/// A resource served by POST, answering OPTIONS with its methods and any other method with
-/// `wrong_method`.
-pub(crate) fn post_with<F, Args>(
-    cfg: &mut web::ServiceConfig,
-    path: &str,
-    handler: F,
-    wrong_method: WrongMethod,
-) where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    cfg.service(
-        web::resource(path)
-            .route(web::post().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_POST) }))
-            .default_service(web::to(move || async move {
-                Err::<HttpResponse, _>(wrong_method(ALLOW_POST))
-            })),
-    );
-}
-
-/// `OPTIONS` on a resource: its methods (CORS preflights are answered before this, by the
-/// CORS middleware, when origins are configured).
-fn allow(methods: &'static str) -> HttpResponse {
-    HttpResponse::NoContent()
-        .insert_header((header::ALLOW, methods))
-        .finish()
 }
 
 /// What `GET /` answers.
@@ -369,13 +305,6 @@ pub struct BatchAnswer {
     total: usize,
 }
 
-/// The moment a request arriving now must be answered by: every wait of the request (its body,
-/// decode memory, the queue, the model) ends there, so that no request holds what it took for
-/// longer than `--request-timeout` in all.
-pub(crate) fn deadline(state: &AppState) -> Instant {
-    Instant::now() + state.config.request_timeout
-}
-
 /// The request's files from multipart field `field`, at most `max_files` of them.
 async fn uploads(
     state: &AppState,
@@ -575,15 +504,6 @@ async fn classify_batch(
     let mut res = HttpResponse::Ok();
     res.insert_header(model_version(&served));
     Ok(json_exact(res, &BatchAnswer { results, total }))
-}
-
-/// `value` as a JSON answer whose buffer is exactly its length (`HttpResponse::json` keeps the
-/// serialiser's buffer, which may have twice the capacity): an answer that is never read is
-/// held as the memory bound counts it (`memory::MemoryBound::answers`).
-pub(crate) fn json_exact<T: Serialize>(mut res: HttpResponseBuilder, value: &T) -> HttpResponse {
-    let mut json = serde_json::to_vec(value).expect("an answer serialises");
-    json.shrink_to_fit();
-    res.content_type(ContentType::json()).body(json)
 }
 
 /// The `Model-Version` header: which record answered (its [`RecordVersion::label`]), so a

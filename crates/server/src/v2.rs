@@ -39,10 +39,10 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::http::problem::{self, ApiError};
+use crate::http::resource;
 use crate::inference::engine::{Admission, Pixels};
 use crate::ingest::decode;
 use crate::ingest::upload::{self, Body, Upload};
-use crate::routes;
 
 /// The name the model is served under.
 pub const MODEL_NAME: &str = "cifar10-cnn";
@@ -109,7 +109,7 @@ where
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
-    routes::get_with(cfg, path, handler, error_405);
+    resource::get_with(cfg, path, handler, error_405);
 }
 
 /// A V2 resource served by POST; other methods get the protocol's 405.
@@ -119,7 +119,7 @@ where
     Args: FromRequest + 'static,
     F::Output: Responder + 'static,
 {
-    routes::post_with(cfg, path, handler, error_405);
+    resource::post_with(cfg, path, handler, error_405);
 }
 
 /// The protocol's 405: `{"error": ...}` with `Allow`.
@@ -830,7 +830,7 @@ async fn run(
             quote(&String::from_utf8_lossy(encoding.as_bytes()))
         )));
     }
-    let deadline = routes::deadline(state);
+    let deadline = resource::deadline(state);
     let max_images = state.config.upload.files;
     let body = tokio::time::timeout_at(
         deadline,
@@ -1378,7 +1378,7 @@ fn respond(
         outputs,
     };
     if wanted.iter().all(|w| !w.binary) {
-        return routes::json_exact(HttpResponse::Ok(), &response);
+        return resource::json_exact(HttpResponse::Ok(), &response);
     }
     let mut body = serde_json::to_vec(&response).expect("the response serialises");
     let json_len = body.len();

@@ -1,0 +1,89 @@
+//! Helpers every API's routes share: a resource served by GET/HEAD or by POST that answers
+//! `OPTIONS` and a wrong method itself (405 with `Allow`, in the form of the API that owns the
+//! resource), the request's deadline, and JSON answers held at their exact size.
+
+use actix_web::http::Method;
+use actix_web::http::header::{self, ContentType};
+use actix_web::{FromRequest, Handler, HttpResponse, HttpResponseBuilder, Responder, web};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::AppState;
+
+/// Methods of a read-only resource (RFC 9110: HEAD wherever GET is served).
+pub(crate) const ALLOW_GET: &str = "GET, HEAD, OPTIONS";
+/// Methods of an upload resource.
+pub(crate) const ALLOW_POST: &str = "POST, OPTIONS";
+
+/// How an API answers a method a resource does not serve (given the `Allow` value): a 405 in
+/// that API's error form. The original API's and the V2 protocol's forms differ.
+pub(crate) type WrongMethod = fn(&'static str) -> actix_web::Error;
+
+/// A resource served by GET and HEAD (actix-http sends HEAD answers without their body),
+/// answering OPTIONS with its methods and any other method with `wrong_method`.
+pub(crate) fn get_with<F, Args>(
+    cfg: &mut web::ServiceConfig,
+    path: &str,
+    handler: F,
+    wrong_method: WrongMethod,
+) where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    cfg.service(
+        web::resource(path)
+            .route(web::get().to(handler.clone()))
+            .route(web::head().to(handler))
+            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_GET) }))
+            .default_service(web::to(move || async move {
+                Err::<HttpResponse, _>(wrong_method(ALLOW_GET))
+            })),
+    );
+}
+
+/// A resource served by POST, answering OPTIONS with its methods and any other method with
+/// `wrong_method`.
+pub(crate) fn post_with<F, Args>(
+    cfg: &mut web::ServiceConfig,
+    path: &str,
+    handler: F,
+    wrong_method: WrongMethod,
+) where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    cfg.service(
+        web::resource(path)
+            .route(web::post().to(handler))
+            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_POST) }))
+            .default_service(web::to(move || async move {
+                Err::<HttpResponse, _>(wrong_method(ALLOW_POST))
+            })),
+    );
+}
+
+/// `OPTIONS` on a resource: its methods (CORS preflights are answered before this, by the
+/// CORS middleware, when origins are configured).
+fn allow(methods: &'static str) -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header((header::ALLOW, methods))
+        .finish()
+}
+
+/// The moment a request arriving now must be answered by: every wait of the request (its body,
+/// decode memory, the queue, the model) ends there, so that no request holds what it took for
+/// longer than `--request-timeout` in all.
+pub(crate) fn deadline(state: &AppState) -> Instant {
+    Instant::now() + state.config.request_timeout
+}
+
+/// `value` as a JSON answer whose buffer is exactly its length (`HttpResponse::json` keeps the
+/// serialiser's buffer, which may have twice the capacity): an answer that is never read is
+/// held as the memory bound counts it (`memory::MemoryBound::answers`).
+pub(crate) fn json_exact<T: Serialize>(mut res: HttpResponseBuilder, value: &T) -> HttpResponse {
+    let mut json = serde_json::to_vec(value).expect("an answer serialises");
+    json.shrink_to_fit();
+    res.content_type(ContentType::json()).body(json)
+}
