@@ -209,6 +209,16 @@ impl Loaded {
     }
 }
 
+/// The service's OpenAPI document: the root ([`http::openapi::ApiDoc`]) with each API's own
+/// part merged in, here where both APIs are in view.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let mut doc = http::openapi::ApiDoc::openapi();
+    doc.merge(routes::ClassicApi::openapi());
+    doc.merge(v2::V2Api::openapi());
+    doc
+}
+
 /// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned),
 /// reloads its record on SIGHUP and drains, then stops, on SIGTERM/SIGINT ([`lifecycle`](ops::lifecycle)).
 /// Must be called on an actix (tokio) runtime.
@@ -224,6 +234,7 @@ pub fn serve(
     Metrics::keep_up(&metrics, UPKEEP_PERIOD);
     let backend = loaded.inference.backend();
     let openapi = http::openapi::spec_json(
+        openapi_document(),
         config.upload.files,
         &loaded.version.label,
         config.api_key.as_ref(),

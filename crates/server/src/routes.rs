@@ -17,6 +17,24 @@ use crate::inference::models::ReloadReport;
 use crate::ingest::decode::{self, Prepared};
 use crate::ingest::upload::{self, UploadLimits, Uploads};
 
+/// The original API's part of the OpenAPI document (merged into [`crate::openapi_document`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        root,
+        health,
+        ready,
+        model_info,
+        classes,
+        metrics,
+        ui,
+        classify,
+        classify_batch
+    ),
+    components(schemas(model::Ranked, model::RecordMeta, ImageFile))
+)]
+pub struct ClassicApi;
+
 /// Registers every endpoint, each answering `OPTIONS` and a wrong method (405 with `Allow`)
 /// itself: the one route table, which [`crate::serve`] mounts.
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -75,6 +75,24 @@ const INLINE_PARSE_BYTES: usize = 64 * 1024;
 /// Channels of a preprocessed image.
 const CHANNELS: usize = model::arch::INPUT_CHANNELS;
 
+/// The protocol's part of the OpenAPI document (merged into [`crate::openapi_document`]).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(
+        server_metadata,
+        live,
+        ready,
+        model_metadata,
+        version_metadata,
+        model_ready,
+        version_ready,
+        infer,
+        version_infer
+    ),
+    components(schemas(ErrorBody, TensorData, ModelName, ModelVersion))
+)]
+pub struct V2Api;
+
 /// Registers the `/v2` endpoints (called from [`crate::routes::configure`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     get(cfg, "/v2", server_metadata);
@@ -1981,6 +1999,34 @@ impl<'de> Visitor<'de> for DataSeed<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `/v2` request schema names exactly the inputs, datatypes and outputs the server
+    /// takes, so that a request the document allows is not refused for its names (the
+    /// constants in `v2` are what the server compares with).
+    #[test]
+    fn the_v2_request_schema_enumerates_what_the_server_takes() {
+        let doc = serde_json::to_value(<V2Api as utoipa::OpenApi>::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let enumerated = |name: &str| schemas[name]["enum"].clone();
+        assert_eq!(
+            enumerated("ImageInputName"),
+            serde_json::json!([IMAGE_INPUT])
+        );
+        assert_eq!(
+            enumerated("TensorInputName"),
+            serde_json::json!([TENSOR_INPUT])
+        );
+        assert_eq!(enumerated("BytesDatatype"), serde_json::json!(["BYTES"]));
+        assert_eq!(enumerated("Fp32Datatype"), serde_json::json!(["FP32"]));
+        assert_eq!(
+            enumerated("OutputName"),
+            serde_json::json!([LOGITS, PROBABILITIES])
+        );
+        // An input is one of the two forms, each tying its name to its datatype.
+        let forms = schemas["InferInput"]["oneOf"].as_array().unwrap();
+        assert_eq!(forms.len(), 2, "{}", schemas["InferInput"]);
+    }
+
     use crate::ops::memory::{ANSWER_BYTES_PER_IMAGE, ANSWER_FIXED_BYTES};
 
     /// The largest `/v2` answer for `n` images (the longest `id`, of characters JSON writes as

@@ -12,10 +12,11 @@ use utoipa::OpenApi;
 use crate::AppState;
 use crate::http::auth::ApiKey;
 use crate::http::problem::Problem;
-use crate::{routes, v2};
 
-/// The API's OpenAPI document, derived from the `#[utoipa::path]` annotations of the handlers
-/// in `paths`; [`spec_json`] fills in what depends on the server's settings.
+/// The root of the OpenAPI document: what the whole service says of itself, and what every
+/// API shares (the problem document, the tags). Each API derives its own document from its
+/// handlers' `#[utoipa::path]` annotations (`routes::ClassicApi`, `v2::V2Api`) and the server
+/// merges them into this one ([`crate::openapi_document`]), so that this module names no API.
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -24,36 +25,7 @@ use crate::{routes, v2};
                        Errors are RFC 9457 problem documents. The Open Inference Protocol \
                        (KServe V2) is served under /v2, with its own error form."
     ),
-    paths(
-        routes::root,
-        routes::health,
-        routes::ready,
-        routes::model_info,
-        routes::classes,
-        routes::metrics,
-        routes::ui,
-        routes::classify,
-        routes::classify_batch,
-        v2::server_metadata,
-        v2::live,
-        v2::ready,
-        v2::model_metadata,
-        v2::version_metadata,
-        v2::model_ready,
-        v2::version_ready,
-        v2::infer,
-        v2::version_infer,
-    ),
-    components(schemas(
-        Problem,
-        model::Ranked,
-        model::RecordMeta,
-        routes::ImageFile,
-        v2::ErrorBody,
-        v2::TensorData,
-        v2::ModelName,
-        v2::ModelVersion,
-    )),
+    components(schemas(Problem)),
     tags(
         (name = "classify", description = "Image classification"),
         (name = "service", description = "Health, metadata and metrics"),
@@ -63,13 +35,18 @@ use crate::{routes, v2};
 )]
 pub struct ApiDoc;
 
-/// The description as JSON, with the limits of this server's settings where a schema states
-/// them (`maxItems` of a batch: `--max-files`), and the served model's version as the example
+/// `doc` (the merged document) as JSON, with the limits of this server's settings where a
+/// schema states them (`maxItems` of a batch: `--max-files`), and the served model's version as the example
 /// of a `/v2` path's version (a pattern, not a list: a reload changes it). With `api_key`, every
 /// operation but the probes asks for the bearer token (`crate::http::auth`). Built once, at
 /// start-up.
-pub fn spec_json(max_files: usize, model_version: &str, api_key: Option<&ApiKey>) -> String {
-    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+pub fn spec_json(
+    doc: utoipa::openapi::OpenApi,
+    max_files: usize,
+    model_version: &str,
+    api_key: Option<&ApiKey>,
+) -> String {
+    let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serialises");
     doc["components"]["schemas"]["BatchForm"]["properties"]["files"]["maxItems"] = max_files.into();
     let version = &mut doc["components"]["schemas"]["ModelVersion"];
     version["pattern"] = model::RecordVersion::LABEL_PATTERN.into();
@@ -184,34 +161,7 @@ mod tests {
     use super::*;
 
     fn spec() -> Value {
-        serde_json::from_str(&spec_json(64, "v", None)).unwrap()
-    }
-
-    /// The `/v2` request schema names exactly the inputs, datatypes and outputs the server
-    /// takes, so that a request the document allows is not refused for its names (the
-    /// constants in `v2` are what the server compares with).
-    #[test]
-    fn the_v2_request_schema_enumerates_what_the_server_takes() {
-        let doc = spec();
-        let schemas = &doc["components"]["schemas"];
-        let enumerated = |name: &str| schemas[name]["enum"].clone();
-        assert_eq!(
-            enumerated("ImageInputName"),
-            serde_json::json!([v2::IMAGE_INPUT])
-        );
-        assert_eq!(
-            enumerated("TensorInputName"),
-            serde_json::json!([v2::TENSOR_INPUT])
-        );
-        assert_eq!(enumerated("BytesDatatype"), serde_json::json!(["BYTES"]));
-        assert_eq!(enumerated("Fp32Datatype"), serde_json::json!(["FP32"]));
-        assert_eq!(
-            enumerated("OutputName"),
-            serde_json::json!([v2::LOGITS, v2::PROBABILITIES])
-        );
-        // An input is one of the two forms, each tying its name to its datatype.
-        let forms = schemas["InferInput"]["oneOf"].as_array().unwrap();
-        assert_eq!(forms.len(), 2, "{}", schemas["InferInput"]);
+        serde_json::from_str(&spec_json(ApiDoc::openapi(), 64, "v", None)).unwrap()
     }
 
     /// Without `--api-key` the document asks for no credentials.
