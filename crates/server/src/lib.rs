@@ -11,11 +11,13 @@
 //! Memory is bounded by the settings, whatever clients send: see [`memory`](ops::memory). An optional
 //! bearer token guards every route but the probes ([`auth`](http::auth)).
 
+pub mod config;
 pub mod http;
 pub mod inference;
 pub mod ingest;
 pub mod ops;
 pub mod routes;
+pub mod state;
 pub mod v2;
 
 use std::net::TcpListener;
@@ -32,139 +34,18 @@ use futures_util::future::Either;
 use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
 use tracing_actix_web::TracingLogger;
 
+pub use crate::config::{LogFormat, ServerConfig};
 pub use crate::http::auth::ApiKey;
 use crate::http::problem::ApiError;
-use crate::inference::engine::{BatchPolicy, Engine};
+use crate::inference::engine::Engine;
 use crate::inference::models::{Models, Served};
 use crate::ingest::decode::DecodeBudget;
-use crate::ingest::upload::{BodyBudget, UploadLimits};
+use crate::ingest::upload::BodyBudget;
 use crate::ops::lifecycle::Draining;
 use crate::ops::logging::{REQUEST_TARGET, RequestSpan, RequestTag};
 use crate::ops::memory::BLOCKING_THREADS_PER_WORKER;
 use crate::ops::metrics::{Metrics, UPKEEP_PERIOD};
-
-/// How the server logs ([`logging`](ops::logging)).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Text lines for people (`text` is an alias).
-    #[value(alias = "text")]
-    Human,
-    /// One JSON object per line.
-    Json,
-    /// Text lines, without the per-request ones.
-    Off,
-}
-
-/// Run-time settings of the service.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// HTTP worker threads (at least one), each with its own blocking pool for decoding.
-    pub workers: usize,
-    /// Open connections, all workers together; more wait in the kernel's accept queue.
-    pub max_connections: usize,
-    /// How the inference thread forms batches and how many images it admits at once.
-    pub batch: BatchPolicy,
-    /// What one request may send: body bytes and files per batch.
-    pub upload: UploadLimits,
-    /// Request-body bytes all requests may hold in memory at once.
-    pub body_memory: usize,
-    /// Bytes all image decodes may take at once.
-    pub decode_memory: u64,
-    /// Largest image accepted, in pixels, checked from the header before decoding.
-    pub max_pixels: u64,
-    /// Time a request may take in all, from its arrival: receiving its body (408 past it),
-    /// waiting for decode memory and for the model (503). One deadline for every wait, so that
-    /// no request holds what it took for longer.
-    pub request_timeout: Duration,
-    /// Origins CORS allows (`*`: any); none by default, so browsers allow same-origin only.
-    pub cors_origins: Vec<String>,
-    /// How requests are logged.
-    pub log: LogFormat,
-    /// How long a graceful shutdown waits for requests in progress.
-    pub shutdown_timeout: Duration,
-    /// How long requests are still served after SIGTERM or SIGINT, with readiness off, before
-    /// the listener closes ([`lifecycle`](ops::lifecycle)). Zero by default.
-    pub drain: Duration,
-    /// Reload the record when its file changes ([`inference::models::watch`]). Off by default (SIGHUP
-    /// reloads either way).
-    pub watch_model: bool,
-    /// Handle the process's signals ([`lifecycle`](ops::lifecycle)): on for a server that is the process (the
-    /// binary), off for one embedded in another program (tests), whose signals are its own.
-    pub signals: bool,
-    /// Test-time augmentation: each image's probabilities are the mean of its own and its
-    /// horizontal mirror's ([`Inference::with_tta`]). Off by default.
-    pub tta: bool,
-    /// The fast backend's arithmetic ([`Inference::with_precision`]): FP32 by default; int8
-    /// needs the record's calibration, and a reload to a record without one is refused.
-    pub precision: model::Precision,
-    /// The bearer token every route but the probes asks for ([`auth`](http::auth)); none by default.
-    pub api_key: Option<ApiKey>,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            workers: 2,
-            max_connections: 128,
-            batch: BatchPolicy {
-                max_batch: 64,
-                max_wait: Duration::ZERO,
-                max_images: 512,
-                top_k: 3,
-            },
-            upload: UploadLimits {
-                body: 10 * 1024 * 1024,
-                files: 64,
-            },
-            body_memory: 32 * 1024 * 1024,
-            decode_memory: 192 * 1024 * 1024,
-            max_pixels: model::DEFAULT_MAX_PIXELS,
-            request_timeout: Duration::from_secs(30),
-            cors_origins: Vec::new(),
-            log: LogFormat::Human,
-            shutdown_timeout: Duration::from_secs(30),
-            drain: Duration::ZERO,
-            watch_model: false,
-            signals: true,
-            tta: false,
-            precision: model::Precision::Fp32,
-            api_key: None,
-        }
-    }
-}
-
-/// Shared by every handler.
-pub struct AppState {
-    /// The inference thread's queue: admits images and batches requests together.
-    pub engine: Engine,
-    /// Request-body bytes all requests together may hold ([`ServerConfig::body_memory`]).
-    pub body_budget: BodyBudget,
-    /// Bytes all decodes together may take ([`ServerConfig::decode_memory`]).
-    pub decode_budget: DecodeBudget,
-    /// What `/metrics` reports.
-    pub metrics: Arc<Metrics>,
-    /// The record served now, and its reloads.
-    pub models: Arc<Models>,
-    /// Set at the first stop signal: readiness answers 503 from then on.
-    pub draining: Draining,
-    /// The record file's watcher (`--watch-model`), kept for the server's lifetime.
-    pub watcher: Mutex<Option<inference::models::Watcher>>,
-    /// The backend inference runs on, for `/model/info`.
-    pub backend: Backend,
-    /// Decodes uploads under [`ServerConfig::max_pixels`].
-    pub preprocessor: Preprocessor,
-    /// The settings the server was started with.
-    pub config: ServerConfig,
-    /// The OpenAPI document served at `/openapi.json`.
-    pub openapi: web::Bytes,
-}
-
-impl AppState {
-    /// Ready for traffic: the model has run once, and no stop signal has come.
-    pub fn is_ready(&self) -> bool {
-        self.engine.is_ready() && !self.draining.is_set()
-    }
-}
+pub use crate::state::AppState;
 
 /// The model to serve and where it came from.
 pub struct Loaded {
