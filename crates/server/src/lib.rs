@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::http::header::{self, HeaderName};
-use actix_web::{App, HttpMessage, HttpResponse, HttpServer, ResponseError, web};
+use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
 use futures_util::future::Either;
 use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
 use tracing_actix_web::TracingLogger;
@@ -199,12 +199,14 @@ pub fn serve(
                         ) =>
                     {
                         let path = req.path();
-                        let refusal = if path == "/v2" || path.starts_with("/v2/") {
-                            v2::V2Error::from(ApiError::Unauthorized).error_response()
+                        // As an error, not a ready-made response: the metrics read its kind.
+                        let refusal: actix_web::Error = if path == "/v2" || path.starts_with("/v2/")
+                        {
+                            v2::V2Error::from(ApiError::Unauthorized).into()
                         } else {
-                            ApiError::Unauthorized.error_response()
+                            ApiError::Unauthorized.into()
                         };
-                        Either::Left(std::future::ready(Ok(req.into_response(refusal))))
+                        Either::Left(std::future::ready(Ok(req.error_response(refusal))))
                     }
                     _ => Either::Right(srv.call(req)),
                 }
@@ -223,8 +225,12 @@ pub fn serve(
                     let elapsed = start.elapsed();
                     let route = tag.as_ref().map_or("unmatched", |t| t.route.as_str());
                     metrics.request(route, status, elapsed);
-                    let kind = res.headers_mut().remove("x-error-kind").next();
-                    let kind = kind.as_ref().and_then(|v| v.to_str().ok());
+                    // The error the answer was made from, if any: either API's kind.
+                    let kind = res.response().error().and_then(|e| {
+                        e.as_error::<ApiError>()
+                            .map(ApiError::kind)
+                            .or_else(|| e.as_error::<v2::V2Error>().map(v2::V2Error::kind))
+                    });
                     if let Some(kind) = kind {
                         metrics.error(kind);
                         if (400..500).contains(&status) || status == 503 {

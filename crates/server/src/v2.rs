@@ -283,8 +283,6 @@ impl ResponseError for V2Error {
         if let V2Error::Api(ApiError::Unauthorized) = self {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        // Counted by the metrics middleware, as the original API's errors are.
-        res.insert_header(("x-error-kind", self.kind()));
         res.json(ErrorBody {
             error: problem::detail(self),
         })

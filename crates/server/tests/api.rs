@@ -574,6 +574,13 @@ fn an_api_key_guards_every_route_but_the_probes() {
     });
     assert_eq!(get(&open_metrics, "/metrics").0, 200);
     assert_eq!(get(&open_metrics, "/classes").0, 401);
+    assert_eq!(get(&open_metrics, "/v2/models/cifar10-cnn").0, 401);
+    // Both refusals are counted by their kind, whichever API's form they took.
+    let (_, metrics) = get(&open_metrics, "/metrics");
+    assert!(
+        metrics.contains("refusals_total{reason=\"unauthorized\"} 2"),
+        "{metrics}"
+    );
 }
 
 /// One deadline per request: the time a body took to arrive counts against the wait for the

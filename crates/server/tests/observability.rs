@@ -178,6 +178,10 @@ fn metrics_parse_as_prometheus_text_and_show_requests_and_the_process() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     let refused = server.post("/classify", "text/plain", b"hi");
     assert_eq!(refused.status, 415);
+    // A `/v2` error (its own form): a method `/v2` does not serve.
+    let wrong = server.post("/v2", "application/json", b"{}");
+    assert_eq!(wrong.status, 405);
+    assert!(wrong.body.contains("\"error\""), "{}", wrong.body);
     let (status, text) = server.get("/metrics");
     assert_eq!(status, 200);
 
@@ -227,6 +231,15 @@ fn metrics_parse_as_prometheus_text_and_show_requests_and_the_process() {
     );
     assert_eq!(
         value("errors_total", &[("kind", "unsupported-media-type")]),
+        1.0
+    );
+    // A `/v2` error is counted by its kind too.
+    assert_eq!(
+        value("errors_total", &[("kind", "method-not-allowed")]),
+        1.0
+    );
+    assert_eq!(
+        value("refusals_total", &[("reason", "method-not-allowed")]),
         1.0
     );
     assert_eq!(value("images_classified_total", &[]), 1.0);

@@ -210,8 +210,6 @@ impl ResponseError for ApiError {
         if let ApiError::Unauthorized = self {
             res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        // Errors carry their kind so the metrics middleware can count them.
-        res.insert_header(("x-error-kind", self.kind()));
         res.json(self.problem())
     }
 }
