@@ -138,7 +138,13 @@ fn post_raw(addr: &str, path: &str, content_type: &str, body: &[u8]) -> u16 {
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    if stream.write_all(head.as_bytes()).is_err() || stream.write_all(body).is_err() {
+    // Head and body in one write, as a client of a small request sends them: the server then
+    // reads both at once. Written apart, the body could still be unread in the server's socket
+    // when it refuses at admission (from the head alone) and closes, and a close over unread
+    // data is a reset that can discard the 503 before this client reads it (RFC 9112 §9.6;
+    // the server does no lingering close).
+    let request = [head.as_bytes(), body].concat();
+    if stream.write_all(&request).is_err() {
         return 0;
     }
     status_of(&mut stream)
