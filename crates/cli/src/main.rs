@@ -364,11 +364,8 @@ fn calibrate(
     let fp32 = Inference::new(net.clone(), Backend::Fast)?;
     let int8 = Inference::new(net.clone(), Backend::Fast)?
         .with_precision(Precision::Int8, Some(&calibration))?;
-    let (e32, e8) = (
-        evaluate(&fp32, &test.samples, 256, |_| {}),
-        evaluate(&int8, &test.samples, 256, |_| {}),
-    );
-    let agreement = model::quantize::agreement(&fp32, &int8, &test.samples);
+    // One pass over the test set for both precisions (their accuracies and agreement).
+    let (e32, e8, agreement) = model::eval::compare(&fp32, &int8, &test.samples, 256);
     calibration.test_accuracy = Some(e8.accuracy);
     meta.int8 = Some(calibration);
     model::save_model(&net, out, &meta)

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::classes::{CLASSES, NUM_CLASSES};
 use crate::dataset::Sample;
 use crate::inference::Inference;
+use crate::predict::Prediction;
 use crate::preprocess::{IMAGE_FLOATS, normalize_into, resize};
 
 /// The result of [`evaluate`].
@@ -30,24 +31,81 @@ pub fn evaluate(
     batch_size: usize,
     mut progress: impl FnMut(usize),
 ) -> Evaluation {
-    let mut confusion = vec![vec![0usize; NUM_CLASSES]; NUM_CLASSES];
-    let mut top3 = 0usize;
-    let mut done = 0usize;
+    let mut tally = Tally::new();
     for chunk in samples.chunks(batch_size.max(1)) {
-        let mut floats = vec![0.0; chunk.len() * IMAGE_FLOATS];
-        for (s, out) in chunk.iter().zip(floats.chunks_exact_mut(IMAGE_FLOATS)) {
-            normalize_into(&resize(&s.image), out);
-        }
-        let preds = model.predict(&floats, 3);
-        for (s, p) in chunk.iter().zip(preds) {
-            let truth = usize::from(s.label);
-            confusion[truth][p.best.class_index] += 1;
-            top3 += usize::from(p.top_k.iter().any(|r| r.class_index == truth));
-        }
-        done += chunk.len();
-        progress(done);
+        tally.add(chunk, &model.predict(&pixels(chunk), 3));
+        progress(tally.images);
     }
-    summarise(confusion, top3)
+    tally.summarise()
+}
+
+/// Two networks on the same `samples`, each batch preprocessed once for both: each one's
+/// evaluation, and the share of images to which they give the same top class.
+pub fn compare(
+    a: &Inference,
+    b: &Inference,
+    samples: &[Sample],
+    batch_size: usize,
+) -> (Evaluation, Evaluation, f64) {
+    let (mut ta, mut tb) = (Tally::new(), Tally::new());
+    let mut same = 0usize;
+    for chunk in samples.chunks(batch_size.max(1)) {
+        let pixels = pixels(chunk);
+        let (pa, pb) = (a.predict(&pixels, 3), b.predict(&pixels, 3));
+        same += pa
+            .iter()
+            .zip(&pb)
+            .filter(|(x, y)| x.best.class_index == y.best.class_index)
+            .count();
+        ta.add(chunk, &pa);
+        tb.add(chunk, &pb);
+    }
+    let agreement = if samples.is_empty() {
+        1.0
+    } else {
+        same as f64 / samples.len() as f64
+    };
+    (ta.summarise(), tb.summarise(), agreement)
+}
+
+/// The preprocessed floats of `samples`, back to back: what the server computes for the same
+/// images.
+pub(crate) fn pixels(samples: &[Sample]) -> Vec<f32> {
+    let mut floats = vec![0.0; samples.len() * IMAGE_FLOATS];
+    for (s, out) in samples.iter().zip(floats.chunks_exact_mut(IMAGE_FLOATS)) {
+        normalize_into(&resize(&s.image), out);
+    }
+    floats
+}
+
+/// Counts of predictions against the truth, batch by batch.
+struct Tally {
+    confusion: Vec<Vec<usize>>,
+    top3: usize,
+    images: usize,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            confusion: vec![vec![0usize; NUM_CLASSES]; NUM_CLASSES],
+            top3: 0,
+            images: 0,
+        }
+    }
+
+    fn add(&mut self, samples: &[Sample], predictions: &[Prediction]) {
+        for (s, p) in samples.iter().zip(predictions) {
+            let truth = usize::from(s.label);
+            self.confusion[truth][p.best.class_index] += 1;
+            self.top3 += usize::from(p.top_k.iter().any(|r| r.class_index == truth));
+        }
+        self.images += samples.len();
+    }
+
+    fn summarise(self) -> Evaluation {
+        summarise(self.confusion, self.top3)
+    }
 }
 
 fn summarise(confusion: Vec<Vec<usize>>, top3: usize) -> Evaluation {

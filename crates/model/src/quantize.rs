@@ -1,5 +1,5 @@
 //! The int8 path's calibration: the activation ranges of a record's network, measured on
-//! training images in FP32, and how often the two precisions agree.
+//! training images in FP32 (how the two precisions then compare: [`crate::eval::compare`]).
 //!
 //! The kernels and the quantisation itself are `fastcnn`'s ([`fastcnn::int8`]); the ranges are
 //! stored in the record ([`Int8Calibration`]) so that serving needs no images.
@@ -8,9 +8,9 @@ pub use fastcnn::Precision;
 
 use crate::dataset::Sample;
 use crate::error::RecordError;
-use crate::inference::{Inference, fast_path};
+use crate::eval::pixels;
+use crate::inference::fast_path;
 use crate::net::Cnn;
-use crate::preprocess::{IMAGE_FLOATS, normalize_into, resize};
 use crate::record::Int8Calibration;
 
 /// Training images calibrated on by default (`cnn calibrate --images`, and `train` at the end
@@ -44,31 +44,4 @@ pub fn calibrate(model: &Cnn, samples: &[Sample]) -> Result<Int8Calibration, Rec
         images: samples.len(),
         test_accuracy: None,
     })
-}
-
-/// The share of `samples` that `a` and `b` give the same top class.
-pub fn agreement(a: &Inference, b: &Inference, samples: &[Sample]) -> f64 {
-    let mut same = 0usize;
-    for chunk in samples.chunks(256) {
-        let pixels = pixels(chunk);
-        let (pa, pb) = (a.predict(&pixels, 1), b.predict(&pixels, 1));
-        same += pa
-            .iter()
-            .zip(&pb)
-            .filter(|(x, y)| x.best.class_index == y.best.class_index)
-            .count();
-    }
-    if samples.is_empty() {
-        return 1.0;
-    }
-    same as f64 / samples.len() as f64
-}
-
-/// The preprocessed floats of `samples`, back to back.
-fn pixels(samples: &[Sample]) -> Vec<f32> {
-    let mut floats = vec![0.0; samples.len() * IMAGE_FLOATS];
-    for (s, out) in samples.iter().zip(floats.chunks_exact_mut(IMAGE_FLOATS)) {
-        normalize_into(&resize(&s.image), out);
-    }
-    floats
 }

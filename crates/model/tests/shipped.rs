@@ -2,7 +2,7 @@
 //! set: a change to preprocessing or loading that shifts accuracy is caught here.
 
 use model::dataset::Sample;
-use model::eval::evaluate;
+use model::eval::compare;
 use model::{Backend, CLASSES, Inference, Precision, Preprocessor, testdata};
 
 #[test]
@@ -39,15 +39,7 @@ fn shipped_record_meets_its_recorded_accuracy() {
         .collect();
     assert_eq!(samples.len(), 10_000);
     let inference = Inference::new(net.clone(), backend).expect("the fast path takes the record");
-    let e = evaluate(&inference, &samples, 500, |_| {});
-    assert!(
-        (e.accuracy - recorded).abs() <= 0.005,
-        "measured {:.4}, recorded {recorded:.4}",
-        e.accuracy
-    );
-
-    // The int8 path, from the calibration the record carries, scores what model.json says it
-    // does and agrees with FP32 as often.
+    // The int8 path, from the calibration the record carries, beside FP32 in one pass.
     let int8 = &manifest["int8"];
     let calibration = meta
         .int8
@@ -57,14 +49,20 @@ fn shipped_record_meets_its_recorded_accuracy() {
         .and_then(|i| i.with_precision(Precision::Int8, Some(&calibration)))
         .expect("the int8 path takes the record");
     assert_eq!(quantized.precision(), Precision::Int8);
-    let q = evaluate(&quantized, &samples, 500, |_| {});
+    let (e, q, agreement) = compare(&inference, &quantized, &samples, 500);
+    assert!(
+        (e.accuracy - recorded).abs() <= 0.005,
+        "measured {:.4}, recorded {recorded:.4}",
+        e.accuracy
+    );
+
+    // int8 scores what model.json says it does and agrees with FP32 as often.
     let recorded_int8 = int8["test_accuracy"].as_f64().expect("int8 test_accuracy");
     assert!(
         (q.accuracy - recorded_int8).abs() <= 0.005,
         "int8 measured {:.4}, recorded {recorded_int8:.4}",
         q.accuracy
     );
-    let agreement = model::quantize::agreement(&inference, &quantized, &samples);
     let recorded_agreement = int8["top1_agreement_with_fp32"]
         .as_f64()
         .expect("agreement");
