@@ -11,14 +11,14 @@
 //! Memory is bounded by the settings, whatever clients send: see [`memory`](ops::memory). An optional
 //! bearer token guards every route but the probes ([`auth`](http::auth)).
 
+pub mod api;
 pub mod config;
 pub mod http;
 pub mod inference;
 pub mod ingest;
 pub mod ops;
-pub mod routes;
+pub mod router;
 pub mod state;
-pub mod v2;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle, Service};
 use actix_web::http::header::{self, HeaderName};
-use actix_web::{App, HttpMessage, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpMessage, HttpServer, web};
 use futures_util::future::Either;
 use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
 use tracing_actix_web::TracingLogger;
@@ -45,6 +45,7 @@ use crate::ops::lifecycle::Draining;
 use crate::ops::logging::{REQUEST_TARGET, RequestSpan, RequestTag};
 use crate::ops::memory::BLOCKING_THREADS_PER_WORKER;
 use crate::ops::metrics::{Metrics, UPKEEP_PERIOD};
+pub use crate::router::openapi_document;
 pub use crate::state::AppState;
 
 /// The model to serve and where it came from.
@@ -90,16 +91,6 @@ impl Loaded {
     }
 }
 
-/// The service's OpenAPI document: the root ([`http::openapi::ApiDoc`]) with each API's own
-/// part merged in, here where both APIs are in view.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    use utoipa::OpenApi;
-    let mut doc = http::openapi::ApiDoc::openapi();
-    doc.merge(routes::ClassicApi::openapi());
-    doc.merge(v2::V2Api::openapi());
-    doc
-}
-
 /// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned),
 /// reloads its record on SIGHUP and drains, then stops, on SIGTERM/SIGINT ([`lifecycle`](ops::lifecycle)).
 /// Must be called on an actix (tokio) runtime.
@@ -115,7 +106,7 @@ pub fn serve(
     Metrics::keep_up(&metrics, UPKEEP_PERIOD);
     let backend = loaded.inference.backend();
     let openapi = http::openapi::spec_json(
-        openapi_document(),
+        router::openapi_document(),
         config.upload.files,
         &loaded.version.label,
         config.api_key.as_ref(),
@@ -171,7 +162,7 @@ pub fn serve(
             .allow_any_header()
             .allowed_methods(["GET", "POST"])
             // What a browser client may read of an answer besides the simple headers.
-            .expose_headers(["model-version", "x-request-id", v2::HEADER_LENGTH]);
+            .expose_headers(router::EXPOSED_HEADERS);
         for origin in &state.config.cors_origins {
             cors = if origin == "*" {
                 cors.allow_any_origin()
@@ -185,8 +176,8 @@ pub fn serve(
         let key = state.config.api_key.clone();
         App::new()
             .app_data(state)
-            .configure(routes::configure)
-            .default_service(web::to(not_found))
+            .configure(router::configure)
+            .default_service(web::to(router::not_found))
             // Inside CORS, which answers browsers' pre-flight requests (sent without
             // credentials) and adds its headers to a refusal.
             .wrap_fn(move |req, srv| {
@@ -198,14 +189,8 @@ pub fn serve(
                             authorization.map(header::HeaderValue::as_bytes),
                         ) =>
                     {
-                        let path = req.path();
                         // As an error, not a ready-made response: the metrics read its kind.
-                        let refusal: actix_web::Error = if path == "/v2" || path.starts_with("/v2/")
-                        {
-                            v2::V2Error::from(ApiError::Unauthorized).into()
-                        } else {
-                            ApiError::Unauthorized.into()
-                        };
+                        let refusal = router::in_form_of(req.path(), ApiError::Unauthorized);
                         Either::Left(std::future::ready(Ok(req.error_response(refusal))))
                     }
                     _ => Either::Right(srv.call(req)),
@@ -226,11 +211,7 @@ pub fn serve(
                     let route = tag.as_ref().map_or("unmatched", |t| t.route.as_str());
                     metrics.request(route, status, elapsed);
                     // The error the answer was made from, if any: either API's kind.
-                    let kind = res.response().error().and_then(|e| {
-                        e.as_error::<ApiError>()
-                            .map(ApiError::kind)
-                            .or_else(|| e.as_error::<v2::V2Error>().map(v2::V2Error::kind))
-                    });
+                    let kind = res.response().error().and_then(router::error_kind);
                     if let Some(kind) = kind {
                         metrics.error(kind);
                         if (400..500).contains(&status) || status == 503 {
@@ -303,10 +284,6 @@ pub fn spawn(
         })?;
     rx.recv()
         .map_err(|_| std::io::Error::other("the server thread ended before it listened"))?
-}
-
-async fn not_found(req: actix_web::HttpRequest) -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound(req.path().to_string()))
 }
 
 /// Logs a request's outcome in its span (which holds its id, method, path and route).

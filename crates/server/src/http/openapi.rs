@@ -15,8 +15,8 @@ use crate::http::problem::Problem;
 
 /// The root of the OpenAPI document: what the whole service says of itself, and what every
 /// API shares (the problem document, the tags). Each API derives its own document from its
-/// handlers' `#[utoipa::path]` annotations (`routes::ClassicApi`, `v2::V2Api`) and the server
-/// merges them into this one ([`crate::openapi_document`]), so that this module names no API.
+/// handlers' `#[utoipa::path]` annotations (`api::classic::ClassicApi`, `api::v2::V2Api`) and the router
+/// merges them into this one ([`crate::router::openapi_document`]), so that this module names no API.
 #[derive(OpenApi)]
 #[openapi(
     info(

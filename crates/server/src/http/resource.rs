@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::AppState;
+use crate::http::problem::ApiError;
 
 /// Methods of a read-only resource (RFC 9110: HEAD wherever GET is served).
 pub(crate) const ALLOW_GET: &str = "GET, HEAD, OPTIONS";
@@ -18,6 +19,31 @@ pub(crate) const ALLOW_POST: &str = "POST, OPTIONS";
 /// How an API answers a method a resource does not serve (given the `Allow` value): a 405 in
 /// that API's error form. The original API's and the V2 protocol's forms differ.
 pub(crate) type WrongMethod = fn(&'static str) -> actix_web::Error;
+
+/// The 405 of the original API and of the service's own pages: a problem document.
+fn problem_405(methods: &'static str) -> actix_web::Error {
+    ApiError::MethodNotAllowed(methods).into()
+}
+
+/// A resource served by GET and HEAD whose wrong methods get a problem document.
+pub(crate) fn get<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
+where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    get_with(cfg, path, handler, problem_405);
+}
+
+/// A resource served by POST whose wrong methods get a problem document.
+pub(crate) fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
+where
+    F: Handler<Args> + Clone,
+    Args: FromRequest + 'static,
+    F::Output: Responder + 'static,
+{
+    post_with(cfg, path, handler, problem_405);
+}
 
 /// A resource served by GET and HEAD (actix-http sends HEAD answers without their body),
 /// answering OPTIONS with its methods and any other method with `wrong_method`.

@@ -72,14 +72,6 @@ impl DecodeBudget {
     }
 }
 
-/// Gives back all of a reservation beyond `bytes` (what its holder turned out to need).
-pub(crate) fn keep_only(reserved: &mut OwnedSemaphorePermit, bytes: u64) {
-    let keep = usize::try_from(bytes.div_ceil(UNIT)).unwrap_or(usize::MAX);
-    if let Some(excess) = reserved.num_permits().checked_sub(keep).filter(|&n| n > 0) {
-        drop(reserved.split(excess));
-    }
-}
-
 /// One file's name and its prepared image (or why it has none).
 pub type Prepared = (Option<String>, Result<Vec<u8>, ApiError>);
 

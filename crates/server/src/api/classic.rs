@@ -1,10 +1,12 @@
-//! The HTTP endpoints. Paths, field names and JSON shapes follow the original Python service
-//! so its clients keep working.
+//! The original service's API: `/`, `/health`, `/ready`, `/model/info`, `/classes`,
+//! `/classify`, `/classify/batch`, and `/metrics` and `/ui` beside them. Paths, field names and
+//! JSON shapes follow the original Python service so its clients keep working; errors are
+//! problem documents ([`crate::http::problem`]).
 
 use std::collections::BTreeMap;
 
 use actix_web::http::header::ContentType;
-use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use model::{CLASSES, Gathered, PARAMETER_COUNT, Prediction, Ranked, RecordMeta, RecordVersion};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -12,12 +14,12 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::resource::{deadline, get_with, json_exact, post_with};
+use crate::http::resource::{deadline, get, json_exact, post};
 use crate::inference::models::ReloadReport;
 use crate::ingest::decode::{self, Prepared};
 use crate::ingest::upload::{self, UploadLimits, Uploads};
 
-/// The original API's part of the OpenAPI document (merged into [`crate::openapi_document`]).
+/// The original API's part of the OpenAPI document (merged into [`crate::router::openapi_document`]).
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(
@@ -35,8 +37,7 @@ use crate::ingest::upload::{self, UploadLimits, Uploads};
 )]
 pub struct ClassicApi;
 
-/// Registers every endpoint, each answering `OPTIONS` and a wrong method (405 with `Allow`)
-/// itself: the one route table, which [`crate::serve`] mounts.
+/// Registers the original API's endpoints (mounted by [`crate::router::configure`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
     get(cfg, "/", root);
     get(cfg, "/health", health);
@@ -45,38 +46,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     get(cfg, "/classes", classes);
     get(cfg, "/metrics", metrics);
     get(cfg, "/ui", ui);
-    get(cfg, "/openapi.json", crate::http::openapi::spec);
-    get(cfg, "/docs", crate::http::openapi::docs);
-    get(cfg, "/docs/{file}", crate::http::openapi::asset);
     post(cfg, "/classify", classify);
     post(cfg, "/classify/batch", classify_batch);
-    // The Open Inference Protocol (KServe V2) beside the original API.
-    crate::v2::configure(cfg);
-}
-
-/// The original API's 405: a problem document.
-fn problem_405(methods: &'static str) -> actix_web::Error {
-    ApiError::MethodNotAllowed(methods).into()
-}
-
-/// A resource of the original API served by GET and HEAD.
-fn get<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
-where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    get_with(cfg, path, handler, problem_405);
-}
-
-/// A resource of the original API served by POST.
-fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
-where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    post_with(cfg, path, handler, problem_405);
 }
 
 /// What `GET /` answers.
