@@ -9,7 +9,8 @@ use actix_web::test::TestRequest;
 use actix_web::web::Bytes;
 use futures::stream;
 use libfuzzer_sys::fuzz_target;
-use server::ingest::upload::{BodyBudget, UploadLimits, read};
+use server::http::body::read;
+use server::ingest::upload::{BodyBudget, UploadLimits};
 
 const CONTENT_TYPES: [&str; 6] = [
     "multipart/form-data; boundary=XyZ",

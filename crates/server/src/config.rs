@@ -1,5 +1,7 @@
 //! The server's settings: what the command line (or an embedding program) decides, read by
-//! every part below. The memory bound they imply is computed in [`crate::ops::memory`].
+//! every part below, and the checks that they fit together ([`ServerConfig::check`], which the
+//! binary runs before it listens; a test may serve settings that fail it, to reach a bound).
+//! The memory bound they imply is computed in [`crate::ops::memory`].
 
 use std::time::Duration;
 
@@ -94,5 +96,75 @@ impl Default for ServerConfig {
             precision: model::Precision::Fp32,
             api_key: None,
         }
+    }
+}
+
+/// Settings that cannot work together.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A full batch request could never be admitted.
+    #[error(
+        "--max-images ({max_images}) must be at least --max-files ({max_files}): a full batch could never be admitted"
+    )]
+    ImagesBelowFiles {
+        /// `--max-images`.
+        max_images: usize,
+        /// `--max-files`.
+        max_files: usize,
+    },
+    /// A body of the largest size could never be taken.
+    #[error(
+        "--body-memory ({body_memory}) must be at least --max-body ({max_body}): a body of the largest size could never be taken"
+    )]
+    BodyMemoryBelowBody {
+        /// `--body-memory`.
+        body_memory: usize,
+        /// `--max-body`.
+        max_body: usize,
+    },
+}
+
+impl ServerConfig {
+    /// Checks that the settings can serve every request they allow.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.batch.max_images < self.upload.files {
+            return Err(ConfigError::ImagesBelowFiles {
+                max_images: self.batch.max_images,
+                max_files: self.upload.files,
+            });
+        }
+        if self.body_memory < self.upload.body {
+            return Err(ConfigError::BodyMemoryBelowBody {
+                body_memory: self.body_memory,
+                max_body: self.upload.body,
+            });
+        }
+        Ok(())
+    }
+
+    /// Open connections each HTTP worker accepts (actix counts them per worker).
+    pub fn connections_per_worker(&self) -> usize {
+        self.max_connections.div_ceil(self.workers.max(1)).max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_pass_and_settings_that_cannot_serve_are_refused() {
+        let default = ServerConfig::default();
+        assert_eq!(default.check(), Ok(()));
+        let mut few_images = default.clone();
+        few_images.batch.max_images = few_images.upload.files - 1;
+        assert!(matches!(
+            few_images.check(),
+            Err(ConfigError::ImagesBelowFiles { .. })
+        ));
+        let mut small_budget = default;
+        small_budget.body_memory = small_budget.upload.body - 1;
+        let error = small_budget.check().unwrap_err().to_string();
+        assert!(error.starts_with("--body-memory ("), "{error}");
     }
 }

@@ -24,25 +24,24 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_cors::Cors;
-use actix_web::dev::{Server, ServerHandle, Service};
-use actix_web::http::header::{self, HeaderName};
-use actix_web::{App, HttpMessage, HttpServer, web};
-use futures_util::future::Either;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
 use model::{Backend, Inference, Preprocessor, RecordMeta, RecordVersion};
 use tracing_actix_web::TracingLogger;
 
-pub use crate::config::{LogFormat, ServerConfig};
+pub use crate::config::{ConfigError, LogFormat, ServerConfig};
 pub use crate::http::auth::ApiKey;
-use crate::http::problem::ApiError;
+use crate::http::middleware;
 use crate::inference::engine::Engine;
 use crate::inference::models::{Models, Served};
 use crate::ingest::decode::DecodeBudget;
 use crate::ingest::upload::BodyBudget;
 use crate::ops::lifecycle::Draining;
-use crate::ops::logging::{REQUEST_TARGET, RequestSpan, RequestTag};
+use crate::ops::logging::RequestSpan;
 use crate::ops::memory::BLOCKING_THREADS_PER_WORKER;
 use crate::ops::metrics::{Metrics, UPKEEP_PERIOD};
 pub use crate::router::openapi_document;
@@ -170,64 +169,18 @@ pub fn serve(
                 cors.allowed_origin(origin)
             };
         }
-        // The request lines go through the process's `tracing` subscriber (logging::init).
-        let log = state.config.log != LogFormat::Off;
-        let metrics = state.metrics.clone();
-        let key = state.config.api_key.clone();
         App::new()
             .app_data(state)
             .configure(router::configure)
             .default_service(web::to(router::not_found))
-            // Inside CORS, which answers browsers' pre-flight requests (sent without
-            // credentials) and adds its headers to a refusal.
-            .wrap_fn(move |req, srv| {
-                let authorization = req.headers().get(header::AUTHORIZATION);
-                match &key {
-                    Some(key)
-                        if !key.allows(
-                            req.path(),
-                            authorization.map(header::HeaderValue::as_bytes),
-                        ) =>
-                    {
-                        // As an error, not a ready-made response: the metrics read its kind.
-                        let refusal = router::in_form_of(req.path(), ApiError::Unauthorized);
-                        Either::Left(std::future::ready(Ok(req.error_response(refusal))))
-                    }
-                    _ => Either::Right(srv.call(req)),
-                }
-            })
+            .wrap(from_fn(|req, next| {
+                middleware::require_key(req, next, router::in_form_of)
+            }))
             .wrap(cors)
-            .wrap_fn(move |req, srv| {
-                let start = Instant::now();
+            .wrap(from_fn(move |req, next| {
                 served.fetch_add(1, Ordering::Relaxed);
-                // Put there by RequestSpan, which chose the request id.
-                let tag = req.extensions_mut().remove::<RequestTag>();
-                let fut = srv.call(req);
-                let metrics = metrics.clone();
-                async move {
-                    let mut res = fut.await?;
-                    let status = res.status().as_u16();
-                    let elapsed = start.elapsed();
-                    let route = tag.as_ref().map_or("unmatched", |t| t.route.as_str());
-                    metrics.request(route, status, elapsed);
-                    // The error the answer was made from, if any: either API's kind.
-                    let kind = res.response().error().and_then(router::error_kind);
-                    if let Some(kind) = kind {
-                        metrics.error(kind);
-                        if (400..500).contains(&status) || status == 503 {
-                            metrics.refusal(kind);
-                        }
-                    }
-                    if let Some(tag) = tag {
-                        res.headers_mut()
-                            .insert(HeaderName::from_static("x-request-id"), tag.id);
-                    }
-                    if log {
-                        answered(status, elapsed, kind);
-                    }
-                    Ok(res)
-                }
-            })
+                middleware::count(req, next, router::error_kind)
+            }))
             // Outermost: every request runs in its span, with its id chosen before anything.
             .wrap(TracingLogger::<RequestSpan>::new())
     })
@@ -284,15 +237,4 @@ pub fn spawn(
         })?;
     rx.recv()
         .map_err(|_| std::io::Error::other("the server thread ended before it listened"))?
-}
-
-/// Logs a request's outcome in its span (which holds its id, method, path and route).
-fn answered(status: u16, elapsed: Duration, error: Option<&str>) {
-    // Whole microseconds: exact in the log, and 71 minutes at most (any longer reads 71 minutes).
-    let duration_ms = f64::from(u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX)) / 1e3;
-    if status >= 500 && status != 503 {
-        tracing::warn!(target: REQUEST_TARGET, status, duration_ms, error, "answered");
-    } else {
-        tracing::info!(target: REQUEST_TARGET, status, duration_ms, error, "answered");
-    }
 }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use model::Backend;
 use server::inference::engine::BatchPolicy;
 use server::ingest::upload::UploadLimits;
+use server::ops::memory::MemoryBound;
 use server::{Loaded, LogFormat, ServerConfig};
 
 #[cfg(feature = "mimalloc")]
@@ -139,20 +140,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    if args.max_images < args.max_files {
-        bail!(
-            "--max-images ({}) must be at least --max-files ({}): a full batch could never be admitted",
-            args.max_images,
-            args.max_files
-        );
-    }
-    if args.body_memory < args.max_body {
-        bail!(
-            "--body-memory ({}) must be at least --max-body ({}): a body of the largest size could never be taken",
-            args.body_memory,
-            args.max_body
-        );
-    }
+    // What only the command line can get wrong; the settings' own checks are
+    // `ServerConfig::check`, run once they are gathered.
     if args.api_key.as_deref().is_some_and(|k| k.trim().is_empty()) {
         bail!("--api-key (CNN_API_KEY) is empty: give a token, or leave it unset for no key");
     }
@@ -202,10 +191,11 @@ fn run(args: Args) -> Result<()> {
             .map(|key| server::ApiKey::new(key.trim(), args.public_metrics)),
         ..ServerConfig::default()
     };
+    config.check()?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
-    let bound = config.memory_bound();
+    let bound = MemoryBound::of(&config);
     tracing::info!(
         %addr,
         backend = %args.backend,

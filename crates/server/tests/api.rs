@@ -495,7 +495,7 @@ fn long_file_names_are_cut() {
         .unwrap()
         .to_string();
     assert!(
-        echoed.len() <= server::ingest::upload::MAX_FILENAME_BYTES,
+        echoed.len() <= server::http::body::MAX_FILENAME_BYTES,
         "{}",
         echoed.len()
     );

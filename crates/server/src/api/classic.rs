@@ -13,11 +13,12 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::http::body;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::resource::{deadline, get, json_exact, post};
 use crate::inference::models::ReloadReport;
 use crate::ingest::decode::{self, Prepared};
-use crate::ingest::upload::{self, UploadLimits, Uploads};
+use crate::ingest::upload::{UploadLimits, Uploads};
 
 /// The original API's part of the OpenAPI document (merged into [`crate::router::openapi_document`]).
 #[derive(utoipa::OpenApi)]
@@ -310,7 +311,7 @@ async fn uploads(
     };
     tokio::time::timeout_at(
         deadline,
-        upload::read(req, payload, field, limits, &state.body_budget),
+        body::read(req, payload, field, limits, &state.body_budget),
     )
     .await
     .map_err(|_| ApiError::RequestTimeout(secs))?
@@ -321,7 +322,9 @@ async fn prepare(
     uploads: Uploads,
     deadline: Instant,
 ) -> Result<Vec<Prepared>, ApiError> {
-    decode::prepare(state.preprocessor, &state.decode_budget, uploads, deadline).await
+    decode::prepare(state.preprocessor, &state.decode_budget, uploads, deadline)
+        .await
+        .map_err(ApiError::from)
 }
 
 /// An encoded image file: at least one byte (an empty file is refused with 400).
@@ -485,6 +488,7 @@ async fn classify_batch(
         .map(|(filename, r)| match r {
             Ok(p) => BatchItem::Classified(Classified::new(filename, p)),
             Err(e) => {
+                let e = ApiError::from(e);
                 state.metrics.error(e.kind());
                 BatchItem::failed(filename, &e)
             }
@@ -511,7 +515,7 @@ mod tests {
     /// the same. Each fits `memory::ANSWER_BYTES_PER_IMAGE`, which the memory bound counts.
     #[test]
     fn the_largest_batch_entries_fit_the_memory_bound() {
-        let filename = Some(upload::filename(&"\"".repeat(10_000)));
+        let filename = Some(body::filename(&"\"".repeat(10_000)));
         let error = ApiError::BadRequest("\\".repeat(10_000));
         let failed = BatchItem::failed(filename.clone(), &error);
         let probabilities = [

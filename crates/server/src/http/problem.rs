@@ -11,6 +11,9 @@ use actix_web::{HttpResponse, ResponseError};
 use model::ImageError;
 use serde::Serialize;
 
+use crate::inference::engine::EngineError;
+use crate::ingest::decode::DecodeError;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -132,6 +135,27 @@ impl ApiError {
 impl From<ImageError> for ApiError {
     fn from(e: ImageError) -> Self {
         ApiError::InvalidImage(e)
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Overloaded => ApiError::Overloaded,
+            EngineError::Timeout => ApiError::Timeout,
+            EngineError::Stopped | EngineError::Failed(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<DecodeError> for ApiError {
+    fn from(e: DecodeError) -> Self {
+        match e {
+            DecodeError::Image(e) => ApiError::InvalidImage(e),
+            DecodeError::TooLarge { needed, limit } => ApiError::DecodeTooLarge { needed, limit },
+            DecodeError::Overloaded => ApiError::Overloaded,
+            DecodeError::Internal(_) => ApiError::Internal(e.to_string()),
+        }
     }
 }
 

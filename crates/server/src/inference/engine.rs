@@ -24,9 +24,25 @@ use model::preprocess::{IMAGE_BYTES, IMAGE_FLOATS, normalize_bytes_into};
 use model::{Prediction, rank_probabilities};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::http::problem::ApiError;
 use crate::inference::models::{Models, Served};
 use crate::ops::metrics::Metrics;
+
+/// Why the engine gives no answer; the HTTP edge turns it into each API's error.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// No room now: the images do not fit the admission permits, or the queue is full.
+    #[error("the server is at capacity; retry shortly")]
+    Overloaded,
+    /// Admitted, but the model did not answer by the request's deadline.
+    #[error("inference did not finish in time")]
+    Timeout,
+    /// The inference thread is gone (a bug: it never ends otherwise).
+    #[error("inference thread stopped")]
+    Stopped,
+    /// The model failed on the batch.
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// Batching policy.
 #[derive(Debug, Clone, Copy)]
@@ -167,14 +183,14 @@ impl Engine {
 
     /// Admits `images` images to the model served now, or refuses at once (503) when that
     /// many are not free.
-    pub fn admit(&self, images: usize) -> Result<Admission, ApiError> {
+    pub fn admit(&self, images: usize) -> Result<Admission, EngineError> {
         let permit = if images == 0 {
             None
         } else {
             let permit = u32::try_from(images)
                 .ok()
                 .and_then(|n| self.images.clone().try_acquire_many_owned(n).ok())
-                .ok_or(ApiError::Overloaded)?;
+                .ok_or(EngineError::Overloaded)?;
             Some(permit)
         };
         Ok(Admission {
@@ -209,7 +225,7 @@ impl Engine {
         pixels: Vec<u8>,
         admitted: Admission,
         deadline: tokio::time::Instant,
-    ) -> Result<(Vec<Prediction>, Arc<Served>), ApiError> {
+    ) -> Result<(Vec<Prediction>, Arc<Served>), EngineError> {
         let (scores, served) = self.scores(Pixels::Rgb(pixels), admitted, deadline).await?;
         let classes = model::NUM_CLASSES;
         let ranked = rank_probabilities(&scores.probabilities, classes, self.top_k);
@@ -224,7 +240,7 @@ impl Engine {
         pixels: Pixels,
         admitted: Admission,
         deadline: tokio::time::Instant,
-    ) -> Result<(Scores, Arc<Served>), ApiError> {
+    ) -> Result<(Scores, Arc<Served>), EngineError> {
         let Admission { permit, served } = admitted;
         let images = pixels.images();
         if images == 0 {
@@ -244,15 +260,15 @@ impl Engine {
             _permit: permit,
         };
         self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => ApiError::Overloaded,
-            TrySendError::Disconnected(_) => ApiError::Internal("inference thread stopped".into()),
+            TrySendError::Full(_) => EngineError::Overloaded,
+            TrySendError::Disconnected(_) => EngineError::Stopped,
         })?;
         match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => Err(ApiError::Timeout),
-            Ok(Err(_)) => Err(ApiError::Internal("inference thread stopped".into())),
+            Err(_) => Err(EngineError::Timeout),
+            Ok(Err(_)) => Err(EngineError::Stopped),
             Ok(Ok(result)) => result
                 .map(|scores| (scores, served))
-                .map_err(ApiError::Internal),
+                .map_err(EngineError::Failed),
         }
     }
 }

@@ -9,13 +9,35 @@
 
 use std::sync::Arc;
 
-use actix_web::web;
 use model::{ImageError, Preprocessor};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::http::problem::ApiError;
 use crate::ingest::upload::{Upload, Uploads};
+
+/// Why an image was not prepared, or a request's images not decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not an image this server can use (unknown format, corrupt, too many pixels).
+    #[error("{0}")]
+    Image(#[from] ImageError),
+    /// Decoding it would take more than the whole decode budget, so it could never be admitted.
+    #[error(
+        "decoding this image takes {needed} bytes, over the server's decode memory of {limit} bytes"
+    )]
+    TooLarge {
+        /// What decoding it would allocate at its peak, in bytes.
+        needed: u64,
+        /// The decode budget, in bytes.
+        limit: u64,
+    },
+    /// The budget had no room before the request's deadline.
+    #[error("the server is at capacity; retry shortly")]
+    Overloaded,
+    /// A decoding thread failed (a bug, not the client's doing).
+    #[error("preprocessing: {0}")]
+    Internal(String),
+}
 
 /// A single upload at most this large and of at most [`INLINE_PIXELS`] pixels is decoded right
 /// on the async worker: that takes tens of microseconds, less than the two thread hand-offs
@@ -63,17 +85,17 @@ impl DecodeBudget {
         &self,
         bytes: u64,
         deadline: Instant,
-    ) -> Result<OwnedSemaphorePermit, ApiError> {
+    ) -> Result<OwnedSemaphorePermit, DecodeError> {
         let kib = u32::try_from(bytes.div_ceil(UNIT)).unwrap_or(u32::MAX);
         tokio::time::timeout_at(deadline, self.kib.clone().acquire_many_owned(kib))
             .await
-            .map_err(|_| ApiError::Overloaded)?
-            .map_err(|_| ApiError::Internal("decode budget closed".into()))
+            .map_err(|_| DecodeError::Overloaded)?
+            .map_err(|_| DecodeError::Internal("the decode budget is closed".into()))
     }
 }
 
 /// One file's name and its prepared image (or why it has none).
-pub type Prepared = (Option<String>, Result<Vec<u8>, ApiError>);
+pub type Prepared = (Option<String>, Result<Vec<u8>, DecodeError>);
 
 /// Decodes and prepares every upload; anything but a small single image goes to the blocking
 /// pool, so that a large JPEG never stalls an async worker.
@@ -90,8 +112,8 @@ pub async fn prepare(
     budget: &DecodeBudget,
     uploads: Uploads,
     deadline: Instant,
-) -> Result<Vec<Prepared>, ApiError> {
-    // Uploads are never empty (`upload::read` refuses empty files).
+) -> Result<Vec<Prepared>, DecodeError> {
+    // Uploads are never empty (`http::body::read` refuses empty files).
     if let [file] = uploads.files.as_slice()
         && file.bytes.len() <= INLINE_BYTES
     {
@@ -101,7 +123,7 @@ pub async fn prepare(
             result => {
                 return Ok(vec![(
                     file.filename.clone(),
-                    result.map_err(ApiError::from),
+                    result.map_err(DecodeError::from),
                 )]);
             }
         }
@@ -162,18 +184,20 @@ pub async fn prepare(
 }
 
 /// What decoding `file` takes, or why it will not be decoded.
-fn cost(pre: Preprocessor, file: &Upload, limit: u64) -> Result<u64, ApiError> {
+fn cost(pre: Preprocessor, file: &Upload, limit: u64) -> Result<u64, DecodeError> {
     let needed = pre.header(&file.bytes)?.decode_bytes;
     if needed > limit {
-        return Err(ApiError::DecodeTooLarge { needed, limit });
+        return Err(DecodeError::TooLarge { needed, limit });
     }
     Ok(needed)
 }
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(f)
+) -> Result<T, DecodeError> {
+    // The worker's own blocking pool (actix runs each worker on a tokio runtime, whose
+    // blocking threads `--workers` sizes).
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ApiError::Internal(format!("preprocessing: {e}")))
+        .map_err(|e| DecodeError::Internal(e.to_string()))
 }

@@ -1,36 +1,17 @@
-//! Reading uploads: multipart fields or a raw image body, within the configured limits.
-//!
-//! Every byte of a body is counted as it streams in, whatever its framing (Content-Length,
-//! chunked, multipart): against the request's own limit (`--max-body`, 413) and against
-//! [`BodyBudget`], the bytes all requests together may hold in memory at once (503 when it is
-//! spent). The bytes a request was charged stay charged until its [`Uploads`] are dropped.
+//! What a request's body holds in memory: its files ([`Upload`], [`Uploads`]) or the whole
+//! body ([`Body`]), each holding its charge on [`BodyBudget`], the bytes all requests together
+//! may hold at once, until dropped. Bodies are read and metered at the HTTP edge
+//! ([`crate::http::body`]); here is what they become.
 
-use std::cell::{Cell, RefCell};
-use std::pin::Pin;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 
-use actix_multipart::Multipart;
-use actix_web::HttpRequest;
-use actix_web::error::PayloadError;
-use actix_web::http::header;
-use actix_web::web::Bytes;
-use futures_util::{Stream, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::http::problem::{self, ApiError};
-
-/// Longest file name kept (and echoed back), in bytes: the most a file system allows in one
-/// name. Longer ones are cut (and control characters replaced), so that a batch answer's size
-/// is bounded by its file count.
-pub const MAX_FILENAME_BYTES: usize = 255;
 
 /// One uploaded file.
 #[derive(Debug)]
 pub struct Upload {
     /// The multipart part's file name, or the `X-Filename` header of a raw body, if given:
-    /// echoed back so a client can match answers to its files (cut to [`MAX_FILENAME_BYTES`]).
+    /// echoed back so a client can match answers to its files (cut to [`MAX_FILENAME_BYTES`](crate::http::body::MAX_FILENAME_BYTES)).
     pub filename: Option<String>,
     /// The file's bytes, not yet decoded.
     pub bytes: Vec<u8>,
@@ -42,6 +23,16 @@ pub struct Uploads {
     /// The files in the order they were sent.
     pub files: Vec<Upload>,
     _charged: Option<OwnedSemaphorePermit>,
+}
+
+impl Uploads {
+    /// `files`, holding `charged` (their bytes' charge on the budget) until dropped.
+    pub fn new(files: Vec<Upload>, charged: Option<OwnedSemaphorePermit>) -> Self {
+        Self {
+            files,
+            _charged: charged,
+        }
+    }
 }
 
 /// Limits applied while reading.
@@ -64,65 +55,16 @@ impl BodyBudget {
         Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
     }
 
+    /// Charges `bytes` at once, or `None` when the budget has not that many left.
+    pub fn try_charge(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        self.0.clone().try_acquire_many_owned(bytes).ok()
+    }
+
     /// Bytes not charged to any request right now.
     pub fn available(&self) -> usize {
         self.0.available_permits()
     }
-}
-
-/// Reads the files sent in multipart field `field`, or a raw `image/*` (or
-/// `application/octet-stream`) body as one file named by the `X-Filename` header.
-/// `payload` is the request body (`web::Payload` in a handler; any byte stream in the fuzzer).
-pub async fn read<S>(
-    req: &HttpRequest,
-    payload: S,
-    field: &'static str,
-    limits: UploadLimits,
-    budget: &BodyBudget,
-) -> Result<Uploads, ApiError>
-where
-    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
-{
-    refuse_announced(req, limits.body)?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let essence = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    let (meter, metered) = Meter::wrap(payload, budget, limits.body);
-    let files = if essence == "multipart/form-data" {
-        read_multipart(Multipart::new(req.headers(), metered), field, limits).await
-    } else if essence.starts_with("image/") || essence == "application/octet-stream" {
-        let filename = req
-            .headers()
-            .get("x-filename")
-            .and_then(|v| v.to_str().ok())
-            .map(filename);
-        match read_body(metered).await {
-            Ok(bytes) if bytes.is_empty() => Err(ApiError::EmptyFile(filename.unwrap_or_default())),
-            Ok(bytes) => Ok(vec![Upload { filename, bytes }]),
-            Err(e) => Err(e),
-        }
-    } else {
-        Err(ApiError::UnsupportedMediaType(if essence.is_empty() {
-            "(none)".into()
-        } else {
-            essence
-        }))
-    };
-    // The meter's verdict comes first: the parser only saw its stream end in an error.
-    let charged = meter.verdict()?;
-    Ok(Uploads {
-        files: files?,
-        _charged: charged,
-    })
 }
 
 /// A whole request body in memory, holding its share of the [`BodyBudget`] until dropped.
@@ -134,6 +76,11 @@ pub struct Body {
 }
 
 impl Body {
+    /// `bytes`, holding `charged` until dropped.
+    pub fn new(bytes: Vec<u8>, charged: Option<OwnedSemaphorePermit>) -> Self {
+        Self { bytes, charged }
+    }
+
     /// `files`, made from this body's bytes, as [`Uploads`] that keep the body's charge on the
     /// budget (they are never larger than the body); the body's own bytes are freed.
     pub fn into_uploads(self, files: Vec<Upload>) -> Uploads {
@@ -142,202 +89,4 @@ impl Body {
             _charged: self.charged,
         }
     }
-}
-
-/// Reads a whole body of any content type (the `/v2` inference requests), metered as [`read`]
-/// meters uploads: over `limit` bytes is 413, past the shared `budget` 503.
-pub async fn read_whole<S>(
-    req: &HttpRequest,
-    payload: S,
-    limit: usize,
-    budget: &BodyBudget,
-) -> Result<Body, ApiError>
-where
-    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
-{
-    refuse_announced(req, limit)?;
-    let (meter, metered) = Meter::wrap(payload, budget, limit);
-    let bytes = read_body(metered).await;
-    let charged = meter.verdict()?;
-    let mut bytes = bytes?;
-    // A grown buffer may be up to twice its length: give the slack back while the body is held.
-    bytes.shrink_to_fit();
-    Ok(Body { bytes, charged })
-}
-
-/// Refuses a request whose announced length is over `limit` before a byte of its body is read.
-fn refuse_announced(req: &HttpRequest, limit: usize) -> Result<(), ApiError> {
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if announced.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit });
-    }
-    Ok(())
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Refusal {
-    TooLarge,
-    BudgetSpent,
-}
-
-/// Counts one request's body bytes and charges them to the shared budget.
-struct Meter {
-    budget: Arc<Semaphore>,
-    limit: usize,
-    received: Cell<usize>,
-    charged: RefCell<Option<OwnedSemaphorePermit>>,
-    refused: Cell<Option<Refusal>>,
-}
-
-impl Meter {
-    /// A meter for one request's body and the body stream it counts.
-    fn wrap<S>(payload: S, budget: &BodyBudget, limit: usize) -> (Rc<Self>, Metered<S>) {
-        let meter = Rc::new(Meter {
-            budget: budget.0.clone(),
-            limit,
-            received: Cell::new(0),
-            charged: RefCell::new(None),
-            refused: Cell::new(None),
-        });
-        let metered = Metered {
-            inner: payload,
-            meter: meter.clone(),
-        };
-        (meter, metered)
-    }
-
-    /// The bytes charged, or why the body was refused.
-    fn verdict(&self) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
-        match self.refused.get() {
-            Some(Refusal::TooLarge) => Err(ApiError::BodyTooLarge { limit: self.limit }),
-            Some(Refusal::BudgetSpent) => Err(ApiError::Overloaded),
-            None => Ok(self.charged.take()),
-        }
-    }
-
-    fn charge(&self, n: usize) -> Result<(), Refusal> {
-        let received = self.received.get() + n;
-        if received > self.limit {
-            return Err(Refusal::TooLarge);
-        }
-        self.received.set(received);
-        if n == 0 {
-            return Ok(());
-        }
-        let permit = u32::try_from(n)
-            .ok()
-            .and_then(|n| self.budget.clone().try_acquire_many_owned(n).ok())
-            .ok_or(Refusal::BudgetSpent)?;
-        let mut charged = self.charged.borrow_mut();
-        match charged.as_mut() {
-            Some(held) => held.merge(permit),
-            None => *charged = Some(permit),
-        }
-        Ok(())
-    }
-}
-
-/// The body stream, ended with an error as soon as the meter refuses a chunk.
-struct Metered<S> {
-    inner: S,
-    meter: Rc<Meter>,
-}
-
-impl<S> Stream for Metered<S>
-where
-    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
-{
-    type Item = Result<Bytes, PayloadError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.meter.refused.get().is_some() {
-            return Poll::Ready(None);
-        }
-        Poll::Ready(match ready!(self.inner.poll_next_unpin(cx)) {
-            Some(Ok(chunk)) => match self.meter.charge(chunk.len()) {
-                Ok(()) => Some(Ok(chunk)),
-                Err(why) => {
-                    self.meter.refused.set(Some(why));
-                    Some(Err(PayloadError::Overflow))
-                }
-            },
-            other => other,
-        })
-    }
-}
-
-/// A file name as kept: cut to [`MAX_FILENAME_BYTES`], without control characters.
-pub(crate) fn filename(name: &str) -> String {
-    problem::echo(name, MAX_FILENAME_BYTES)
-}
-
-async fn read_body<S>(mut payload: S) -> Result<Vec<u8>, ApiError>
-where
-    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin,
-{
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading body: {e}")))?;
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
-async fn read_multipart(
-    mut multipart: Multipart,
-    field: &'static str,
-    limits: UploadLimits,
-) -> Result<Vec<Upload>, ApiError> {
-    let malformed = |e: actix_multipart::MultipartError| {
-        ApiError::BadRequest(format!("malformed multipart body: {e}"))
-    };
-    let mut uploads = Vec::new();
-    while let Some(part) = multipart.next().await {
-        let mut part = part.map_err(malformed)?;
-        // Only the expected field is accepted, as the OpenAPI document says: a misspelt field
-        // is named in the answer rather than silently ignored.
-        if part.name() != Some(field) {
-            return Err(ApiError::UnexpectedField {
-                got: part.name().unwrap_or_default().chars().take(64).collect(),
-                expected: field,
-            });
-        }
-        if uploads.len() == limits.files {
-            return Err(ApiError::TooManyFiles {
-                limit: limits.files,
-            });
-        }
-        // A part without a filename is a form value, not a file upload (as browsers, curl -F
-        // name=@file and the original FastAPI service all see it).
-        let Some(filename) = part
-            .content_disposition()
-            .and_then(|cd| cd.get_filename())
-            .map(filename)
-        else {
-            return Err(ApiError::BadRequest(format!(
-                "multipart field '{field}' must be a file upload (a part with a filename)"
-            )));
-        };
-        let mut bytes = Vec::new();
-        while let Some(chunk) = part.next().await {
-            bytes.extend_from_slice(&chunk.map_err(malformed)?);
-        }
-        // An empty part is a broken request, not an image that failed: the whole request is
-        // refused, batch or not.
-        if bytes.is_empty() {
-            return Err(ApiError::EmptyFile(filename));
-        }
-        uploads.push(Upload {
-            filename: Some(filename),
-            bytes,
-        });
-    }
-    if uploads.is_empty() {
-        return Err(ApiError::MissingField(field));
-    }
-    Ok(uploads)
 }

@@ -35,7 +35,7 @@ pub const RELOAD_BYTES: u64 = 16 << 20;
 pub const PER_CONNECTION_BYTES: u64 = 512 << 10;
 
 /// Most bytes one image adds to an answer: a `/classify/batch` entry (a file name of at most
-/// `upload::MAX_FILENAME_BYTES` and two error texts of at most `problem::MAX_DETAIL_BYTES`, each
+/// `body::MAX_FILENAME_BYTES` and two error texts of at most `problem::MAX_DETAIL_BYTES`, each
 /// at most doubled by JSON's escaping, and the fixed fields) or a `/v2` answer's rows (both
 /// outputs, as numbers or as classification strings). The routes' tests serialise the largest
 /// answers and check them against this.
@@ -143,37 +143,29 @@ impl fmt::Display for MemoryBound {
     }
 }
 
-impl ServerConfig {
-    /// Open connections each HTTP worker accepts (actix counts them per worker).
-    pub fn connections_per_worker(&self) -> usize {
-        self.max_connections.div_ceil(self.workers.max(1)).max(1)
-    }
-
-    /// The most bytes one answer takes with these settings: at most `--max-files` images.
-    pub fn largest_answer(&self) -> u64 {
-        ANSWER_FIXED_BYTES + self.upload.files as u64 * ANSWER_BYTES_PER_IMAGE
-    }
-
-    /// The memory bound these settings give (README, "Memory").
-    pub fn memory_bound(&self) -> MemoryBound {
+impl MemoryBound {
+    /// The bound `config`'s settings give (docs/serving.md, "Memory").
+    pub fn of(config: &ServerConfig) -> Self {
         let n = |v: usize| v as u64;
-        let workers = n(self.workers.max(1));
+        let workers = n(config.workers.max(1));
         let mut per_image =
             n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 8) + FAST_PATH_BYTES_PER_IMAGE;
-        if self.tta {
+        if config.tta {
             // The mirrored copy and the first pass's probabilities live through the second
             // pass (model::Inference::probabilities), which runs the batch's size again.
             per_image += n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 4);
         }
-        let connections = workers * n(self.connections_per_worker());
-        let largest_batch = n(self.batch.max_batch.max(self.upload.files));
+        let connections = workers * n(config.connections_per_worker());
+        let largest_batch = n(config.batch.max_batch.max(config.upload.files));
         MemoryBound {
             base: BASE_BYTES,
             connections: connections * PER_CONNECTION_BYTES,
-            answers: connections * 3 * self.largest_answer(),
-            bodies: 3 * n(self.body_memory),
-            decoding: self.decode_memory + workers * INLINE_DECODE_BYTES,
-            images: n(self.batch.max_images) * n(IMAGE_BYTES) + largest_batch * per_image,
+            answers: connections
+                * 3
+                * (ANSWER_FIXED_BYTES + n(config.upload.files) * ANSWER_BYTES_PER_IMAGE),
+            bodies: 3 * n(config.body_memory),
+            decoding: config.decode_memory + workers * INLINE_DECODE_BYTES,
+            images: n(config.batch.max_images) * n(IMAGE_BYTES) + largest_batch * per_image,
             log: n(LOG_LINES) * LOG_LINE_BYTES + connections * REQUEST_SPAN_BYTES,
             metrics: METRICS_BYTES,
             reload: RELOAD_BYTES,
@@ -184,7 +176,7 @@ impl ServerConfig {
 /// Returns freed heap memory to the system once requests stop: when a `period` passes without
 /// a request after a burst, glibc's `malloc_trim` releases the free pages of every arena (and
 /// again a few periods later). Never runs under load, so it costs no throughput. (glibc keeps
-/// a burst's freed memory otherwise: README, "Memory", has the figures.)
+/// a burst's freed memory otherwise: docs/serving.md, "Memory", has the figures.)
 pub fn give_back_when_idle(requests: Arc<AtomicU64>, period: Duration) {
     let spawned = std::thread::Builder::new()
         .name("memory-trim".into())
@@ -234,7 +226,7 @@ mod tests {
     /// The README and the Kubernetes Deployment quote this figure.
     #[test]
     fn the_default_settings_give_the_documented_bound() {
-        let bound = ServerConfig::default().memory_bound();
+        let bound = MemoryBound::of(&ServerConfig::default());
         // Rounded to the MiB, as the start-up line prints it.
         assert_eq!((bound.total() + (1 << 19)) >> 20, 489, "{bound}");
         assert_eq!(bound.connections, 128 * PER_CONNECTION_BYTES);
@@ -254,8 +246,8 @@ mod tests {
         };
         // 64 files per request: a batch of 64 images all the same.
         assert_eq!(
-            small_batches.memory_bound().images,
-            default.memory_bound().images
+            MemoryBound::of(&small_batches).images,
+            MemoryBound::of(&default).images
         );
     }
 
@@ -267,7 +259,7 @@ mod tests {
             tta: true,
             ..ServerConfig::default()
         };
-        let extra = tta.memory_bound().images - plain.memory_bound().images;
+        let extra = MemoryBound::of(&tta).images - MemoryBound::of(&plain).images;
         assert_eq!(
             extra,
             64 * (IMAGE_FLOATS as u64 * 4 + model::NUM_CLASSES as u64 * 4)
@@ -284,7 +276,7 @@ mod tests {
         // 34 per worker: 102 in all.
         assert_eq!(config.connections_per_worker(), 34);
         assert_eq!(
-            config.memory_bound().connections,
+            MemoryBound::of(&config).connections,
             102 * PER_CONNECTION_BYTES
         );
     }

@@ -360,7 +360,7 @@ pub fn check_peak(server: &Process, what: &str) {
 
 /// [`check_peak`] for a server started with the settings `config` describes.
 pub fn check_peak_at(server: &Process, config: &server::ServerConfig, what: &str) {
-    let bound = config.memory_bound();
+    let bound = server::ops::memory::MemoryBound::of(config);
     let peak = server.status_bytes("VmHWM");
     eprintln!(
         "{what}: peak RSS {:.1} MiB, bound {bound}",

@@ -10,6 +10,8 @@ use utoipa::ToSchema;
 
 use super::{IMAGE_INPUT, MODEL_NAME, QUOTED_CHARS};
 use crate::http::problem::{self, ApiError};
+use crate::inference::engine::EngineError;
+use crate::ingest::decode::DecodeError;
 
 /// An error on a `/v2` path, answered as the protocol's `{"error": "..."}`.
 #[derive(Debug)]
@@ -102,6 +104,18 @@ impl fmt::Display for V2Error {
 impl From<ApiError> for V2Error {
     fn from(e: ApiError) -> Self {
         V2Error::Api(e)
+    }
+}
+
+impl From<EngineError> for V2Error {
+    fn from(e: EngineError) -> Self {
+        V2Error::Api(e.into())
+    }
+}
+
+impl From<DecodeError> for V2Error {
+    fn from(e: DecodeError) -> Self {
+        V2Error::Api(e.into())
     }
 }
 

@@ -22,11 +22,12 @@ use super::{
     TENSOR_INPUT, V2Error, quote,
 };
 use crate::AppState;
+use crate::http::body;
 use crate::http::problem::ApiError;
 use crate::http::resource;
 use crate::inference::engine::{Admission, Pixels};
 use crate::ingest::decode;
-use crate::ingest::upload::{self, Body, Upload};
+use crate::ingest::upload::{Body, Upload};
 
 #[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "v2",
     params(("name" = ModelName, Path, description = "The model's name")),
@@ -101,7 +102,7 @@ async fn run(
     let deadline = resource::deadline(state);
     let body = tokio::time::timeout_at(
         deadline,
-        upload::read_whole(req, payload, state.config.upload.body, &state.body_budget),
+        body::read_whole(req, payload, state.config.upload.body, &state.body_budget),
     )
     .await
     .map_err(|_| ApiError::RequestTimeout(state.config.request_timeout.as_secs()))??;
@@ -483,7 +484,12 @@ impl Inputs<'_> {
         for (index, (_, image)) in prepared.into_iter().enumerate() {
             match image {
                 Ok(image) => pixels.extend_from_slice(&image),
-                Err(error) => return Err(V2Error::Element { index, error }),
+                Err(error) => {
+                    return Err(V2Error::Element {
+                        index,
+                        error: error.into(),
+                    });
+                }
             }
         }
         Ok((n, admitted, Pixels::Rgb(pixels)))

@@ -15,7 +15,7 @@
 //! element is the image file in base64.
 //!
 //! Every bound of the original API holds here too: the body is read and metered by
-//! [`upload::read_whole`](crate::ingest::upload::read_whole) (`--max-body`, `--body-memory`), a request takes one image permit per
+//! [`body::read_whole`](crate::http::body::read_whole) (`--max-body`, `--body-memory`), a request takes one image permit per
 //! image before anything is decoded ([`crate::inference::engine::Engine::admit`], `--max-images`), images
 //! are decoded by [`decode::prepare`](crate::ingest::decode::prepare) within `--decode-memory`, at most `--max-files` images go
 //! in one request, and the images join the same batching engine as the original API's. A
