@@ -1,15 +1,17 @@
 //! The HTTP inference service for the CIFAR-10 CNN, on actix-web.
 //!
-//! [`serve`] binds the server and returns it running; requests are decoded on the blocking
-//! pool, gathered into model batches by the [`engine`](inference::engine), and answered in the original Python
-//! service's JSON shapes. Errors are RFC 9457 problem documents ([`problem`](http::problem)); every request
-//! is counted in [`metrics`](ops::metrics) and logged in a span that carries its request id ([`logging`](ops::logging)).
-//!
-//! The served record can be replaced while the server runs ([`models`](inference::models): SIGHUP, or a watched
-//! file); SIGTERM drains before stopping ([`lifecycle`](ops::lifecycle)).
-//!
-//! Memory is bounded by the settings, whatever clients send: see [`memory`](ops::memory). An optional
-//! bearer token guards every route but the probes ([`auth`](http::auth)).
+//! [`serve`] binds the server and returns it running. The parts, from the edge down (arrows
+//! only point down; ARCHITECTURE.md has the map):
+//! - [`router`]: the one route table and what is decided per API (the merged OpenAPI
+//!   document, the error kind, the form of a refusal);
+//! - [`api`]: the original service's API ([`api::classic`]) and the Open Inference Protocol
+//!   ([`api::v2`]), each with its routes, wire types, errors and OpenAPI part;
+//! - [`http`]: what every route shares: body reading within limits, problem documents,
+//!   resources answering OPTIONS and 405, the middleware, the OpenAPI root, the API key;
+//! - [`ingest`] and [`inference`]: bodies into images within the decode budget, and the
+//!   batching engine and the served records, with errors of their own and no HTTP in them;
+//! - [`ops`]: signals, reload and drain, logs, Prometheus metrics, and the memory bound the
+//!   settings ([`config`]) give, whatever clients send.
 
 pub mod api;
 pub mod config;
