@@ -1,6 +1,7 @@
 //! The model side of the server: the batching engine that runs every request's images through
 //! the network ([`engine`]), and the records being served, reloaded and retired ([`models`]).
-//! It knows nothing of the protocols that feed it; the HTTP modules above it do.
+//! It uses `model` and `ops/metrics`, and knows nothing of the protocols that feed it: the HTTP
+//! modules above it turn its [`engine::EngineError`] into their own errors.
 
 pub mod engine;
 pub mod models;
