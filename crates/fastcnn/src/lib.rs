@@ -30,6 +30,7 @@ pub mod arch;
 mod direct;
 pub mod int8;
 mod simd;
+mod sparse;
 pub mod train;
 mod winograd;
 

@@ -51,6 +51,15 @@ impl Isa {
             .collect()
     }
 
+    /// Floats per register.
+    pub fn lanes(self) -> usize {
+        match self {
+            Self::Avx512 => 16,
+            Self::Avx2 => 8,
+            Self::Scalar => 1,
+        }
+    }
+
     /// The name `fastcnn::simd()` reports: `"avx512f+vnni"`, `"avx2+fma"` or `"scalar"`.
     pub fn name(self) -> &'static str {
         match self {
