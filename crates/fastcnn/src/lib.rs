@@ -469,7 +469,8 @@ pub fn simd() -> &'static str {
     Isa::detect().name()
 }
 
-/// `c = a · b` for row-major `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`).
+/// `c = a · b` for row-major `a` (`m × k`), `b` (`k × n`) and `c` (`m × n`): the crate's one
+/// call into `gemm`.
 pub(crate) fn matmul(
     m: usize,
     n: usize,
@@ -479,87 +480,30 @@ pub(crate) fn matmul(
     c: &mut [f32],
     par: Parallelism,
 ) {
-    let (a, b) = (Strided::row_major(a, k), Strided::row_major(b, n));
-    gemm_into(m, n, k, c, a, b, false, par);
-}
-
-/// A read-only matrix: element `(i, j)` is `data[i * row + j * col]`.
-#[derive(Clone, Copy)]
-pub(crate) struct Strided<'a> {
-    data: &'a [f32],
-    row: usize,
-    col: usize,
-}
-
-impl<'a> Strided<'a> {
-    /// A row-major matrix with `cols` columns.
-    pub(crate) fn row_major(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row: cols,
-            col: 1,
-        }
-    }
-
-    /// The transpose of a row-major matrix with `cols` columns.
-    pub(crate) fn transposed(data: &'a [f32], cols: usize) -> Self {
-        Self {
-            data,
-            row: 1,
-            col: cols,
-        }
-    }
-
-    /// Whether every element of a `rows × cols` matrix lies inside `data`.
-    fn holds(&self, rows: usize, cols: usize) -> bool {
-        if rows == 0 || cols == 0 {
-            return true;
-        }
-        let last = (rows - 1)
-            .checked_mul(self.row)
-            .zip((cols - 1).checked_mul(self.col))
-            .and_then(|(down, across)| down.checked_add(across));
-        last.is_some_and(|last| last < self.data.len())
-    }
-}
-
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`, for an `m × k` `lhs`, a `k × n`
-/// `rhs` and a row-major `m × n` `dst`: the crate's one call into `gemm`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_into(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    lhs: Strided<'_>,
-    rhs: Strided<'_>,
-    accumulate: bool,
-    par: Parallelism,
-) {
-    assert!(dst.len() >= m * n && lhs.holds(m, k) && rhs.holds(k, n));
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: the assert keeps every element the strides address inside its slice; `dst` is
-    // borrowed mutably, so it aliases neither input, and its rows (`n` contiguous elements, `n`
-    // apart) do not overlap. With `read_dst = false` gemm ignores `dst`'s old contents.
+    // SAFETY: the assert keeps every element of the three row-major matrices inside its slice;
+    // `c` is borrowed mutably, so it aliases neither input. With `read_dst = false` gemm
+    // ignores `c`'s old contents.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            c.as_mut_ptr(),
             1,
             n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.col as isize,
-            lhs.row as isize,
-            rhs.data.as_ptr(),
-            rhs.col as isize,
-            rhs.row as isize,
-            // dst = 1·dst + 1·lhs·rhs when reading dst; gemm zeroes this factor otherwise.
-            1.0,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            // c = 0·c + 1·a·b.
+            0.0,
             1.0,
             false,
             false,

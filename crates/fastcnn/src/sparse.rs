@@ -2,24 +2,70 @@
 //!
 //! After a 2×2 max-pool, each pooled output's gradient reaches exactly one convolution output
 //! (its window's winner), or none when ReLU cut it ([`DEAD`]): the convolution's output
-//! gradient is at least three quarters zeros. The dense backward (`dconv · im2col(x)ᵀ` for the
+//! gradient is at least three quarters zeros. A dense backward (`dconv · im2col(x)ᵀ` for the
 //! weights, `col2im(weightᵀ · dconv)` for the input) multiplies all of them; here each live
 //! winner adds `g · patch` to its channel's weight gradient and `g · kernel` to the input
-//! gradient around it, a quarter of the work or less, with no im2col.
+//! gradient around it: a quarter of the work or less, and no im2col.
 //!
-//! Both run on channel-last images padded by one pixel (`(size+2)² × cin`), where a tap's input
-//! channels are contiguous: `cin` must be a multiple of the register width (the second block's
-//! 16 is; the first block's 3 input channels take the dense path).
+//! Both run on channel-last images padded by one pixel (`(size+2)² × cin`), where one row of a
+//! 3×3 neighbourhood is `3·cin` contiguous floats: the weight gradient is kept as those rows
+//! (`cout × 3 × row_len`, see [`Rows`]), each row in whole registers. Where `3·cin` does not
+//! fill whole registers (the first block's 9), the last register of a row reads a few floats
+//! past it, whose products land in lanes that are never read back; the input gradient, which
+//! must not be written past a row, is then added element by element.
 
 use crate::simd::Simd;
 use crate::train::DEAD;
 
-/// One image's gradients from its pooled output gradient.
+/// How one block's neighbourhood rows sit in registers of `lanes` floats.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows {
+    /// Input channels.
+    pub cin: usize,
+    /// Floats in one row of a neighbourhood: 3 pixels × `cin`.
+    pub row: usize,
+    /// Registers per row, and the row's length rounded up to them.
+    pub vecs: usize,
+    pub row_len: usize,
+}
+
+impl Rows {
+    pub(crate) fn new(cin: usize, lanes: usize) -> Self {
+        let row = 3 * cin;
+        let vecs = row.div_ceil(lanes);
+        Self {
+            cin,
+            row,
+            vecs,
+            row_len: vecs * lanes,
+        }
+    }
+
+    /// Registers per block of a row that the kernel keeps in registers at once: 3 or fewer,
+    /// dividing [`Rows::vecs`].
+    pub(crate) fn block(&self) -> usize {
+        match self.vecs {
+            v if v.is_multiple_of(3) => 3,
+            v if v.is_multiple_of(2) => 2,
+            _ => 1,
+        }
+    }
+
+    /// Floats of a padded channel-last image of side `size`, with room for the last row's
+    /// read past its end.
+    pub(crate) fn padded_len(&self, size: usize) -> usize {
+        (size + 2) * (size + 2) * self.cin + self.row_len
+    }
+}
+
+/// One image's gradients from its pooled output gradient, `NV` registers of each row at a time
+/// ([`Rows::block`]).
 ///
-/// - `xcl`: the image, padded channel-last (`(size+2)² × cin`, zero border);
-/// - `wt`: the weight with channels last (`cout × 9 × cin`, taps row-major);
+/// - `xcl`: the image, padded channel-last (`(size+2)² × cin`, zero border, [`Rows::padded_len`]);
+/// - `wt`: the weight as rows (`cout × 3 × row`, `(dx, c)` at `dx·cin + c`), read only for `dxcl`;
 /// - `argmax`, `dout`: the block's forward bytes and the output gradient, `cout × (size/2)²`;
-/// - `dwt` (`cout × 9 × cin`, channels last) and `dbias` (`cout`) are added to;
+/// - `dwt` (`cout × 3 × row_len`, as `wt`, the lanes past `row` left meaningless) and `dbias`
+///   (`cout`) are added to;
 /// - `dxcl`, when given, is added to (padded channel-last; the border collects what fell on the
 ///   padding, which the caller drops).
 ///
@@ -28,37 +74,34 @@ use crate::train::DEAD;
 ///
 /// # Panics
 ///
-/// On an argmax byte that is neither 0..=3 nor [`DEAD`].
+/// On an argmax byte that is neither 0..=3 nor [`DEAD`], or buffers of the wrong length.
 // Inlined into each instruction set's `#[target_feature]` entry point (`dispatch!`).
 #[allow(clippy::inline_always, clippy::too_many_arguments)]
 #[inline(always)]
-pub(crate) fn backward<S: Simd>(
+pub(crate) fn backward<S: Simd, const NV: usize>(
+    rows: Rows,
+    size: usize,
     xcl: &[f32],
     wt: &[f32],
     argmax: &[u8],
     dout: &[f32],
-    (cin, cout, size): (usize, usize, usize),
     dwt: &mut [f32],
     dbias: &mut [f32],
     mut dxcl: Option<&mut [f32]>,
     live: &mut Vec<(usize, f32)>,
 ) {
-    let (half, padded) = (size / 2, size + 2);
-    let l = S::LANES;
-    assert!(cin.is_multiple_of(l), "cin {cin} is not a multiple of {l}");
-    let pooled = half * half;
+    let (half, padded, cin) = (size / 2, size + 2, rows.cin);
+    let (l, row, row_len) = (S::LANES, rows.row, rows.row_len);
+    assert!(rows.vecs.is_multiple_of(NV) && row_len == rows.vecs * l);
+    let (pooled, cout) = ((size / 2) * (size / 2), dbias.len());
     assert!(argmax.len() == cout * pooled && dout.len() == cout * pooled);
-    assert!(xcl.len() == padded * padded * cin && dwt.len() == cout * 9 * cin);
-    assert!(wt.len() == cout * 9 * cin && dbias.len() == cout);
-    if let Some(dx) = dxcl.as_deref() {
-        assert_eq!(dx.len(), xcl.len());
-    }
-    // Where each tap reads, from the top-left of its 3×3 neighbourhood in the padded image.
-    let taps: [usize; 9] = std::array::from_fn(|t| (t / 3 * padded + t % 3) * cin);
+    assert!(xcl.len() == rows.padded_len(size) && dwt.len() == cout * 3 * row_len);
+    // Where each row of a neighbourhood starts, from the neighbourhood's start.
+    let lines = [0, padded * cin, 2 * padded * cin];
     for o in 0..cout {
         let grads = &dout[o * pooled..(o + 1) * pooled];
         let wins = &argmax[o * pooled..(o + 1) * pooled];
-        // The live winners: where each one's neighbourhood starts (the winner at padded
+        // The live winners: where each one's neighbourhood starts (the winner sits at padded
         // coordinates (y+1, x+1), so its neighbourhood at (y, x)) and its gradient.
         live.clear();
         let mut sum = 0.0f32;
@@ -70,59 +113,75 @@ pub(crate) fn backward<S: Simd>(
                 k <= 3,
                 "argmax byte {k} is neither a window position nor DEAD"
             );
-            let (y, x) = (
-                2 * (q / half) + usize::from(k / 2),
-                2 * (q % half) + usize::from(k % 2),
-            );
+            let y = 2 * (q / half) + usize::from(k / 2);
+            let x = 2 * (q % half) + usize::from(k % 2);
             live.push(((y * padded + x) * cin, g));
             sum += g;
         }
         dbias[o] += sum;
-        let dw = &mut dwt[o * 9 * cin..(o + 1) * 9 * cin];
-        let w = &wt[o * 9 * cin..(o + 1) * 9 * cin];
-        for v in (0..cin).step_by(l) {
-            // SAFETY: `at + taps[t]` is the first channel of padded pixel (y + t/3, x + t%3)
-            // with y, x < size: inside the `(size+2)²` image, and `v + l <= cin` more floats
-            // stay inside that pixel, so every load and store is inside `xcl` and `dxcl`
-            // (asserted the same length); `dw` and `w` hold `9 × cin` floats. The instruction
-            // set is the caller's (`dispatch!`).
+        let dw = &mut dwt[o * 3 * row_len..(o + 1) * 3 * row_len];
+        for v in (0..row_len).step_by(NV * l) {
+            // SAFETY: a neighbourhood's start `at` is pixel (y, x) with y, x < size, so its rows
+            // start inside the `(size+2)²` image and `v + NV·l <= row_len` floats from a row's
+            // start stay inside `xcl`, which has `row_len` floats of slack after the image.
+            // `dw` holds `3 × row_len` floats. The instruction set is the caller's
+            // (`dispatch!`).
             unsafe {
-                let mut acc: [S::V; 9] =
-                    std::array::from_fn(|t| S::load(dw.as_ptr().add(t * cin + v)));
-                let kernel: [S::V; 9] =
-                    std::array::from_fn(|t| S::load(w.as_ptr().add(t * cin + v)));
+                let mut acc: [[S::V; NV]; 3] = std::array::from_fn(|r| {
+                    std::array::from_fn(|j| S::load(dw.as_ptr().add(r * row_len + v + j * l)))
+                });
                 let x = xcl.as_ptr().add(v);
-                match dxcl.as_deref_mut() {
-                    Some(dx) => {
-                        let dx = dx.as_mut_ptr().add(v);
-                        for &(at, g) in live.iter() {
-                            let g = S::splat(g);
-                            for t in 0..9 {
-                                let i = at + taps[t];
-                                acc[t] = S::fma(g, S::load(x.add(i)), acc[t]);
-                                S::store(dx.add(i), S::fma(g, kernel[t], S::load(dx.add(i))));
-                            }
-                        }
-                    }
-                    None => {
-                        for &(at, g) in live.iter() {
-                            let g = S::splat(g);
-                            for t in 0..9 {
-                                acc[t] = S::fma(g, S::load(x.add(at + taps[t])), acc[t]);
-                            }
+                for &(at, g) in live.iter() {
+                    let g = S::splat(g);
+                    for (r, line) in lines.iter().enumerate() {
+                        for (j, a) in acc[r].iter_mut().enumerate() {
+                            *a = S::fma(g, S::load(x.add(at + line + j * l)), *a);
                         }
                     }
                 }
-                for (t, a) in acc.into_iter().enumerate() {
-                    S::store(dw.as_mut_ptr().add(t * cin + v), a);
+                for (r, acc) in acc.iter().enumerate() {
+                    for (j, &a) in acc.iter().enumerate() {
+                        S::store(dw.as_mut_ptr().add(r * row_len + v + j * l), a);
+                    }
+                }
+            }
+        }
+        let Some(dx) = dxcl.as_deref_mut() else {
+            continue;
+        };
+        assert_eq!(dx.len(), xcl.len());
+        let w = &wt[o * 3 * row..(o + 1) * 3 * row];
+        if row == row_len {
+            // SAFETY: as above: every row of a live neighbourhood is inside `dx` (the same
+            // length as `xcl`) and `w` holds `3 × row` floats, `row` a multiple of `l`.
+            unsafe {
+                let dx = dx.as_mut_ptr();
+                for &(at, g) in live.iter() {
+                    let g = S::splat(g);
+                    for (r, line) in lines.iter().enumerate() {
+                        for j in (0..row).step_by(l) {
+                            let p = dx.add(at + line + j);
+                            let kernel = S::load(w.as_ptr().add(r * row + j));
+                            S::store(p, S::fma(g, kernel, S::load(p)));
+                        }
+                    }
+                }
+            }
+        } else {
+            for &(at, g) in live.iter() {
+                for (r, line) in lines.iter().enumerate() {
+                    let dst = &mut dx[at + line..at + line + row];
+                    for (d, &k) in dst.iter_mut().zip(&w[r * row..(r + 1) * row]) {
+                        *d = g.mul_add(k, *d);
+                    }
                 }
             }
         }
     }
 }
 
-/// `x` (`c × size × size`) into `xcl`, padded channel-last (`(size+2)² × c`); the border of
-/// `xcl` is left as it is (zero, written once).
+/// `x` (`c × size × size`) into `xcl`, padded channel-last (`(size+2)² × c` and slack); the
+/// border and the slack of `xcl` are left as they are (zero).
 pub(crate) fn to_padded_channel_last(x: &[f32], c: usize, size: usize, xcl: &mut [f32]) {
     let padded = size + 2;
     for (ci, plane) in x.chunks_exact(size * size).enumerate().take(c) {

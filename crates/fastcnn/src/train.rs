@@ -3,8 +3,9 @@
 //!
 //! The forward is the inference path's im2col + one GEMM per image + a fused bias/ReLU/pool
 //! pass, which here also records one byte per output: which of the window's four elements won,
-//! or [`DEAD`] when ReLU cut the output to 0. That byte and the input are all the backward needs;
-//! the im2col columns (9× the input) are rebuilt in the backward rather than kept.
+//! or [`DEAD`] when ReLU cut the output to 0. That byte and the input are all the backward needs:
+//! each output's gradient reaches only its winner, so the backward is a sum over the live
+//! winners (`sparse.rs`), a quarter of a dense backward's work or less.
 //!
 //! # Matching Burn (burn-flex 0.22.1 under burn-autodiff 0.22.1)
 //!
@@ -44,7 +45,8 @@
 //! forward output, argmax bytes and input gradient are computed by one task and written straight
 //! into their place; the weight and bias gradients are summed sequentially within fixed chunks
 //! of `CHUNK` images (independent of the thread count), then the chunk sums are added in chunk
-//! order; every GEMM runs on one thread.
+//! order; every GEMM runs on one thread. The instruction set changes the order of the sums in
+//! the backward (its register width), so runs are bit-identical on one kind of CPU.
 
 use std::cell::{Cell, RefCell};
 
@@ -53,9 +55,9 @@ use rayon::prelude::*;
 
 use crate::simd::{Isa, dispatch};
 use crate::sparse::{
-    backward as sparse_backward, from_padded_channel_last, to_padded_channel_last,
+    Rows, backward as sparse_backward, from_padded_channel_last, to_padded_channel_last,
 };
-use crate::{Strided, gemm_into, im2col_3x3, matmul};
+use crate::{im2col_3x3, matmul};
 
 /// The argmax byte of an output that ReLU cut to 0: no gradient flows back through it.
 pub const DEAD: u8 = 255;
@@ -170,11 +172,10 @@ pub fn forward(block: Block, x: &[f32], weight: &[f32], bias: &[f32]) -> (Vec<f3
 /// Gradients. `dout` has the output's shape; `argmax` is [`forward`]'s. Returns (dx if
 /// `need_dx`, dweight `[cout·cin·9]`, dbias `[cout]`).
 ///
-/// Where the input channels fill whole registers (the second block's 16), each live winner
-/// adds its gradient times its input patch to the weight gradient and times the kernel to the
-/// input gradient (`sparse.rs`): a quarter of the dense work or less. Otherwise, per image:
-/// `dconv` (`cout × size²`) is `dout` scattered to the winners; `dbias += Σ dconv`;
-/// `dweight += dconv · im2col(x)ᵀ`; and, if wanted, `dx = col2im(weightᵀ · dconv)`.
+/// Per image, each live winner (an output not [`DEAD`]) adds its gradient to its channel's
+/// bias gradient, times its 3×3 input patch to its channel's weight gradient, and, if wanted,
+/// times its kernel to the input gradient around it (`sparse.rs`): the chain rule through the
+/// pool, ReLU and the convolution without the three quarters of zeros the pool leaves.
 ///
 /// # Panics
 ///
@@ -216,23 +217,27 @@ pub fn backward_on(
     // One chunk's partial sums: its weight gradient, then its bias gradient.
     let part_len = weight_len + block.cout;
     let chunks = block.batch.div_ceil(CHUNK);
-    // The sparse path's weight, channels last (`cout × 9 × cin`), when it applies.
-    let wt = block.cin.is_multiple_of(isa.lanes()).then(|| {
+    let rows = Rows::new(block.cin, isa.lanes());
+    // The weight as neighbourhood rows (`cout × 3 × 3·cin`, `(dx, c)` at `dx·cin + c`): the
+    // input gradient's kernel rows.
+    let wt = if need_dx {
         let mut wt = vec![0.0f32; weight_len];
         for (o, kernel) in weight.chunks_exact(block.taps()).enumerate() {
             for (i, &w) in kernel.iter().enumerate() {
-                let (c, t) = (i / 9, i % 9);
-                wt[(o * 9 + t) * block.cin + c] = w;
+                let (c, dy, dx) = (i / 9, i % 9 / 3, i % 3);
+                wt[(o * 3 + dy) * rows.row + dx * block.cin + c] = w;
             }
         }
         wt
-    });
+    } else {
+        Vec::new()
+    };
     let inputs = Inputs {
         isa,
         block,
+        rows,
         x,
-        weight,
-        wt: wt.as_deref(),
+        wt: &wt,
         argmax,
         dout,
     };
@@ -271,10 +276,10 @@ pub fn backward_on(
 struct Inputs<'a> {
     isa: Isa,
     block: Block,
+    rows: Rows,
     x: &'a [f32],
-    weight: &'a [f32],
-    /// The weight with channels last, for the sparse path; `None`: the dense one.
-    wt: Option<&'a [f32]>,
+    /// The weight as neighbourhood rows, when the input gradient is wanted.
+    wt: &'a [f32],
     argmax: &'a [u8],
     dout: &'a [f32],
 }
@@ -283,18 +288,10 @@ impl Inputs<'_> {
     /// The gradients of chunk `chunk`'s images, one image after another: `part` receives the
     /// chunk's weight gradient (`cout × cin·9`) followed by its bias gradient (`cout`), and `dx`,
     /// when wanted, the chunk's images' input gradients.
-    fn chunk(&self, chunk: usize, part: &mut [f32], dx: Option<&mut [f32]>) {
-        match self.wt {
-            Some(wt) => self.chunk_sparse(wt, chunk, part, dx),
-            None => self.chunk_dense(chunk, part, dx),
-        }
-    }
-
-    /// [`Inputs::chunk`] by the pool's winners (`sparse.rs`).
-    fn chunk_sparse(&self, wt: &[f32], chunk: usize, part: &mut [f32], mut dx: Option<&mut [f32]>) {
-        let b = self.block;
+    fn chunk(&self, chunk: usize, part: &mut [f32], mut dx: Option<&mut [f32]>) {
+        let (b, rows) = (self.block, self.rows);
         let (image_len, pooled_len) = (b.image_len(), b.pooled_len());
-        let padded_len = (b.size + 2) * (b.size + 2) * b.cin;
+        let padded_len = rows.padded_len(b.size);
         let images = chunk * CHUNK..((chunk + 1) * CHUNK).min(b.batch);
         let (dweight, dbias) = part.split_at_mut(b.weight_len());
         dbias.fill(0.0);
@@ -306,97 +303,62 @@ impl Inputs<'_> {
                 live,
             } = s;
             let xcl = grow(xcl, padded_len);
-            let dwt = grow(dwt, b.weight_len());
+            let dwt = grow(dwt, b.cout * 3 * rows.row_len);
             dwt.fill(0.0);
             for (i, n) in images.enumerate() {
                 let pooled = n * pooled_len..(n + 1) * pooled_len;
                 let (dout, argmax) = (&self.dout[pooled.clone()], &self.argmax[pooled]);
                 // Zeroed whole: the buffer may have held another shape's image.
                 xcl.fill(0.0);
-                to_padded_channel_last(
-                    &self.x[n * image_len..(n + 1) * image_len],
-                    b.cin,
-                    b.size,
-                    xcl,
-                );
-                let shape = (b.cin, b.cout, b.size);
-                match dx.as_deref_mut() {
-                    Some(dx) => {
-                        let dxcl = grow(dxcl, padded_len);
-                        dxcl.fill(0.0);
-                        let out = Some(&mut *dxcl);
-                        dispatch!(self.isa, sparse_backward [] [] []
-                            (xcl, wt, argmax, dout, shape, dwt, dbias, out, live));
-                        let dx = &mut dx[i * image_len..(i + 1) * image_len];
-                        from_padded_channel_last(dxcl, b.cin, b.size, dx);
-                    }
-                    None => dispatch!(self.isa, sparse_backward [] [] []
-                        (xcl, wt, argmax, dout, shape, dwt, dbias, None, live)),
+                let image = &self.x[n * image_len..(n + 1) * image_len];
+                to_padded_channel_last(image, b.cin, b.size, xcl);
+                let mut out = dx.as_deref_mut().map(|_| {
+                    let dxcl = grow(dxcl, padded_len);
+                    dxcl.fill(0.0);
+                    dxcl
+                });
+                let args = (rows, b.size, &*xcl, self.wt, argmax, dout);
+                self.run(args, dwt, dbias, out.as_deref_mut(), live);
+                if let (Some(dx), Some(dxcl)) = (dx.as_deref_mut(), out) {
+                    let dx = &mut dx[i * image_len..(i + 1) * image_len];
+                    from_padded_channel_last(dxcl, b.cin, b.size, dx);
                 }
             }
-            // Channels last → the weight's own layout.
+            // Neighbourhood rows → the weight's own layout.
             for (i, d) in dweight.iter_mut().enumerate() {
-                let (o, c, t) = (i / b.taps(), i % b.taps() / 9, i % 9);
-                *d = dwt[(o * 9 + t) * b.cin + c];
+                let (o, c, dy, dx) = (i / b.taps(), i % b.taps() / 9, i % 9 / 3, i % 3);
+                *d = dwt[(o * 3 + dy) * rows.row_len + dx * b.cin + c];
             }
         });
     }
 
-    /// [`Inputs::chunk`] by dense GEMMs over the scattered gradient.
-    fn chunk_dense(&self, chunk: usize, part: &mut [f32], mut dx: Option<&mut [f32]>) {
-        let b = self.block;
-        let (taps, plane) = (b.taps(), b.plane());
-        let (image_len, pooled_len) = (b.image_len(), b.pooled_len());
-        let images = chunk * CHUNK..((chunk + 1) * CHUNK).min(b.batch);
-        let (dweight, dbias) = part.split_at_mut(b.weight_len());
-        dbias.fill(0.0);
-        SCRATCH.with_borrow_mut(|s| {
-            let cols = grow(&mut s.cols, taps * plane);
-            let dconv = grow(&mut s.conv, b.cout * plane);
-            for (i, n) in images.enumerate() {
-                let pooled = n * pooled_len..(n + 1) * pooled_len;
-                let (dout, argmax) = (&self.dout[pooled.clone()], &self.argmax[pooled]);
-                pool_relu_backward(dout, argmax, b.cout, b.size, dconv, dbias);
-                let image = &self.x[n * image_len..(n + 1) * image_len];
-                im2col_3x3(image, b.cin, b.size, 0..b.size, cols);
-                // dweight (+)= dconv · colsᵀ: `cols` is read through transposing strides (gemm
-                // packs both operands into its own panels anyway, so a transposed copy would
-                // only add a pass over cin·9 × size² floats). The chunk's first image writes,
-                // the others accumulate, so `part` needs no clearing.
-                let lhs = Strided::row_major(dconv, plane);
-                let rhs = Strided::transposed(cols, plane);
-                // On this thread: one task per chunk already, and one thread keeps the summation
-                // order fixed.
-                gemm_into(
-                    b.cout,
-                    taps,
-                    plane,
-                    dweight,
-                    lhs,
-                    rhs,
-                    i > 0,
-                    Parallelism::None,
-                );
-                if let Some(dx) = dx.as_deref_mut() {
-                    // dcols = weightᵀ · dconv, the weight likewise read through strides.
-                    let dcols = grow(&mut s.dcols, taps * plane);
-                    let lhs = Strided::transposed(self.weight, taps);
-                    let rhs = Strided::row_major(dconv, plane);
-                    gemm_into(
-                        taps,
-                        plane,
-                        b.cout,
-                        dcols,
-                        lhs,
-                        rhs,
-                        false,
-                        Parallelism::None,
-                    );
-                    let dx = &mut dx[i * image_len..(i + 1) * image_len];
-                    col2im_3x3(dcols, b.cin, b.size, dx);
-                }
-            }
-        });
+    /// [`sparse_backward`] on this call's instruction set, with as many registers of a row at
+    /// once as divide the row's.
+    #[allow(clippy::type_complexity)]
+    fn run(
+        &self,
+        (rows, size, xcl, wt, argmax, dout): (Rows, usize, &[f32], &[f32], &[u8], &[f32]),
+        dwt: &mut [f32],
+        dbias: &mut [f32],
+        dxcl: Option<&mut [f32]>,
+        live: &mut Vec<(usize, f32)>,
+    ) {
+        let args = (rows, size, xcl, wt, argmax, dout, dwt, dbias, dxcl, live);
+        let (r, s, x, w, a, d, dw, db, dx, l) = args;
+        match rows.block() {
+            3 => dispatch!(
+                self.isa,
+                sparse_backward[3][3][3](r, s, x, w, a, d, dw, db, dx, l)
+            ),
+            2 => dispatch!(
+                self.isa,
+                sparse_backward[2][2][2](r, s, x, w, a, d, dw, db, dx, l)
+            ),
+            _ => dispatch!(
+                self.isa,
+                sparse_backward[1][1][1](r, s, x, w, a, d, dw, db, dx, l)
+            ),
+        }
     }
 }
 
@@ -495,81 +457,6 @@ fn bias_relu_pool_argmax(
 fn pick(a: f32, a_at: u8, b: f32, b_at: u8) -> (f32, u8) {
     let later = b > a;
     (if later { b } else { a }, if later { b_at } else { a_at })
-}
-
-/// The gradient reaching one image's `conv + bias` (`c × size × size`) from its pooled output's
-/// gradient `dout`: each output's gradient goes to its window's winner and zero to the other
-/// three, and zero to all four of a [`DEAD`] window (Burn's max-pool backward scatters to the
-/// winner; ReLU's backward keeps it only where `conv + bias > 0`, which [`DEAD`] already says).
-/// Every element of `dconv` is written, so it needs no clearing between images. Also adds each
-/// channel's gradient sum to `dbias`.
-fn pool_relu_backward(
-    dout: &[f32],
-    argmax: &[u8],
-    c: usize,
-    size: usize,
-    dconv: &mut [f32],
-    dbias: &mut [f32],
-) {
-    let (w, half) = (size, size / 2);
-    for ch in 0..c {
-        let plane = &mut dconv[ch * w * w..(ch + 1) * w * w];
-        let grads = &dout[ch * half * half..(ch + 1) * half * half];
-        let wins = &argmax[ch * half * half..(ch + 1) * half * half];
-        let mut sum = 0.0f32;
-        for y in 0..half {
-            let (r0, r1) = plane[2 * y * w..(2 * y + 2) * w].split_at_mut(w);
-            let row = y * half..(y + 1) * half;
-            for (x, (&g, &win)) in grads[row.clone()].iter().zip(&wins[row]).enumerate() {
-                assert!(
-                    win <= 3 || win == DEAD,
-                    "argmax byte {win} is neither a window position nor DEAD"
-                );
-                // Branch-free: each of the four positions takes `g` when it is the winner.
-                let at = |i: u8| if win == i { g } else { 0.0 };
-                let (i0, i1) = (2 * x, 2 * x + 1);
-                r0[i0] = at(0);
-                r0[i1] = at(1);
-                r1[i0] = at(2);
-                r1[i1] = at(3);
-                sum += if win == DEAD { 0.0 } else { g };
-            }
-        }
-        dbias[ch] += sum;
-    }
-}
-
-/// The adjoint of [`im2col_3x3`] over whole images: folds a `c·9 × size²` column gradient back
-/// onto the `c × size × size` input, each row added at the shift im2col read it from, the parts
-/// that fell on the zero padding dropped. Overwrites `out`: the centre tap covers every pixel
-/// exactly once and is copied first, so `out` needs no clearing.
-pub(crate) fn col2im_3x3(cols: &[f32], c: usize, size: usize, out: &mut [f32]) {
-    let (w, plane_len) = (size, size * size);
-    for ci in 0..c {
-        let plane = &mut out[ci * plane_len..(ci + 1) * plane_len];
-        let taps = &cols[ci * 9 * plane_len..(ci + 1) * 9 * plane_len];
-        plane.copy_from_slice(&taps[4 * plane_len..5 * plane_len]);
-        for (tap, row) in taps.chunks_exact(plane_len).enumerate() {
-            if tap == 4 {
-                continue;
-            }
-            let (kh, kw) = (tap / 3, tap % 3);
-            for y in 0..size {
-                // im2col filled output row y from input row y + kh - 1 (zeros outside).
-                let Some(sy) = (y + kh).checked_sub(1).filter(|&sy| sy < size) else {
-                    continue;
-                };
-                let src = &row[y * w..(y + 1) * w];
-                let dst = &mut plane[sy * w..(sy + 1) * w];
-                // ... and column x from input column x + kw - 1.
-                match kw {
-                    0 => add_to(&mut dst[..w - 1], &src[1..]),
-                    1 => add_to(dst, src),
-                    _ => add_to(&mut dst[1..], &src[..w - 1]),
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -845,8 +732,8 @@ mod tests {
         let (_, argmax) = forward(c.block, &c.x, &c.weight, &c.bias);
         assert_same_argmax(&what, &argmax, &expected_argmax(c, &r));
         let (want_dx, want_dweight, want_dbias) = naive_backward(c, &r);
-        // Every instruction set this CPU has: the sparse path where the input channels fill
-        // its registers, the dense one elsewhere (scalar code takes the sparse path always).
+        // Every instruction set this CPU has: each reads the neighbourhood rows in registers of
+        // its own width (the first block's rows overhanging them on AVX-512 and AVX2).
         for isa in Isa::available() {
             let what = format!("{what} on {}", isa.name());
             let (dx, dweight, dbias) =
@@ -862,9 +749,9 @@ mod tests {
         }
     }
 
-    /// On exactly representable data the sparse and the dense paths give the naive loops' values (every sum is exact, whatever its order), on every instruction set.
+    /// On exactly representable data the backward gives the naive loops' values (every sum is exact, whatever its order), on every instruction set.
     #[test]
-    fn sparse_and_dense_backward_are_exact_on_grid_data() {
+    fn backward_is_exact_on_grid_data_on_every_instruction_set() {
         for (k, &block) in SHAPES.iter().enumerate() {
             let c = Case::grid(block, 130 + k as u64);
             let r = naive_forward(&c);
@@ -1152,24 +1039,22 @@ mod tests {
     }
 
     #[test]
-    fn col2im_is_the_adjoint_of_im2col() {
-        // <im2col(a), b> == <a, col2im(b)>, exactly on grid values; NaN-filled outputs check
-        // that both write every element.
-        for (c, size) in [(1, 2), (2, 6), (3, 8)] {
-            let plane = size * size;
-            let a = grid(c * plane, 50, 4.0, 1.0);
-            let b = grid(c * 9 * plane, 51, 4.0, 1.0);
-            let mut cols = vec![f32::NAN; c * 9 * plane];
-            im2col_3x3(&a, c, size, 0..size, &mut cols);
-            let mut folded = vec![f32::NAN; c * plane];
-            col2im_3x3(&b, c, size, &mut folded);
-            let dot = |u: &[f32], v: &[f32]| -> f64 {
-                u.iter()
-                    .zip(v)
-                    .map(|(&p, &q)| f64::from(p) * f64::from(q))
-                    .sum()
-            };
-            assert_eq!(dot(&cols, &b), dot(&a, &folded), "c {c}, size {size}");
+    fn padded_channel_last_round_trips_with_a_zero_border() {
+        for (c, size) in [(1, 2), (3, 8), (16, 6)] {
+            let x = grid(c * size * size, 50, 4.0, 1.0);
+            let rows = Rows::new(c, 16);
+            let mut xcl = vec![0.0; rows.padded_len(size)];
+            crate::sparse::to_padded_channel_last(&x, c, size, &mut xcl);
+            let padded = size + 2;
+            for (p, pixel) in xcl.chunks_exact(c).take(padded * padded).enumerate() {
+                let (y, x) = (p / padded, p % padded);
+                if y == 0 || x == 0 || y == padded - 1 || x == padded - 1 {
+                    assert!(pixel.iter().all(|&v| v == 0.0), "border ({y}, {x})");
+                }
+            }
+            let mut back = vec![f32::NAN; x.len()];
+            crate::sparse::from_padded_channel_last(&xcl, c, size, &mut back);
+            assert!(bits(&back) == bits(&x), "c {c}, size {size}");
         }
     }
 
