@@ -5,9 +5,9 @@
 //! convolution backward ops: the input gradient becomes a transposed convolution and the weight
 //! gradient a convolution whose kernel is the whole gradient map, with fresh zero-filled buffers
 //! each step. Here the forward is im2col + one GEMM + a fused bias/ReLU/pool pass that keeps one
-//! byte per output (which window position won, or that ReLU cut it), and the backward is two
-//! GEMMs (weights, and input through col2im only when the input needs a gradient: never for the
-//! images). The kernels live in `fastcnn::train`; this module is the Burn glue: a backend
+//! byte per output (which window position won, or that ReLU cut it), and the backward is a sum
+//! over those winners, the only outputs a gradient reaches (the input's part only when the
+//! input needs a gradient: never for the images). The kernels live in `fastcnn::train`; this module is the Burn glue: a backend
 //! extension for `Flex` (inference, validation) and `Autodiff<Flex>` (training).
 
 use std::sync::Arc;
