@@ -5,10 +5,10 @@
 //! Burn's CPU backend spends most of this small network's time outside matrix multiplication
 //! (layout conversions, per-tile dispatch, separate passes for bias, ReLU and pooling). Here
 //! each block is one kernel shaped for its sizes, with bias, ReLU and the 2×2 max-pool applied
-//! in registers: the first convolution is direct ([`direct`]: 16 output channels per register,
-//! 27 taps), the second is Winograd F(2×2, 3×3) ([`winograd`]: 2.25× fewer multiplications, and
+//! in registers: the first convolution is direct (`direct.rs`: 16 output channels per register,
+//! 27 taps), the second is Winograd F(2×2, 3×3) (`winograd.rs`: 2.25× fewer multiplications, and
 //! each 2×2 output patch is a pooling window). Weights are reordered once, at construction. The
-//! kernels are written once over [`simd::Simd`] and compiled for AVX-512, AVX2 + FMA and scalar
+//! kernels are written once over a `Simd` trait (`simd.rs`) and compiled for AVX-512, AVX2 + FMA and scalar
 //! code, chosen at run time. The fully connected layers are `gemm` calls: for a batch, once
 //! over all its images so that fc1's 3.3 MB of weights are read once; for one image, half the
 //! features on each core. The images of a batch are spread over rayon's threads.
@@ -18,7 +18,8 @@
 //! against the reference backend; the tests here check each kernel against naive loops.
 //!
 //! [`train`] has the forward and backward of one convolution block (conv → bias → ReLU → pool)
-//! for training, matching Burn's semantics down to how pooling breaks ties.
+//! for training, matching Burn's semantics down to how pooling breaks ties; its backward
+//! (`sparse.rs`) sums over the pool's winners only.
 
 use std::cell::RefCell;
 use std::ops::Range;

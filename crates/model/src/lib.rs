@@ -5,8 +5,8 @@
 //! the `fastcnn` CPU fast path built from the same weights; the ten class names ([`CLASSES`]);
 //! the single preprocessing path from encoded image bytes to a normalised tensor
 //! ([`preprocess`]); the record format the trained weights are saved in ([`record`]) and the
-//! helpers that turn logits into predictions ([`predict`]). Training, the HTTP server and the
-//! CLI all go through here, so they see the same pixels and the same weights.
+//! helpers that turn logits into predictions ([`predict`](mod@predict)). Training, the HTTP
+//! server and the CLI all go through here, so they see the same pixels and the same weights.
 
 pub mod backend;
 pub mod classes;
