@@ -8,15 +8,15 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use crate::api::{classic, v2};
 use crate::http::openapi;
 use crate::http::problem::ApiError;
-use crate::http::resource::get;
+use crate::http::resource::PROBLEMS;
 
 /// Registers every endpoint (each answering `OPTIONS` and a wrong method itself); what
 /// [`crate::serve`] mounts.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     classic::configure(cfg);
-    get(cfg, "/openapi.json", openapi::spec);
-    get(cfg, "/docs", openapi::docs);
-    get(cfg, "/docs/{file}", openapi::asset);
+    PROBLEMS.get(cfg, "/openapi.json", openapi::spec);
+    PROBLEMS.get(cfg, "/docs", openapi::docs);
+    PROBLEMS.get(cfg, "/docs/{file}", openapi::asset);
     // The Open Inference Protocol (KServe V2) beside the original API.
     v2::configure(cfg);
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::http::body;
 use crate::http::problem::{ApiError, Problem};
-use crate::http::resource::{deadline, get, json_exact, post};
+use crate::http::resource::{PROBLEMS, deadline, json_exact};
 use crate::inference::models::ReloadReport;
 use crate::ingest::decode::{self, Prepared};
 use crate::ingest::upload::{UploadLimits, Uploads};
@@ -40,15 +40,15 @@ pub struct ClassicApi;
 
 /// Registers the original API's endpoints (mounted by [`crate::router::configure`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    get(cfg, "/", root);
-    get(cfg, "/health", health);
-    get(cfg, "/ready", ready);
-    get(cfg, "/model/info", model_info);
-    get(cfg, "/classes", classes);
-    get(cfg, "/metrics", metrics);
-    get(cfg, "/ui", ui);
-    post(cfg, "/classify", classify);
-    post(cfg, "/classify/batch", classify_batch);
+    PROBLEMS.get(cfg, "/", root);
+    PROBLEMS.get(cfg, "/health", health);
+    PROBLEMS.get(cfg, "/ready", ready);
+    PROBLEMS.get(cfg, "/model/info", model_info);
+    PROBLEMS.get(cfg, "/classes", classes);
+    PROBLEMS.get(cfg, "/metrics", metrics);
+    PROBLEMS.get(cfg, "/ui", ui);
+    PROBLEMS.post(cfg, "/classify", classify);
+    PROBLEMS.post(cfg, "/classify/batch", classify_batch);
 }
 
 /// What `GET /` answers.

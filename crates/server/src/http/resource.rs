@@ -20,74 +20,59 @@ pub(crate) const ALLOW_POST: &str = "POST, OPTIONS";
 /// that API's error form. The original API's and the V2 protocol's forms differ.
 pub(crate) type WrongMethod = fn(&'static str) -> actix_web::Error;
 
-/// The 405 of the original API and of the service's own pages: a problem document.
+/// Where an API registers its resources: each answers `OPTIONS` with its methods and any
+/// method it does not serve with the API's [`WrongMethod`].
+#[derive(Clone, Copy)]
+pub(crate) struct Resources(pub WrongMethod);
+
+/// The original API's and the service's own pages': a wrong method gets a problem document.
+pub(crate) const PROBLEMS: Resources = Resources(problem_405);
+
 fn problem_405(methods: &'static str) -> actix_web::Error {
     ApiError::MethodNotAllowed(methods).into()
 }
 
-/// A resource served by GET and HEAD whose wrong methods get a problem document.
-pub(crate) fn get<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
-where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    get_with(cfg, path, handler, problem_405);
-}
-
-/// A resource served by POST whose wrong methods get a problem document.
-pub(crate) fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
-where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    post_with(cfg, path, handler, problem_405);
-}
-
-/// A resource served by GET and HEAD (actix-http sends HEAD answers without their body),
-/// answering OPTIONS with its methods and any other method with `wrong_method`.
-pub(crate) fn get_with<F, Args>(
-    cfg: &mut web::ServiceConfig,
-    path: &str,
-    handler: F,
-    wrong_method: WrongMethod,
-) where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    cfg.service(
-        web::resource(path)
+impl Resources {
+    /// A resource served by GET and HEAD (actix-http sends HEAD answers without their body).
+    pub(crate) fn get<F, Args>(self, cfg: &mut web::ServiceConfig, path: &str, handler: F)
+    where
+        F: Handler<Args> + Clone,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        let route = web::resource(path)
             .route(web::get().to(handler.clone()))
-            .route(web::head().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_GET) }))
-            .default_service(web::to(move || async move {
-                Err::<HttpResponse, _>(wrong_method(ALLOW_GET))
-            })),
-    );
-}
+            .route(web::head().to(handler));
+        self.register(cfg, route, ALLOW_GET);
+    }
 
-/// A resource served by POST, answering OPTIONS with its methods and any other method with
-/// `wrong_method`.
-pub(crate) fn post_with<F, Args>(
-    cfg: &mut web::ServiceConfig,
-    path: &str,
-    handler: F,
-    wrong_method: WrongMethod,
-) where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    cfg.service(
-        web::resource(path)
-            .route(web::post().to(handler))
-            .route(web::method(Method::OPTIONS).to(|| async { allow(ALLOW_POST) }))
-            .default_service(web::to(move || async move {
-                Err::<HttpResponse, _>(wrong_method(ALLOW_POST))
-            })),
-    );
+    /// A resource served by POST.
+    pub(crate) fn post<F, Args>(self, cfg: &mut web::ServiceConfig, path: &str, handler: F)
+    where
+        F: Handler<Args> + Clone,
+        Args: FromRequest + 'static,
+        F::Output: Responder + 'static,
+    {
+        let route = web::resource(path).route(web::post().to(handler));
+        self.register(cfg, route, ALLOW_POST);
+    }
+
+    /// `resource`, answering OPTIONS with `methods` and any other method with the 405.
+    fn register(
+        self,
+        cfg: &mut web::ServiceConfig,
+        resource: actix_web::Resource,
+        methods: &'static str,
+    ) {
+        let Resources(wrong_method) = self;
+        cfg.service(
+            resource
+                .route(web::method(Method::OPTIONS).to(move || async move { allow(methods) }))
+                .default_service(web::to(move || async move {
+                    Err::<HttpResponse, _>(wrong_method(methods))
+                })),
+        );
+    }
 }
 
 /// `OPTIONS` on a resource: its methods (CORS preflights are answered before this, by the

@@ -206,7 +206,7 @@ pub fn parse_request(
         let data = &json[data];
         match input.name.as_str() {
             IMAGE_INPUT => {
-                let n = image_count(&input.shape, max_images).map_err(text)?;
+                let n = files_count(&input, max_images).map_err(text)?;
                 let (files, seen) = tensor::files(data, n).map_err(text)?;
                 check_count(&input, n, seen, max_images).map_err(text)?;
                 images = files.len();

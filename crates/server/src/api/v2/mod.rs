@@ -29,14 +29,14 @@ mod request;
 mod tensor;
 mod types;
 
-use actix_web::{FromRequest, Handler, HttpRequest, HttpResponse, Responder, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use self::error::quote;
 pub use self::error::{ErrorBody, V2Error};
 pub use self::infer::{ParsedRequest, parse_request};
 pub use self::types::*;
 use crate::http::problem::ApiError;
-use crate::http::resource;
+use crate::http::resource::Resources;
 
 /// The name the model is served under.
 pub const MODEL_NAME: &str = "cifar10-cnn";
@@ -92,23 +92,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     use metadata::{
         live, model_metadata, model_ready, ready, server_metadata, version_metadata, version_ready,
     };
-    get(cfg, "/v2", server_metadata);
-    get(cfg, "/v2/health/live", live);
-    get(cfg, "/v2/health/ready", ready);
-    get(cfg, "/v2/models/{name}", model_metadata);
-    get(
+    V2.get(cfg, "/v2", server_metadata);
+    V2.get(cfg, "/v2/health/live", live);
+    V2.get(cfg, "/v2/health/ready", ready);
+    V2.get(cfg, "/v2/models/{name}", model_metadata);
+    V2.get(
         cfg,
         "/v2/models/{name}/versions/{version}",
         version_metadata,
     );
-    get(cfg, "/v2/models/{name}/ready", model_ready);
-    get(
+    V2.get(cfg, "/v2/models/{name}/ready", model_ready);
+    V2.get(
         cfg,
         "/v2/models/{name}/versions/{version}/ready",
         version_ready,
     );
-    post(cfg, "/v2/models/{name}/infer", infer::infer);
-    post(
+    V2.post(cfg, "/v2/models/{name}/infer", infer::infer);
+    V2.post(
         cfg,
         "/v2/models/{name}/versions/{version}/infer",
         infer::version_infer,
@@ -117,25 +117,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/v2/{rest:.*}").to(no_such_path));
 }
 
-/// A V2 resource served by GET and HEAD; other methods get the protocol's 405.
-fn get<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
-where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    resource::get_with(cfg, path, handler, error_405);
-}
-
-/// A V2 resource served by POST; other methods get the protocol's 405.
-fn post<F, Args>(cfg: &mut web::ServiceConfig, path: &str, handler: F)
-where
-    F: Handler<Args> + Clone,
-    Args: FromRequest + 'static,
-    F::Output: Responder + 'static,
-{
-    resource::post_with(cfg, path, handler, error_405);
-}
+/// The protocol's resources: a wrong method gets its 405.
+const V2: Resources = Resources(error_405);
 
 /// The protocol's 405: `{"error": ...}` with `Allow`.
 fn error_405(methods: &'static str) -> actix_web::Error {
