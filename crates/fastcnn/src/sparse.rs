@@ -93,7 +93,7 @@ pub(crate) fn backward<S: Simd, const NV: usize>(
     let (half, padded, cin) = (size / 2, size + 2, rows.cin);
     let (l, row, row_len) = (S::LANES, rows.row, rows.row_len);
     assert!(rows.vecs.is_multiple_of(NV) && row_len == rows.vecs * l);
-    let (pooled, cout) = ((size / 2) * (size / 2), dbias.len());
+    let (pooled, cout) = (half * half, dbias.len());
     assert!(argmax.len() == cout * pooled && dout.len() == cout * pooled);
     assert!(xcl.len() == rows.padded_len(size) && dwt.len() == cout * 3 * row_len);
     // Where each row of a neighbourhood starts, from the neighbourhood's start.

@@ -317,8 +317,29 @@ impl Inputs<'_> {
                     dxcl.fill(0.0);
                     dxcl
                 });
-                let args = (rows, b.size, &*xcl, self.wt, argmax, dout);
-                self.run(args, dwt, dbias, out.as_deref_mut(), live);
+                let out_now = out.as_deref_mut();
+                // As many registers of a row at once as divide the row's.
+                let (isa, size, wt) = (self.isa, b.size, self.wt);
+                match rows.block() {
+                    3 => dispatch!(
+                        isa,
+                        sparse_backward[3][3][3](
+                            rows, size, xcl, wt, argmax, dout, dwt, dbias, out_now, live
+                        )
+                    ),
+                    2 => dispatch!(
+                        isa,
+                        sparse_backward[2][2][2](
+                            rows, size, xcl, wt, argmax, dout, dwt, dbias, out_now, live
+                        )
+                    ),
+                    _ => dispatch!(
+                        isa,
+                        sparse_backward[1][1][1](
+                            rows, size, xcl, wt, argmax, dout, dwt, dbias, out_now, live
+                        )
+                    ),
+                }
                 if let (Some(dx), Some(dxcl)) = (dx.as_deref_mut(), out) {
                     let dx = &mut dx[i * image_len..(i + 1) * image_len];
                     from_padded_channel_last(dxcl, b.cin, b.size, dx);
@@ -330,35 +351,6 @@ impl Inputs<'_> {
                 *d = dwt[(o * 3 + dy) * rows.row_len + dx * b.cin + c];
             }
         });
-    }
-
-    /// [`sparse_backward`] on this call's instruction set, with as many registers of a row at
-    /// once as divide the row's.
-    #[allow(clippy::type_complexity)]
-    fn run(
-        &self,
-        (rows, size, xcl, wt, argmax, dout): (Rows, usize, &[f32], &[f32], &[u8], &[f32]),
-        dwt: &mut [f32],
-        dbias: &mut [f32],
-        dxcl: Option<&mut [f32]>,
-        live: &mut Vec<(usize, f32)>,
-    ) {
-        let args = (rows, size, xcl, wt, argmax, dout, dwt, dbias, dxcl, live);
-        let (r, s, x, w, a, d, dw, db, dx, l) = args;
-        match rows.block() {
-            3 => dispatch!(
-                self.isa,
-                sparse_backward[3][3][3](r, s, x, w, a, d, dw, db, dx, l)
-            ),
-            2 => dispatch!(
-                self.isa,
-                sparse_backward[2][2][2](r, s, x, w, a, d, dw, db, dx, l)
-            ),
-            _ => dispatch!(
-                self.isa,
-                sparse_backward[1][1][1](r, s, x, w, a, d, dw, db, dx, l)
-            ),
-        }
     }
 }
 
