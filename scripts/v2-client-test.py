@@ -14,6 +14,7 @@ import argparse
 import base64
 import json
 import pathlib
+import threading
 import urllib.request
 
 import numpy as np
@@ -78,7 +79,16 @@ def main():
     args = argparse.ArgumentParser()
     args.add_argument("--url", required=True, help="host:port of the server")
     args.add_argument("--dir", required=True, type=pathlib.Path)
+    args.add_argument(
+        "--grpc-url",
+        help="host:port of the server's gRPC listener: check the protocol over gRPC instead "
+        "(the server started with --max-batch 20 --max-images 40 --max-files 40 "
+        "--max-wait-ms 3000 --max-body 2000000)",
+    )
     args = args.parse_args()
+    if args.grpc_url:
+        grpc_checks(args)
+        return
     base = f"http://{args.url}"
 
     client = httpclient.InferenceServerClient(url=args.url)
@@ -186,6 +196,150 @@ def main():
     )
     client.close()
     print(f"ok: {n} images through tritonclient agree with /classify")
+
+
+def grpc_checks(args):
+    """The protocol over gRPC with tritonclient[grpc]: health, metadata, configuration,
+    statistics, BYTES and FP32 inference agreeing with /classify, errors as gRPC codes, an
+    overload answer, a message over --max-body, and one batch of HTTP and gRPC requests."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    base = f"http://{args.url}"
+    files = sorted(args.dir.glob("*.jpg"))
+    blobs = [f.read_bytes() for f in files]
+    n = len(blobs)
+    assert n == 20, n
+    pixels = np.fromfile(args.dir / "pixels.f32", dtype="<f4").reshape(n, 3, 64, 64)
+    classes = fetch(f"{base}/classes")["classes"]
+    answers = [fetch(f"{base}/classify", blob, "image/jpeg") for blob in blobs]
+
+    # The standard health service, as a Kubernetes grpc: probe asks it.
+    with grpc.insecure_channel(args.grpc_url) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ["", "inference.GRPCInferenceService"]:
+            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert answer.status == health_pb2.HealthCheckResponse.SERVING, (service, answer)
+
+    client = grpcclient.InferenceServerClient(url=args.grpc_url)
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    server = client.get_server_metadata(as_json=True)
+    assert {"classification", "binary_tensor_data", "model_configuration", "statistics"} <= set(
+        server["extensions"]
+    ), server
+    meta = client.get_model_metadata(MODEL, as_json=True)
+    assert meta["name"] == MODEL, meta
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [
+        ("image", "BYTES"),
+        ("input", "FP32"),
+    ], meta
+    version = meta["versions"][0]
+    assert version == fetch(f"{base}/v2/models/{MODEL}")["versions"][0]
+    assert client.is_model_ready(MODEL, model_version=version)
+
+    # The model configuration, over gRPC and HTTP alike.
+    config = client.get_model_config(MODEL, as_json=True)["config"]
+    assert config["name"] == MODEL and config["max_batch_size"] == 40, config
+    inputs = {i["name"]: i for i in config["input"]}
+    assert inputs["image"]["data_type"] == "TYPE_STRING" and inputs["image"]["optional"], config
+    assert inputs["input"]["data_type"] == "TYPE_FP32", config
+    assert [int(d) for d in inputs["input"]["dims"]] == [3, 64, 64], config
+    assert [o["name"] for o in config["output"]] == ["logits", "probabilities"], config
+    assert config["dynamic_batching"]["preferred_batch_size"] == [20], config
+    over_http = fetch(f"{base}/v2/models/{MODEL}/config")
+    assert over_http["input"][1]["dims"] == [3, 64, 64], over_http
+    assert over_http["max_batch_size"] == 40 and over_http["name"] == MODEL, over_http
+
+    # BYTES images in raw_input_contents, both outputs back raw.
+    images = grpcclient.InferInput("image", [n], "BYTES")
+    images.set_data_from_numpy(np.array(blobs, dtype=np.object_))
+    result = client.infer(MODEL, [images], request_id="grpc-1")
+    assert result.get_response().id == "grpc-1"
+    assert result.get_response().model_version == version
+    probs = result.as_numpy("probabilities")
+    logits = result.as_numpy("logits")
+    check_probabilities(probs, answers)
+    assert np.abs(softmax(logits.astype(np.float64)) - probs).max() < TOLERANCE
+
+    # FP32 tensors, on the version asked for, one output, and a classification.
+    tensor = grpcclient.InferInput("input", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels)
+    result = client.infer(
+        MODEL,
+        [tensor],
+        model_version=version,
+        outputs=[grpcclient.InferRequestedOutput("probabilities")],
+    )
+    check_probabilities(result.as_numpy("probabilities"), answers)
+    images = grpcclient.InferInput("image", [n, 1], "BYTES")
+    images.set_data_from_numpy(np.array(blobs, dtype=np.object_).reshape(n, 1))
+    result = client.infer(
+        MODEL, [images], outputs=[grpcclient.InferRequestedOutput("probabilities", class_count=3)]
+    )
+    check_top3(result.as_numpy("probabilities"), answers, classes, probs)
+
+    # Errors as gRPC codes, with the protocol's words.
+    refused(lambda: client.infer("resnet50", [images]), "StatusCode.NOT_FOUND", "unknown model")
+    refused(lambda: client.get_model_config("resnet50"), "StatusCode.NOT_FOUND", "unknown model")
+    refused(
+        lambda: client.infer(MODEL, [images], model_version="7"),
+        "StatusCode.NOT_FOUND",
+        "unknown version",
+    )
+    bad = grpcclient.InferInput("image", [2], "BYTES")
+    bad.set_data_from_numpy(np.array([blobs[0], b"not an image"], dtype=np.object_))
+    refused(lambda: client.infer(MODEL, [bad]), "StatusCode.INVALID_ARGUMENT", "element 1")
+    wrong = grpcclient.InferInput("input", [1, 3, 32, 32], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 3, 32, 32), dtype=np.float32))
+    refused(lambda: client.infer(MODEL, [wrong]), "StatusCode.INVALID_ARGUMENT", "[N, 3, 64, 64]")
+    # A message over --max-body (2,000,000 bytes) is refused before it reaches the model.
+    huge = grpcclient.InferInput("image", [1], "BYTES")
+    huge.set_data_from_numpy(np.array([b"x" * 2_100_000], dtype=np.object_))
+    refused(lambda: client.infer(MODEL, [huge]), "StatusCode.RESOURCE_EXHAUSTED", "too large")
+
+    # One batch of a gRPC request and an HTTP one: 10 + 10 images fill --max-batch 20, the
+    # first waiting up to --max-wait-ms for the second.
+    half = n // 2
+    images = grpcclient.InferInput("image", [half], "BYTES")
+    images.set_data_from_numpy(np.array(blobs[:half], dtype=np.object_))
+    done, answered = threading.Event(), {}
+
+    def callback(result, error):
+        answered["result"], answered["error"] = result, error
+        done.set()
+
+    before = fetch(f"{base}/v2/models/{MODEL}/stats")["model_stats"][0]
+    client.async_infer(MODEL, [images], callback)
+    http_client = httpclient.InferenceServerClient(url=args.url)
+    http_images = httpclient.InferInput("image", [n - half], "BYTES")
+    http_images.set_data_from_numpy(np.array(blobs[half:], dtype=np.object_))
+    http_result = http_client.infer(MODEL, [http_images])
+    assert done.wait(30) and answered["error"] is None, answered
+    grpc_probs = answered["result"].as_numpy("probabilities")
+    check_probabilities(
+        np.concatenate([grpc_probs, http_result.as_numpy("probabilities")]), answers
+    )
+    after = fetch(f"{base}/v2/models/{MODEL}/stats")["model_stats"][0]
+    assert after["execution_count"] == before["execution_count"] + 1, (before, after)
+    sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    assert sizes.get(20, 0) >= 1, after
+    stats = client.get_inference_statistics(MODEL, as_json=True)["model_stats"][0]
+    assert int(stats["inference_count"]) == after["inference_count"], (stats, after)
+
+    # Overload: 10 images wait for their batch, holding 10 of --max-images 40 permits; a
+    # request of 40 finds only 30 free and is refused at once, UNAVAILABLE with a retry hint.
+    done.clear()
+    client.async_infer(MODEL, [images], callback)
+    full = grpcclient.InferInput("image", [40], "BYTES")
+    full.set_data_from_numpy(np.array((blobs * 2)[:40], dtype=np.object_))
+    refused(lambda: client.infer(MODEL, [full]), "StatusCode.UNAVAILABLE", "capacity")
+    assert done.wait(30) and answered["error"] is None, answered
+    client.close()
+    http_client.close()
+    print(f"ok: {n} images through tritonclient[grpc] agree with /classify")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,15 @@ pub enum RecordError {
         #[source]
         source: std::io::Error,
     },
+    /// A folder given as the record holds no `*.safetensors` file, or several (which one to
+    /// serve would be a guess).
+    #[error("{path} is a folder with {found}: it must hold exactly one record (*.safetensors)")]
+    Folder {
+        /// The folder, as shown to the user.
+        path: String,
+        /// What it holds, in words ("no *.safetensors file", "3 *.safetensors files: a, b, c").
+        found: String,
+    },
     /// Not a safetensors file at all, or a damaged one.
     #[error("not a valid record file: {0}")]
     Format(String),

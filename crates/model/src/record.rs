@@ -114,8 +114,51 @@ pub fn load_model(path: &Path, device: &Device) -> Result<(Cnn, RecordMeta), Rec
 pub const MAX_RECORD_BYTES: u64 = crate::PARAMETER_COUNT as u64 * 4 + (1 << 20);
 
 /// The file at `path`, if it is no larger than [`MAX_RECORD_BYTES`].
+/// The record a path names: the file itself, or the one `*.safetensors` file in a folder (as
+/// `KServe` copies a model's storage to `/mnt/models`). Resolved at every read, so that a reload
+/// of a folder serves the record it holds now.
+pub fn find(path: &Path) -> Result<std::path::PathBuf, RecordError> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let io = |source| RecordError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut records = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name();
+        // `..`-names are a Kubernetes volume's links to its current contents, not records.
+        let is_record = !name.as_encoded_bytes().starts_with(b"..")
+            && Path::new(&name).extension() == Some("safetensors".as_ref())
+            && entry.path().is_file();
+        if is_record {
+            records.push(entry.path());
+        }
+    }
+    records.sort();
+    match records.len() {
+        1 => Ok(records.remove(0)),
+        n => Err(RecordError::Folder {
+            path: path.display().to_string(),
+            found: if n == 0 {
+                "no *.safetensors file".into()
+            } else {
+                let names: Vec<String> = records
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect();
+                format!("{n} *.safetensors files: {}", names.join(", "))
+            },
+        }),
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, RecordError> {
     use std::io::Read;
+    let path = &find(path)?;
     let io = |source| RecordError::Io {
         path: path.display().to_string(),
         source,
@@ -352,11 +395,13 @@ pub struct RecordFile {
 }
 
 impl RecordFile {
-    /// Reads the file at `path` (no larger than [`MAX_RECORD_BYTES`]) and hashes it.
+    /// Reads the file at `path`, or the one record in the folder `path` ([`find`]), no larger
+    /// than [`MAX_RECORD_BYTES`], and hashes it.
     pub fn read(path: &Path) -> Result<Self, RecordError> {
-        let bytes = read(path)?;
+        let path = find(path)?;
+        let bytes = read(&path)?;
         Ok(Self {
-            path: path.to_path_buf(),
+            path,
             sha256: sha256_hex(&bytes),
             bytes,
         })
@@ -416,6 +461,35 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("larger than any record"), "{err}");
+    }
+
+    /// A folder serves its one record; none, several, or only a volume's `..` links are
+    /// errors that say what the folder holds.
+    #[test]
+    fn a_folder_is_read_as_the_one_record_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path();
+        let err = find(folder).unwrap_err().to_string();
+        assert!(err.contains("no *.safetensors file"), "{err}");
+        std::fs::write(folder.join("..2026_12_06.safetensors"), b"x").unwrap();
+        std::fs::write(folder.join("model.json"), b"{}").unwrap();
+        assert!(find(folder).is_err());
+        std::fs::write(folder.join("model.safetensors"), b"y").unwrap();
+        assert_eq!(find(folder).unwrap(), folder.join("model.safetensors"));
+        let file = RecordFile::read(folder).unwrap();
+        assert_eq!(file.sha256, sha256_hex(b"y"));
+        std::fs::write(folder.join("other.safetensors"), b"z").unwrap();
+        let err = load_file(folder, &crate::Backend::default().device())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("2 *.safetensors files: model.safetensors, other.safetensors"),
+            "{err}"
+        );
+        // A file is itself, whatever its name.
+        let plain = folder.join("model.json");
+        assert_eq!(find(&plain).unwrap(), plain);
     }
 
     #[test]

@@ -9,6 +9,10 @@ use crate::http::auth::ApiKey;
 use crate::inference::engine::BatchPolicy;
 use crate::ingest::upload::UploadLimits;
 
+/// The name the model is served under unless `--model-name` says another (what the
+/// original service's clients and the Open Inference Protocol's paths use).
+pub const DEFAULT_MODEL_NAME: &str = "cifar10-cnn";
+
 /// How the server logs ([`logging`](crate::ops::logging)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -65,6 +69,9 @@ pub struct ServerConfig {
     pub precision: model::Precision,
     /// The bearer token every route but the probes asks for ([`auth`](crate::http::auth)); none by default.
     pub api_key: Option<ApiKey>,
+    /// The name the Open Inference Protocol serves the model under, over HTTP and gRPC
+    /// ([`DEFAULT_MODEL_NAME`] by default; `KServe` sets it to the `InferenceService`'s name).
+    pub model_name: String,
 }
 
 impl Default for ServerConfig {
@@ -95,6 +102,7 @@ impl Default for ServerConfig {
             tta: false,
             precision: model::Precision::Fp32,
             api_key: None,
+            model_name: DEFAULT_MODEL_NAME.to_string(),
         }
     }
 }
@@ -122,6 +130,11 @@ pub enum ConfigError {
         /// `--max-body`.
         max_body: usize,
     },
+    /// A model name that cannot be one segment of a URL path.
+    #[error(
+        "--model-name {0:?} must be 1 to 64 letters, digits, '.', '_' or '-' (it is a segment of the /v2 paths)"
+    )]
+    ModelName(String),
 }
 
 impl ServerConfig {
@@ -138,6 +151,16 @@ impl ServerConfig {
                 body_memory: self.body_memory,
                 max_body: self.upload.body,
             });
+        }
+        let name = &self.model_name;
+        let fits = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            && name != "."
+            && name != "..";
+        if !fits {
+            return Err(ConfigError::ModelName(name.clone()));
         }
         Ok(())
     }
@@ -166,5 +189,17 @@ mod tests {
         small_budget.body_memory = small_budget.upload.body - 1;
         let error = small_budget.check().unwrap_err().to_string();
         assert!(error.starts_with("--body-memory ("), "{error}");
+        for name in ["", "..", "a/b", "a b", &"x".repeat(65)] {
+            let named = ServerConfig {
+                model_name: name.to_string(),
+                ..ServerConfig::default()
+            };
+            assert_eq!(named.check(), Err(ConfigError::ModelName(name.into())));
+        }
+        let kserve = ServerConfig {
+            model_name: "cifar10.v2_b-1".into(),
+            ..ServerConfig::default()
+        };
+        assert_eq!(kserve.check(), Ok(()));
     }
 }

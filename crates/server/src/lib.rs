@@ -2,10 +2,13 @@
 //!
 //! [`serve`] binds the server and returns it running. The parts, from the edge down (arrows
 //! only point down; ARCHITECTURE.md has the map):
-//! - [`router`]: the one route table and what is decided per API (the merged OpenAPI
+//! - [`router`]: the one HTTP route table and what is decided per API (the merged OpenAPI
 //!   document, the error kind, the form of a refusal);
+//! - [`grpc`]: the gRPC server (`--grpc-port`), the protocol's gRPC form and `grpc.health.v1`
+//!   over the same state, its bodies metered on the same budget;
 //! - [`api`]: the original service's API ([`api::classic`]) and the Open Inference Protocol
-//!   ([`api::v2`]), each with its routes, wire types, errors and OpenAPI part;
+//!   ([`api::v2`], over HTTP and gRPC), each with its routes, wire types, errors and OpenAPI
+//!   part;
 //! - [`http`]: what every route shares: body reading within limits, problem documents,
 //!   resources answering OPTIONS and 405, the middleware, the OpenAPI root, the API key;
 //! - [`ingest`] and [`inference`]: bodies into images within the decode budget, and the
@@ -15,6 +18,7 @@
 
 pub mod api;
 pub mod config;
+pub mod grpc;
 pub mod http;
 pub mod inference;
 pub mod ingest;
@@ -92,23 +96,65 @@ impl Loaded {
     }
 }
 
-/// Starts serving on `listener`; the returned [`Server`] runs when awaited (or spawned),
-/// reloads its record on SIGHUP and drains, then stops, on SIGTERM/SIGINT ([`lifecycle`](ops::lifecycle)).
+/// Where the server listens: HTTP, and gRPC when given (`--grpc-port`).
+pub struct Listeners {
+    /// The HTTP listener (both APIs).
+    pub http: TcpListener,
+    /// The gRPC listener, if any.
+    pub grpc: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(http: TcpListener) -> Self {
+        Self { http, grpc: None }
+    }
+}
+
+/// A server started by [`serve`]: HTTP (on actix), and gRPC on its own runtime if asked.
+pub struct Running {
+    http: Server,
+    grpc: Option<grpc::Grpc>,
+}
+
+impl Running {
+    /// The handle that stops the HTTP server (the gRPC server stops with it).
+    pub fn handle(&self) -> ServerHandle {
+        self.http.handle()
+    }
+
+    /// Runs until the HTTP server stops (by its handle, or a stop signal), then stops the
+    /// gRPC server, letting its requests in flight finish.
+    pub async fn wait(self) -> std::io::Result<()> {
+        let result = self.http.await;
+        if let Some(grpc) = self.grpc {
+            let _ = actix_web::rt::task::spawn_blocking(move || grpc.stop()).await;
+        }
+        result
+    }
+}
+
+/// Starts serving on `listeners`; the returned [`Running`] runs when waited for, reloads its
+/// record on SIGHUP and drains, then stops, on SIGTERM/SIGINT ([`lifecycle`](ops::lifecycle)).
 /// Must be called on an actix (tokio) runtime.
 // The settings are the server's to keep (a copy goes into `AppState`): taking a reference would
 // only move that clone into every caller.
 #[allow(clippy::needless_pass_by_value)]
 pub fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     loaded: Loaded,
     config: ServerConfig,
-) -> std::io::Result<Server> {
+) -> std::io::Result<Running> {
+    let Listeners {
+        http: listener,
+        grpc: grpc_listener,
+    } = listeners.into();
     let metrics = Arc::new(Metrics::new());
     Metrics::keep_up(&metrics, UPKEEP_PERIOD);
     let backend = loaded.inference.backend();
     let openapi = http::openapi::spec_json(
         router::openapi_document(),
         config.upload.files,
+        &config.model_name,
         &loaded.version.label,
         config.api_key.as_ref(),
     );
@@ -154,6 +200,10 @@ pub fn serve(
         config: config.clone(),
         openapi: web::Bytes::from(openapi),
     });
+    let grpc = match grpc_listener {
+        Some(listener) => Some(grpc::start(listener, state.clone())?),
+        None => None,
+    };
     let served = Arc::new(AtomicU64::new(0));
     ops::memory::give_back_when_idle(served.clone(), Duration::from_secs(2));
     let server = HttpServer::new(move || {
@@ -208,7 +258,7 @@ pub fn serve(
             config.drain,
         ));
     }
-    Ok(server)
+    Ok(Running { http: server, grpc })
 }
 
 /// Runs [`serve`] on a thread of its own, with its own actix runtime, for a program that is
@@ -216,20 +266,21 @@ pub fn serve(
 /// handle that stops it. The process's signals stay the program's ([`ServerConfig::signals`]
 /// is turned off).
 pub fn spawn(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     loaded: Loaded,
     mut config: ServerConfig,
 ) -> std::io::Result<ServerHandle> {
+    let listeners = listeners.into();
     config.signals = false;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("http-server".into())
         .spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                match serve(listener, loaded, config) {
-                    Ok(server) => {
-                        let _ = tx.send(Ok(server.handle()));
-                        let _ = server.await;
+                match serve(listeners, loaded, config) {
+                    Ok(running) => {
+                        let _ = tx.send(Ok(running.handle()));
+                        let _ = running.wait().await;
                     }
                     Err(e) => {
                         let _ = tx.send(Err(e));

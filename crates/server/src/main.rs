@@ -28,10 +28,18 @@ struct Args {
     host: String,
     #[arg(long, env = "CNN_PORT", default_value_t = 8000)]
     port: u16,
-    /// Record to serve (default: the trained model built into this binary). SIGHUP reloads it
-    /// from this file without a restart.
+    /// Also serve the Open Inference Protocol over gRPC (and grpc.health.v1) on this port, on
+    /// the same host. Off unless set.
+    #[arg(long, env = "CNN_GRPC_PORT")]
+    grpc_port: Option<u16>,
+    /// Record to serve: a file, or a folder holding exactly one `*.safetensors` file (as
+    /// KServe's /mnt/models); default: the trained model built into this binary. SIGHUP
+    /// reloads it from there without a restart.
     #[arg(long, env = "CNN_MODEL")]
     model: Option<PathBuf>,
+    /// The name the Open Inference Protocol serves the model under (/v2/models/NAME, gRPC).
+    #[arg(long, env = "CNN_MODEL_NAME", default_value = server::config::DEFAULT_MODEL_NAME)]
+    model_name: String,
     /// Reload the record whenever its file changes (needs --model). `CNN_WATCH_MODEL` takes
     /// true/false, 1/0, on/off.
     #[arg(long, env = "CNN_WATCH_MODEL", value_parser = clap::builder::BoolishValueParser::new())]
@@ -189,12 +197,26 @@ fn run(args: Args) -> Result<()> {
             .api_key
             .as_deref()
             .map(|key| server::ApiKey::new(key.trim(), args.public_metrics)),
+        model_name: args.model_name,
         ..ServerConfig::default()
     };
     config.check()?;
     let listener = TcpListener::bind((args.host.as_str(), args.port))
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
+    let grpc = match args.grpc_port {
+        Some(port) => {
+            let listener = TcpListener::bind((args.host.as_str(), port))
+                .with_context(|| format!("cannot listen for gRPC on {}:{port}", args.host))?;
+            tracing::info!(addr = %listener.local_addr()?, "gRPC on {}", listener.local_addr()?);
+            Some(listener)
+        }
+        None => None,
+    };
+    let listeners = server::Listeners {
+        http: listener,
+        grpc,
+    };
     let bound = MemoryBound::of(&config);
     tracing::info!(
         %addr,
@@ -213,7 +235,7 @@ fn run(args: Args) -> Result<()> {
         if config.tta { "on" } else { "off" },
     );
     actix_web::rt::System::new()
-        .block_on(async move { server::serve(listener, loaded, config)?.await })?;
+        .block_on(async move { server::serve(listeners, loaded, config)?.wait().await })?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -872,6 +872,70 @@ fn tritonclient_agrees_with_classify() {
     );
 }
 
+/// The protocol over gRPC (`--grpc-port`) with Triton's own client, `tritonclient[grpc]`, on
+/// 20 real CIFAR-10 test images: health (`grpc.health.v1`), metadata, the model configuration
+/// and statistics, BYTES and FP32 inference agreeing with `/classify`, errors as gRPC codes, a
+/// message over `--max-body`, an overload answer, and one model batch made of a gRPC request
+/// and an HTTP one (`scripts/v2-client-test.py`, `grpc_checks`).
+#[test]
+fn tritonclient_grpc_agrees_with_classify() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let server = Process::start(&[
+        "--grpc-port",
+        "0",
+        "--max-batch",
+        "20",
+        "--max-images",
+        "40",
+        "--max-files",
+        "40",
+        "--max-wait-ms",
+        "3000",
+        "--max-body",
+        "2000000",
+    ]);
+    let grpc = server
+        .log_lines()
+        .iter()
+        .find_map(|line| {
+            let rest = line.split("gRPC on ").nth(1)?;
+            rest.split_whitespace().next().map(String::from)
+        })
+        .expect("the server says where gRPC listens");
+    let dir = tempfile::tempdir().unwrap();
+    let images = testdata::images("test", 2);
+    assert_eq!(images.len(), 20);
+    let pre = Preprocessor::default();
+    let mut pixels = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        std::fs::write(dir.path().join(format!("{i:02}.jpg")), &img.bytes).unwrap();
+        pixels.extend(
+            pre.preprocess(&img.bytes)
+                .unwrap()
+                .into_iter()
+                .flat_map(f32::to_le_bytes),
+        );
+    }
+    std::fs::write(dir.path().join("pixels.f32"), pixels).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/v2-client-test"))
+        .args(["--url", &server.addr, "--grpc-url", &grpc, "--dir"])
+        .arg(dir.path())
+        .output()
+        .expect("run scripts/v2-client-test");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/v2-client-test --grpc-url failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("ok: 20 images through tritonclient[grpc]"),
+        "{stdout}"
+    );
+}
+
 /// The server binary at small settings (a bound of about 124 MiB, as `tests/memory.rs` runs it)
 /// under hundreds of concurrent `/v2` requests of the shapes that cost the most memory per byte
 /// sent: JSON numbers as short as they come ("0,0,0,..."), binary FP32 tensors, and 64 one-pixel

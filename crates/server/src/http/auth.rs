@@ -18,12 +18,17 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Paths answered without the key: the probes, and the pages a browser loads by address.
-const OPEN: [&str; 7] = [
+/// Paths answered without the key: the probes (HTTP and gRPC), and the pages a browser loads
+/// by address.
+const OPEN: [&str; 11] = [
     "/health",
     "/ready",
     "/v2/health/live",
     "/v2/health/ready",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
     "/docs",
     "/openapi.json",
     "/ui",

@@ -37,12 +37,14 @@ pub struct ApiDoc;
 
 /// `doc` (the merged document) as JSON, with the limits of this server's settings where a
 /// schema states them (`maxItems` of a batch: `--max-files`), and the served model's version as the example
-/// of a `/v2` path's version (a pattern, not a list: a reload changes it). With `api_key`, every
+/// of a `/v2` path's version (a pattern, not a list: a reload changes it), and the name it is
+/// served under as the one value of a `/v2` path's model name. With `api_key`, every
 /// operation but the probes asks for the bearer token (`crate::http::auth`). Built once, at
 /// start-up.
 pub fn spec_json(
     doc: utoipa::openapi::OpenApi,
     max_files: usize,
+    model_name: &str,
     model_version: &str,
     api_key: Option<&ApiKey>,
 ) -> String {
@@ -51,6 +53,7 @@ pub fn spec_json(
     let version = &mut doc["components"]["schemas"]["ModelVersion"];
     version["pattern"] = model::RecordVersion::LABEL_PATTERN.into();
     version["example"] = model_version.into();
+    doc["components"]["schemas"]["ModelName"]["enum"] = serde_json::json!([model_name]);
     if let Some(key) = api_key {
         doc["components"]["securitySchemes"]["apiKey"] = serde_json::json!({
             "type": "http",
@@ -161,7 +164,7 @@ mod tests {
     use super::*;
 
     fn spec() -> Value {
-        serde_json::from_str(&spec_json(ApiDoc::openapi(), 64, "v", None)).unwrap()
+        serde_json::from_str(&spec_json(ApiDoc::openapi(), 64, "m", "v", None)).unwrap()
     }
 
     /// Without `--api-key` the document asks for no credentials.

@@ -25,6 +25,7 @@ use model::{Prediction, rank_probabilities};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::inference::models::{Models, Served};
+use crate::inference::stats::Statistics;
 use crate::ops::metrics::Metrics;
 
 /// Why the engine gives no answer; the HTTP edge turns it into each API's error.
@@ -93,6 +94,7 @@ struct Job {
 pub struct Admission {
     permit: Option<OwnedSemaphorePermit>,
     served: Arc<Served>,
+    at: Instant,
 }
 
 impl Admission {
@@ -128,6 +130,8 @@ pub struct Engine {
     max_images: usize,
     /// Classes kept by [`Engine::classify`].
     top_k: usize,
+    /// What the model has done.
+    statistics: Arc<Statistics>,
 }
 
 impl Engine {
@@ -142,6 +146,8 @@ impl Engine {
         let alive = Arc::new(AtomicBool::new(true));
         let thread_alive = alive.clone();
         let first = models.current();
+        let statistics = Arc::new(Statistics::default());
+        let stats = statistics.clone();
         std::thread::Builder::new()
             .name("inference".into())
             .spawn(move || {
@@ -156,7 +162,7 @@ impl Engine {
                     let _ = first.inference.predict(&vec![0.0; IMAGE_FLOATS], 1);
                     drop(first);
                     flag.store(true, Ordering::Release);
-                    run(rx, policy, &metrics);
+                    run(rx, policy, &metrics, &stats);
                 };
                 // The batching loop runs on a worker of the model's own rayon pool, so that the
                 // fast path's fork-join keeps half of its work on this thread instead of
@@ -178,7 +184,13 @@ impl Engine {
             models,
             max_images,
             top_k: policy.top_k,
+            statistics,
         }
+    }
+
+    /// What the model has done since the server started.
+    pub fn statistics(&self) -> &Statistics {
+        &self.statistics
     }
 
     /// Admits `images` images to the model served now, or refuses at once (503) when that
@@ -196,6 +208,7 @@ impl Engine {
         Ok(Admission {
             permit,
             served: self.models.current(),
+            at: Instant::now(),
         })
     }
 
@@ -241,7 +254,7 @@ impl Engine {
         admitted: Admission,
         deadline: tokio::time::Instant,
     ) -> Result<(Scores, Arc<Served>), EngineError> {
-        let Admission { permit, served } = admitted;
+        let Admission { permit, served, at } = admitted;
         let images = pixels.images();
         if images == 0 {
             let none = Scores {
@@ -259,24 +272,29 @@ impl Engine {
             served: served.clone(),
             _permit: permit,
         };
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(_) => EngineError::Overloaded,
-            TrySendError::Disconnected(_) => EngineError::Stopped,
-        })?;
-        match tokio::time::timeout_at(deadline, rx).await {
-            Err(_) => Err(EngineError::Timeout),
-            Ok(Err(_)) => Err(EngineError::Stopped),
-            Ok(Ok(result)) => result
-                .map(|scores| (scores, served))
-                .map_err(EngineError::Failed),
+        let result = match self.tx.try_send(job) {
+            Err(TrySendError::Full(_)) => Err(EngineError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(EngineError::Stopped),
+            Ok(()) => match tokio::time::timeout_at(deadline, rx).await {
+                Err(_) => Err(EngineError::Timeout),
+                Ok(Err(_)) => Err(EngineError::Stopped),
+                Ok(Ok(result)) => result
+                    .map(|scores| (scores, served))
+                    .map_err(EngineError::Failed),
+            },
+        };
+        match &result {
+            Ok(_) => self.statistics.success(at.elapsed()),
+            Err(_) => self.statistics.fail(at.elapsed()),
         }
+        result
     }
 }
 
 // By value: the receiver is not `Sync`, so the closure that hands this loop to the model's
 // rayon pool must own it, not borrow it; and the loop owning it says whose end it is.
 #[allow(clippy::needless_pass_by_value)]
-fn run(rx: Receiver<Job>, policy: BatchPolicy, metrics: &Metrics) {
+fn run(rx: Receiver<Job>, policy: BatchPolicy, metrics: &Metrics, stats: &Statistics) {
     let mut pending: Option<Job> = None;
     let mut floats = Vec::new();
     loop {
@@ -328,18 +346,25 @@ fn run(rx: Receiver<Job>, policy: BatchPolicy, metrics: &Metrics) {
         });
         let images = jobs.iter().map(|job| job.images).sum();
         if images > 0 {
-            infer(jobs, images, &mut floats, metrics);
+            infer(jobs, images, &mut floats, metrics, stats);
         }
     }
 }
 
-fn infer(jobs: Vec<Job>, images: usize, floats: &mut Vec<f32>, metrics: &Metrics) {
+fn infer(
+    jobs: Vec<Job>,
+    images: usize,
+    floats: &mut Vec<f32>,
+    metrics: &Metrics,
+    stats: &Statistics,
+) {
     // Every job of a batch holds the same model; this clone keeps it alive while it runs.
     let served = jobs[0].served.clone();
     let model = &served.inference;
     let now = Instant::now();
     floats.resize(images * IMAGE_FLOATS, 0.0);
     let mut out = floats.chunks_exact_mut(IMAGE_FLOATS);
+    let queued: Vec<Duration> = jobs.iter().map(|job| now - job.queued).collect();
     for job in &jobs {
         metrics.queue_wait(now - job.queued);
         match &job.pixels {
@@ -356,7 +381,9 @@ fn infer(jobs: Vec<Job>, images: usize, floats: &mut Vec<f32>, metrics: &Metrics
         }
     }
     metrics.batch(images);
+    let input = now.elapsed();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.scores(floats)));
+    let infer = now.elapsed() - input;
     match result {
         Ok(scores) => {
             metrics.classified(images);
@@ -371,6 +398,11 @@ fn infer(jobs: Vec<Job>, images: usize, floats: &mut Vec<f32>, metrics: &Metrics
                 };
                 answer(job, Ok(mine));
             }
+            stats.batch(
+                images,
+                &queued,
+                [input, infer, now.elapsed() - input - infer],
+            );
         }
         Err(_) => {
             for job in jobs {

@@ -299,11 +299,16 @@ pub type Watcher = notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>;
 /// Kubernetes volume swapping its `..data` link are changes of the folder's entries.
 pub fn watch(models: Arc<Models>) -> Result<Watcher, WatchError> {
     let path = models.path().ok_or(WatchError::NoFile)?.to_path_buf();
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
+    // A folder given as the record (`model::record::find`) is watched for any record in it.
+    let (dir, name) = if path.is_dir() {
+        (path.clone(), None)
+    } else {
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (dir, path.file_name().map(std::ffi::OsStr::to_os_string))
     };
-    let name = path.file_name().map(std::ffi::OsStr::to_os_string);
     let mut debouncer = notify_debouncer_mini::new_debouncer(
         std::time::Duration::from_millis(500),
         move |events: notify_debouncer_mini::DebounceEventResult| match events {
@@ -313,9 +318,12 @@ pub fn watch(models: Arc<Models>) -> Result<Watcher, WatchError> {
                 // every half second while a file is still being written: wait for its end.
                 let ours = events.iter().any(|e| {
                     let file = e.path.file_name();
+                    let named = match &name {
+                        Some(name) => file == Some(name.as_os_str()),
+                        None => e.path.extension() == Some("safetensors".as_ref()),
+                    };
                     e.kind == notify_debouncer_mini::DebouncedEventKind::Any
-                        && (file == name.as_deref()
-                            || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b"..")))
+                        && (named || file.is_some_and(|f| f.as_encoded_bytes().starts_with(b"..")))
                 });
                 if ours {
                     let _ = models.reload(Trigger::Watch);

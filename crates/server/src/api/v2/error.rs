@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{IMAGE_INPUT, MODEL_NAME, QUOTED_CHARS};
+use super::{IMAGE_INPUT, QUOTED_CHARS};
 use crate::http::problem::{self, ApiError};
 use crate::inference::engine::EngineError;
 use crate::ingest::decode::DecodeError;
@@ -22,9 +22,19 @@ pub enum V2Error {
     /// A request that breaks the protocol or does not fit the model.
     BadRequest(String),
     /// A model this server does not serve.
-    UnknownModel(String),
+    UnknownModel {
+        /// The name asked for (cut to quote).
+        asked: String,
+        /// The one served.
+        serving: String,
+    },
     /// A version of the model this server does not serve.
-    UnknownVersion(String),
+    UnknownVersion {
+        /// The version asked for (cut to quote).
+        asked: String,
+        /// The model's name.
+        model: String,
+    },
     /// A path under `/v2` that names no endpoint.
     NoSuchPath(String),
     /// One image of the input failed (it cannot be decoded, or is too large).
@@ -56,9 +66,9 @@ impl V2Error {
         match self {
             V2Error::Api(e) | V2Error::Element { error: e, .. } => e.kind(),
             V2Error::BadRequest(_) => "bad-request",
-            V2Error::UnknownModel(_) | V2Error::UnknownVersion(_) | V2Error::NoSuchPath(_) => {
-                "not-found"
-            }
+            V2Error::UnknownModel { .. }
+            | V2Error::UnknownVersion { .. }
+            | V2Error::NoSuchPath(_) => "not-found",
             V2Error::TooManyImages { .. } => "too-many-files",
             V2Error::TensorTooLarge { .. } => "body-too-large",
         }
@@ -70,13 +80,12 @@ impl fmt::Display for V2Error {
         match self {
             V2Error::Api(e) => write!(f, "{e}"),
             V2Error::BadRequest(message) => f.write_str(message),
-            V2Error::UnknownModel(name) => write!(
+            V2Error::UnknownModel { asked, serving } => {
+                write!(f, "unknown model '{asked}': this server serves '{serving}'")
+            }
+            V2Error::UnknownVersion { asked, model } => write!(
                 f,
-                "unknown model '{name}': this server serves '{MODEL_NAME}'"
-            ),
-            V2Error::UnknownVersion(version) => write!(
-                f,
-                "unknown version '{version}' of model '{MODEL_NAME}' (GET /v2/models/{MODEL_NAME} lists its versions)"
+                "unknown version '{asked}' of model '{model}' (GET /v2/models/{model} lists its versions)"
             ),
             V2Error::NoSuchPath(path) => write!(f, "no such endpoint: {path}"),
             V2Error::Element { index, error } => {
@@ -136,9 +145,9 @@ impl ResponseError for V2Error {
                 status => status,
             },
             V2Error::BadRequest(_) | V2Error::Element { .. } => StatusCode::BAD_REQUEST,
-            V2Error::UnknownModel(_) | V2Error::UnknownVersion(_) | V2Error::NoSuchPath(_) => {
-                StatusCode::NOT_FOUND
-            }
+            V2Error::UnknownModel { .. }
+            | V2Error::UnknownVersion { .. }
+            | V2Error::NoSuchPath(_) => StatusCode::NOT_FOUND,
             V2Error::TooManyImages { .. } | V2Error::TensorTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }

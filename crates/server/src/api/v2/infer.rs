@@ -18,8 +18,8 @@ use super::types::{
     OutputTensorParameters,
 };
 use super::{
-    CHANNELS, HEADER_LENGTH, IMAGE_INPUT, INLINE_PARSE_BYTES, LOGITS, MODEL_NAME, PROBABILITIES,
-    TENSOR_INPUT, V2Error, quote,
+    CHANNELS, HEADER_LENGTH, IMAGE_INPUT, INLINE_PARSE_BYTES, LOGITS, PROBABILITIES, TENSOR_INPUT,
+    V2Error, quote,
 };
 use crate::AppState;
 use crate::http::body;
@@ -75,10 +75,13 @@ pub(super) async fn version_infer(
 }
 
 /// An output to send back.
-struct Wanted {
-    logits: bool,
-    classification: Option<usize>,
-    binary: bool,
+pub(super) struct Wanted {
+    /// The logits (else the probabilities).
+    pub logits: bool,
+    /// As the classification extension's best `k` classes.
+    pub classification: Option<usize>,
+    /// In the binary part of the answer.
+    pub binary: bool,
 }
 
 async fn run(
@@ -152,7 +155,14 @@ async fn run(
     // ([`admit`] checked it against the one asked for).
     let (scores, answered) = state.engine.scores(pixels, admitted, deadline).await?;
     let version = answered.version.label.clone();
-    Ok(respond(request.id, version, &wanted, &scores, images))
+    Ok(respond(
+        state.config.model_name.clone(),
+        request.id,
+        version,
+        &wanted,
+        &scores,
+        images,
+    ))
 }
 
 /// Runs `f` on `body`: right here for a small one (tens of microseconds), on the blocking pool
@@ -232,12 +242,16 @@ pub fn parse_request(
 /// Admits `n` images to the engine under the model served now, and refuses a request for a
 /// version other than that one before anything is decoded or run (a reload may have replaced
 /// the version asked for while the body was read).
-fn admit(state: &AppState, req: &HttpRequest, n: usize) -> Result<Admission, V2Error> {
+pub(super) fn admit(
+    state: &AppState,
+    version: Option<&str>,
+    n: usize,
+) -> Result<Admission, V2Error> {
     let admitted = state.engine.admit(n)?;
-    if let Some(asked) = req.match_info().get("version")
+    if let Some(asked) = version.filter(|v| !v.is_empty())
         && asked != admitted.served().version.label
     {
-        return Err(V2Error::UnknownVersion(quote(asked)));
+        return Err(super::metadata::unknown_version(state, asked));
     }
     Ok(admitted)
 }
@@ -256,46 +270,21 @@ fn wanted(request: &Request) -> Result<Vec<Wanted>, V2Error> {
     };
     let mut wanted: Vec<Wanted> = Vec::with_capacity(outputs.len());
     for output in outputs {
-        let logits = match output.name.as_str() {
-            LOGITS => true,
-            PROBABILITIES => false,
-            other => {
-                return Err(V2Error::BadRequest(format!(
-                    "unknown output '{}': this model gives '{LOGITS}' and '{PROBABILITIES}'",
-                    quote(other)
-                )));
-            }
-        };
-        if wanted.iter().any(|w| w.logits == logits) {
-            return Err(V2Error::BadRequest(format!(
-                "output '{}' is asked for twice",
-                output.name
-            )));
-        }
         let params = &output.parameters.0;
         if params.shared_memory_region.is_some() {
             return Err(V2Error::BadRequest(
                 "shared memory is not supported: ask for binary_data instead".into(),
             ));
         }
-        let classification = match params.classification.as_ref().map(|k| k.0) {
-            None => None,
-            Some(k) if (1..=NUM_CLASSES as u64).contains(&k) => Some(k as usize),
-            Some(k) => {
-                return Err(V2Error::BadRequest(format!(
-                    "output '{}': classification must ask for 1 to {NUM_CLASSES} classes, not {k}",
-                    output.name
-                )));
-            }
-        };
-        wanted.push(Wanted {
-            logits,
-            classification,
-            binary: params
+        want(
+            &mut wanted,
+            &output.name,
+            params.classification.as_ref().map(|k| k.0),
+            params
                 .binary_data
                 .as_ref()
                 .map_or(request.binary_output, |b| b.0),
-        });
+        )?;
     }
     if wanted.is_empty() {
         return Err(V2Error::BadRequest(format!(
@@ -305,6 +294,46 @@ fn wanted(request: &Request) -> Result<Vec<Wanted>, V2Error> {
     Ok(wanted)
 }
 
+/// Adds the output `name` to `wanted`, checked: a known output, asked once, with a
+/// classification of 1 to 10 classes if any.
+pub(super) fn want(
+    wanted: &mut Vec<Wanted>,
+    name: &str,
+    classification: Option<u64>,
+    binary: bool,
+) -> Result<(), V2Error> {
+    let logits = match name {
+        LOGITS => true,
+        PROBABILITIES => false,
+        other => {
+            return Err(V2Error::BadRequest(format!(
+                "unknown output '{}': this model gives '{LOGITS}' and '{PROBABILITIES}'",
+                quote(other)
+            )));
+        }
+    };
+    if wanted.iter().any(|w| w.logits == logits) {
+        return Err(V2Error::BadRequest(format!(
+            "output '{name}' is asked for twice"
+        )));
+    }
+    let classification = match classification {
+        None => None,
+        Some(k) if (1..=NUM_CLASSES as u64).contains(&k) => Some(k as usize),
+        Some(k) => {
+            return Err(V2Error::BadRequest(format!(
+                "output '{name}': classification must ask for 1 to {NUM_CLASSES} classes, not {k}"
+            )));
+        }
+    };
+    wanted.push(Wanted {
+        logits,
+        classification,
+        binary,
+    });
+    Ok(())
+}
+
 /// Where an input's data are in the body: in the JSON, or its binary part.
 enum Data {
     Json(Range<usize>),
@@ -312,7 +341,7 @@ enum Data {
 }
 
 /// The numbers of images a shape holds, checked against `--max-files`.
-fn image_count(shape: &[i64], max_images: usize) -> Result<usize, V2Error> {
+pub(super) fn image_count(shape: &[i64], max_images: usize) -> Result<usize, V2Error> {
     let n = shape.first().copied().unwrap_or(0);
     let n = usize::try_from(n).unwrap_or(0);
     if n == 0 {
@@ -330,7 +359,7 @@ fn image_count(shape: &[i64], max_images: usize) -> Result<usize, V2Error> {
 }
 
 /// The images of the `image` input: its shape checked, their number returned.
-fn files_count(input: &Input, max_images: usize) -> Result<usize, V2Error> {
+pub(super) fn files_count(input: &Input, max_images: usize) -> Result<usize, V2Error> {
     expect_datatype(input, "BYTES")?;
     let shape = &input.shape;
     let n = image_count(shape, max_images)?;
@@ -343,7 +372,7 @@ fn files_count(input: &Input, max_images: usize) -> Result<usize, V2Error> {
 }
 
 /// The numbers of the `input` input: its shape checked, their number returned.
-fn tensor_count(input: &Input, max_images: usize) -> Result<usize, V2Error> {
+pub(super) fn tensor_count(input: &Input, max_images: usize) -> Result<usize, V2Error> {
     expect_datatype(input, "FP32")?;
     let shape = &input.shape;
     let n = image_count(shape, max_images)?;
@@ -364,7 +393,12 @@ fn could_hold(data: &[u8], count: usize) -> bool {
 }
 
 /// Checks the number of images sent against the shape's, and `--max-files`.
-fn check_count(input: &Input, n: usize, seen: usize, max_images: usize) -> Result<(), V2Error> {
+pub(super) fn check_count(
+    input: &Input,
+    n: usize,
+    seen: usize,
+    max_images: usize,
+) -> Result<(), V2Error> {
     if seen > max_images {
         return Err(V2Error::TooManyImages {
             got: Some(seen),
@@ -461,38 +495,13 @@ impl Inputs<'_> {
                 (body, files)
             }
         };
-        if let Some(index) = files.iter().position(Vec::is_empty) {
-            return Err(V2Error::Element {
-                index,
-                error: ApiError::EmptyFile(index.to_string()),
-            });
-        }
-        let admitted = admit(state, req, n)?;
+        let version = req.match_info().get("version");
         // The files keep the body's charge on the body budget; the body's own bytes are freed.
-        let uploads = body.into_uploads(
-            files
-                .into_iter()
-                .map(|bytes| Upload {
-                    filename: None,
-                    bytes,
-                })
-                .collect(),
-        );
-        let prepared =
-            decode::prepare(state.preprocessor, &state.decode_budget, uploads, deadline).await?;
-        let mut pixels = Vec::with_capacity(n * model::IMAGE_BYTES);
-        for (index, (_, image)) in prepared.into_iter().enumerate() {
-            match image {
-                Ok(image) => pixels.extend_from_slice(&image),
-                Err(error) => {
-                    return Err(V2Error::Element {
-                        index,
-                        error: error.into(),
-                    });
-                }
-            }
-        }
-        Ok((n, admitted, Pixels::Rgb(pixels)))
+        let (admitted, pixels) = decode_files(state, version, files, deadline, |files| {
+            body.into_uploads(files)
+        })
+        .await?;
+        Ok((n, admitted, pixels))
     }
 
     /// The `input` input: preprocessed floats, paid for from the decode budget (exactly what
@@ -528,12 +537,9 @@ impl Inputs<'_> {
                 if bytes > limit {
                     return Err(too_large);
                 }
-                let admitted = admit(state, req, n)?;
-                let reserved = state.decode_budget.reserve(bytes, deadline).await?;
-                let floats: Vec<f32> = body.bytes[span]
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+                let version = req.match_info().get("version");
+                let (floats, admitted, reserved) =
+                    floats_from_le(state, version, &body.bytes[span], deadline).await?;
                 (floats, admitted, reserved)
             }
             Data::Json(span) => {
@@ -556,7 +562,7 @@ impl Inputs<'_> {
                     Some(reserved) if seen == count => reserved,
                     _ => return Err(mismatch(seen)),
                 };
-                let admitted = admit(state, req, n)?;
+                let admitted = admit(state, req.match_info().get("version"), n)?;
                 (floats, admitted, reserved)
             }
         };
@@ -565,7 +571,72 @@ impl Inputs<'_> {
     }
 }
 
-fn finite(floats: Vec<f32>) -> Result<Vec<f32>, V2Error> {
+/// Encoded image files, none empty, admitted under `version` and decoded within the decode
+/// budget; `uploads` makes them [`Uploads`](crate::ingest::upload::Uploads) holding what
+/// their bytes are charged to.
+pub(super) async fn decode_files(
+    state: &AppState,
+    version: Option<&str>,
+    files: Vec<Vec<u8>>,
+    deadline: Instant,
+    uploads: impl FnOnce(Vec<Upload>) -> crate::ingest::upload::Uploads,
+) -> Result<(Admission, Pixels), V2Error> {
+    if let Some(index) = files.iter().position(Vec::is_empty) {
+        return Err(V2Error::Element {
+            index,
+            error: ApiError::EmptyFile(index.to_string()),
+        });
+    }
+    let n = files.len();
+    let admitted = admit(state, version, n)?;
+    let uploads = uploads(
+        files
+            .into_iter()
+            .map(|bytes| Upload {
+                filename: None,
+                bytes,
+            })
+            .collect(),
+    );
+    let prepared =
+        decode::prepare(state.preprocessor, &state.decode_budget, uploads, deadline).await?;
+    let mut pixels = Vec::with_capacity(n * model::IMAGE_BYTES);
+    for (index, (_, image)) in prepared.into_iter().enumerate() {
+        match image {
+            Ok(image) => pixels.extend_from_slice(&image),
+            Err(error) => {
+                return Err(V2Error::Element {
+                    index,
+                    error: error.into(),
+                });
+            }
+        }
+    }
+    Ok((admitted, Pixels::Rgb(pixels)))
+}
+
+/// Raw little-endian floats (whole images, their length checked by the caller, no more than
+/// the decode budget), admitted under `version` and paid for from the decode budget before
+/// they are copied out.
+pub(super) async fn floats_from_le(
+    state: &AppState,
+    version: Option<&str>,
+    raw: &[u8],
+    deadline: Instant,
+) -> Result<(Vec<f32>, Admission, tokio::sync::OwnedSemaphorePermit), V2Error> {
+    let admitted = admit(state, version, raw.len() / 4 / IMAGE_FLOATS)?;
+    let reserved = state
+        .decode_budget
+        .reserve(raw.len() as u64, deadline)
+        .await?;
+    let floats: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok((floats, admitted, reserved))
+}
+
+pub(super) fn finite(floats: Vec<f32>) -> Result<Vec<f32>, V2Error> {
     match floats.iter().position(|v| !v.is_finite()) {
         None => Ok(floats),
         Some(at) => Err(V2Error::BadRequest(format!(
@@ -576,6 +647,7 @@ fn finite(floats: Vec<f32>) -> Result<Vec<f32>, V2Error> {
 
 /// The response: JSON, or JSON followed by the binary outputs.
 fn respond(
+    model_name: String,
     id: Option<String>,
     version: String,
     wanted: &[Wanted],
@@ -634,7 +706,7 @@ fn respond(
         })
         .collect();
     let response = InferResponse {
-        model_name: MODEL_NAME.into(),
+        model_name,
         model_version: version,
         id,
         outputs,
@@ -655,7 +727,7 @@ fn respond(
 
 /// The classification extension: the best `k` classes of each row, as
 /// `"<value>:<index>:<label>"`, best first.
-fn classify(values: &[f32], k: usize) -> Vec<String> {
+pub(super) fn classify(values: &[f32], k: usize) -> Vec<String> {
     values
         .chunks_exact(NUM_CLASSES)
         .flat_map(|row| model::predict::rank(row, k).top_k)
@@ -712,7 +784,14 @@ mod tests {
                     binary,
                 })
                 .collect();
-            let res = respond(id.clone(), "v".repeat(80), &wanted, &scores, n);
+            let res = respond(
+                "m".repeat(64),
+                id.clone(),
+                "v".repeat(80),
+                &wanted,
+                &scores,
+                n,
+            );
             let body = actix_web::rt::System::new()
                 .block_on(actix_web::body::to_bytes(res.into_body()))
                 .unwrap();

@@ -8,8 +8,8 @@ use super::types::{
     TensorMetadata,
 };
 use super::{
-    CHANNELS, EXTENSIONS, IMAGE_INPUT, LOGITS, MODEL_NAME, PLATFORM, PROBABILITIES, TENSOR_INPUT,
-    V2Error, quote,
+    CHANNELS, EXTENSIONS, IMAGE_INPUT, LOGITS, PLATFORM, PROBABILITIES, TENSOR_INPUT, V2Error,
+    quote,
 };
 use crate::AppState;
 
@@ -17,7 +17,7 @@ use crate::AppState;
     responses((status = 200, description = "The server's name, version and protocol extensions", body = ServerMetadata)))]
 pub(super) async fn server_metadata() -> HttpResponse {
     HttpResponse::Ok().json(ServerMetadata {
-        name: "cifar-cnn".into(),
+        name: super::SERVER_NAME.into(),
         version: env!("CARGO_PKG_VERSION").into(),
         extensions: EXTENSIONS.iter().map(|e| (*e).to_string()).collect(),
     })
@@ -48,21 +48,58 @@ fn readiness(ready: bool) -> actix_web::HttpResponseBuilder {
 
 /// Checks the model's name (and version, when the path gives one) in the path.
 pub(super) fn served(state: &AppState, req: &HttpRequest) -> Result<String, V2Error> {
-    let name = req.match_info().get("name").unwrap_or_default();
-    if name != MODEL_NAME {
-        return Err(V2Error::UnknownModel(quote(name)));
-    }
+    let info = req.match_info();
+    served_as(
+        state,
+        info.get("name").unwrap_or_default(),
+        info.get("version"),
+    )
+}
+
+/// Checks a model name and version (`None` or empty: any) against the served model's; gives
+/// the version served now.
+pub(super) fn served_as(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+) -> Result<String, V2Error> {
+    check_name(state, name)?;
     // The record's version (`model::RecordVersion::label`): it changes when a reload
     // swaps in another record.
-    let version = state.models.current().version.label.clone();
-    match req.match_info().get("version") {
-        Some(asked) if asked != version => Err(V2Error::UnknownVersion(quote(asked))),
-        _ => Ok(version),
+    let served = state.models.current().version.label.clone();
+    match version {
+        Some(asked) if !asked.is_empty() && asked != served => Err(unknown_version(state, asked)),
+        _ => Ok(served),
+    }
+}
+
+/// Checks a model name against the served one.
+pub(super) fn check_name(state: &AppState, name: &str) -> Result<(), V2Error> {
+    if name == state.config.model_name {
+        Ok(())
+    } else {
+        Err(V2Error::UnknownModel {
+            asked: quote(name),
+            serving: state.config.model_name.clone(),
+        })
+    }
+}
+
+/// The error for a version other than the one served.
+pub(super) fn unknown_version(state: &AppState, asked: &str) -> V2Error {
+    V2Error::UnknownVersion {
+        asked: quote(asked),
+        model: state.config.model_name.clone(),
     }
 }
 
 fn metadata(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, V2Error> {
     let version = served(state, req)?;
+    Ok(HttpResponse::Ok().json(model_metadata_of(state, version)))
+}
+
+/// The model's metadata, at `version`.
+pub(super) fn model_metadata_of(state: &AppState, version: String) -> ModelMetadata {
     let tensor = |name: &str, datatype: &str, shape: &[i64]| TensorMetadata {
         name: name.into(),
         datatype: datatype.into(),
@@ -70,8 +107,8 @@ fn metadata(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, V2Error
     };
     let side = INPUT_SIZE as i64;
     let classes = NUM_CLASSES as i64;
-    Ok(HttpResponse::Ok().json(ModelMetadata {
-        name: MODEL_NAME.into(),
+    ModelMetadata {
+        name: state.config.model_name.clone(),
         versions: vec![version],
         platform: PLATFORM.into(),
         inputs: vec![
@@ -82,7 +119,7 @@ fn metadata(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, V2Error
             tensor(LOGITS, "FP32", &[-1, classes]),
             tensor(PROBABILITIES, "FP32", &[-1, classes]),
         ],
-    }))
+    }
 }
 
 #[utoipa::path(get, path = "/v2/models/{name}", tag = "v2",
@@ -118,7 +155,7 @@ fn model_readiness(state: &AppState, req: &HttpRequest) -> Result<HttpResponse, 
     served(state, req)?;
     let ready = state.is_ready();
     Ok(readiness(ready).json(ModelReady {
-        name: MODEL_NAME.into(),
+        name: state.config.model_name.clone(),
         ready,
     }))
 }

@@ -2,7 +2,7 @@
 //! clients written for Triton and `KServe` (`tritonclient[http]`, `kserve`) can call the model as
 //! they call any other.
 //!
-//! One model, [`MODEL_NAME`], takes one input of either kind: [`IMAGE_INPUT`], `BYTES` of shape
+//! One model, named by [`ServerConfig::model_name`](crate::config::ServerConfig::model_name), takes one input of either kind: [`IMAGE_INPUT`], `BYTES` of shape
 //! `[N]` (or `[N, 1]`) whose elements are encoded image files, or [`TENSOR_INPUT`], `FP32` of
 //! shape `[N, 3, 64, 64]` preprocessed as [`model::Preprocessor::preprocess`] does. It answers
 //! [`LOGITS`] and [`PROBABILITIES`] (`FP32`, `[N, 10]`), both unless the request names the ones
@@ -23,8 +23,11 @@
 //! reserved until the model has run. Errors are the protocol's `{"error": "..."}`.
 
 mod error;
+mod extensions;
+pub mod grpc;
 mod infer;
 mod metadata;
+pub mod proto;
 mod request;
 mod tensor;
 mod types;
@@ -38,8 +41,6 @@ pub use self::types::*;
 use crate::http::problem::ApiError;
 use crate::http::resource::Resources;
 
-/// The name the model is served under.
-pub const MODEL_NAME: &str = "cifar10-cnn";
 /// The input of encoded image files (`BYTES`).
 pub const IMAGE_INPUT: &str = "image";
 /// The input of preprocessed tensors (`FP32`, `[N, 3, 64, 64]`).
@@ -50,9 +51,16 @@ pub const LOGITS: &str = "logits";
 /// mirror's, as `/classify` answers).
 pub const PROBABILITIES: &str = "probabilities";
 /// The protocol extensions served.
-pub const EXTENSIONS: [&str; 2] = ["classification", "binary_tensor_data"];
+pub const EXTENSIONS: [&str; 4] = [
+    "classification",
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+];
 /// The binary tensor data extension's header: the length of the JSON part of a body.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
+/// The server's name in the server metadata.
+const SERVER_NAME: &str = "cifar-cnn";
 /// What the model metadata gives as the platform.
 const PLATFORM: &str = "burn";
 /// Longest request `id` echoed back.
@@ -81,7 +89,12 @@ const CHANNELS: usize = model::arch::INPUT_CHANNELS;
         metadata::model_ready,
         metadata::version_ready,
         infer::infer,
-        infer::version_infer
+        infer::version_infer,
+        extensions::model_config,
+        extensions::version_config,
+        extensions::model_stats,
+        extensions::version_stats,
+        extensions::all_stats
     ),
     components(schemas(ErrorBody, TensorData, ModelName, ModelVersion))
 )]
@@ -95,6 +108,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     V2.get(cfg, "/v2", server_metadata);
     V2.get(cfg, "/v2/health/live", live);
     V2.get(cfg, "/v2/health/ready", ready);
+    // Before `/v2/models/{name}`, which it would otherwise be.
+    V2.get(cfg, "/v2/models/stats", extensions::all_stats);
     V2.get(cfg, "/v2/models/{name}", model_metadata);
     V2.get(
         cfg,
@@ -106,6 +121,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         cfg,
         "/v2/models/{name}/versions/{version}/ready",
         version_ready,
+    );
+    V2.get(cfg, "/v2/models/{name}/config", extensions::model_config);
+    V2.get(
+        cfg,
+        "/v2/models/{name}/versions/{version}/config",
+        extensions::version_config,
+    );
+    V2.get(cfg, "/v2/models/{name}/stats", extensions::model_stats);
+    V2.get(
+        cfg,
+        "/v2/models/{name}/versions/{version}/stats",
+        extensions::version_stats,
     );
     V2.post(cfg, "/v2/models/{name}/infer", infer::infer);
     V2.post(

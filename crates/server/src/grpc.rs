@@ -1,0 +1,348 @@
+//! The gRPC server (`--grpc-port`): the Open Inference Protocol's service
+//! ([`crate::api::v2::grpc`]) and the standard `grpc.health.v1` service (for Kubernetes `grpc:`
+//! probes), on tonic, over the HTTP server's own state: one engine, one set of image permits,
+//! one decode budget, one body budget, one served model.
+//!
+//! Its bounds, as the HTTP server's: at most `--max-connections` connections (more wait in the
+//! kernel's queue), [`MAX_STREAMS`] requests at once on each, a message of at most
+//! `--max-body` bytes, and every message's bytes charged on the body budget as they arrive
+//! ([`Meter`]), before tonic has buffered them whole: a request that finds the budget spent is
+//! refused with `UNAVAILABLE`, as HTTP answers 503. HTTP/2's flow-control windows
+//! ([`WINDOW_BYTES`]) bound what a connection buffers ahead of that.
+//!
+//! It runs on a tokio runtime of its own (as many threads as HTTP workers), started by
+//! [`start`]; health follows readiness (so it turns `NOT_SERVING` when a drain starts), and
+//! [`Grpc::stop`] ends it with the HTTP server.
+
+use std::net::TcpListener;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::web;
+use http_body::Frame;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::{Bytes, Service, http};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic_health::ServingStatus;
+
+use crate::AppState;
+use crate::api::v2::grpc::{Charge, Service as InferenceService};
+use crate::api::v2::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::ingest::upload::BodyBudget;
+use crate::ops::memory::BLOCKING_THREADS_PER_WORKER;
+
+/// Requests at once on one connection (HTTP/2 streams).
+pub const MAX_STREAMS: u32 = 32;
+/// HTTP/2 flow-control window of a connection and of a stream: bytes a client may send ahead
+/// of what the server has read.
+pub const WINDOW_BYTES: u32 = 1 << 20;
+/// How often health is brought in line with readiness.
+const HEALTH_PERIOD: Duration = Duration::from_millis(100);
+
+/// The running gRPC server.
+pub struct Grpc {
+    stop: Arc<tokio::sync::Notify>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Grpc {
+    /// Stops accepting, lets requests in flight finish, and waits for the server's end.
+    pub fn stop(mut self) {
+        self.stop.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Starts serving gRPC on `listener` from `state`; returns once its runtime runs.
+pub fn start(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Grpc> {
+    listener.set_nonblocking(true)?;
+    let config = &state.config;
+    let workers = config.workers.max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .max_blocking_threads(BLOCKING_THREADS_PER_WORKER * workers)
+        .thread_name("grpc")
+        .enable_all()
+        .build()?;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let max_message = config.upload.body;
+    let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
+    let timeout = config.request_timeout;
+    let budget = state.body_budget.clone();
+    let key = config.api_key.clone();
+    let thread = std::thread::Builder::new()
+        .name("grpc-server".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "gRPC: cannot listen: {e}");
+                        return;
+                    }
+                };
+                let (reporter, health) = tonic_health::server::health_reporter();
+                tokio::spawn(follow_readiness(reporter, state.clone()));
+                let inference = GrpcInferenceServiceServer::new(InferenceService::new(state))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX);
+                let incoming = futures_util::stream::unfold(
+                    (listener, connections),
+                    |(listener, connections)| async move {
+                        let accepted = accept(&listener, &connections).await;
+                        Some((accepted, (listener, connections)))
+                    },
+                );
+                let served = tonic::transport::Server::builder()
+                    .timeout(timeout)
+                    .max_concurrent_streams(MAX_STREAMS)
+                    .initial_connection_window_size(WINDOW_BYTES)
+                    .initial_stream_window_size(WINDOW_BYTES)
+                    .layer(tower_layer::layer_fn(move |inner| Meter {
+                        inner,
+                        budget: budget.clone(),
+                        key: key.clone(),
+                        max_message,
+                    }))
+                    .add_service(health)
+                    .add_service(inference)
+                    .serve_with_incoming_shutdown(incoming, stopped.notified())
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "gRPC server: {e}");
+                }
+            });
+        })?;
+    Ok(Grpc {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+/// Accepts the next connection once fewer than `--max-connections` are open.
+async fn accept(
+    listener: &tokio::net::TcpListener,
+    connections: &Arc<Semaphore>,
+) -> std::io::Result<Counted> {
+    let permit = connections
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(std::io::Error::other)?;
+    let (stream, _) = listener.accept().await?;
+    stream.set_nodelay(true)?;
+    Ok(Counted {
+        stream,
+        _permit: permit,
+    })
+}
+
+/// Keeps the health service's answer (the server's, `""`, and the protocol service's) equal
+/// to readiness: `SERVING` once the model has run once, `NOT_SERVING` from a stop signal on.
+async fn follow_readiness(
+    reporter: tonic_health::server::HealthReporter,
+    state: web::Data<AppState>,
+) {
+    let mut last = None;
+    loop {
+        let now = if state.is_ready() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(now) {
+            use tonic::server::NamedService;
+            type Inference = GrpcInferenceServiceServer<InferenceService>;
+            reporter.set_service_status("", now).await;
+            reporter.set_service_status(Inference::NAME, now).await;
+            last = Some(now);
+        }
+        tokio::time::sleep(HEALTH_PERIOD).await;
+    }
+}
+
+/// A connection, holding its place among `--max-connections` until closed.
+struct Counted {
+    stream: tokio::net::TcpStream,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Asks for `--api-key` where HTTP does (every call but the probes: `grpc.health.v1`,
+/// `ServerLive`, `ServerReady`), as `authorization: Bearer <key>` metadata, and charges every
+/// request body's bytes on the body budget as they arrive, into a [`Charge`] the request
+/// carries in its extensions (the handler keeps it until its answer); a body the budget has
+/// no room for ends in `UNAVAILABLE`.
+#[derive(Clone)]
+struct Meter<S> {
+    inner: S,
+    budget: BodyBudget,
+    key: Option<crate::ApiKey>,
+    /// `--max-body`.
+    max_message: usize,
+}
+
+impl<S> Service<http::Request<Body>> for Meter<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        if let Some(key) = &self.key {
+            let authorization = request
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(http::HeaderValue::as_bytes);
+            if !key.allows(request.uri().path(), authorization) {
+                let refused = Status::unauthenticated(
+                    "this server asks for its API key: send `authorization: Bearer <key>` metadata",
+                );
+                return Box::pin(std::future::ready(Ok(refused.into_http())));
+            }
+        }
+        let charge = Charge::default();
+        let (mut parts, body) = request.into_parts();
+        parts.extensions.insert(charge.clone());
+        let body = Body::new(Metered {
+            body,
+            budget: self.budget.clone(),
+            charge,
+            max_message: self.max_message,
+            header: Vec::with_capacity(FRAME_HEADER),
+        });
+        Box::pin(self.inner.call(http::Request::from_parts(parts, body)))
+    }
+}
+
+/// A gRPC message's header: a compression flag and its length (4 bytes, big-endian).
+const FRAME_HEADER: usize = 5;
+
+/// A request body whose bytes are charged on the budget as they come, and whose first
+/// message is refused from its header when it says it is longer than `--max-body`
+/// (`RESOURCE_EXHAUSTED`, as gRPC's own servers answer; tonic's check, behind this one, says
+/// `OUT_OF_RANGE`).
+struct Metered {
+    body: Body,
+    budget: BodyBudget,
+    charge: Charge,
+    max_message: usize,
+    /// The first message's header, until whole.
+    header: Vec<u8>,
+}
+
+impl http_body::Body for Metered {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let Poll::Ready(Some(Ok(frame))) = polled else {
+            return polled;
+        };
+        if let Some(data) = frame.data_ref() {
+            if self.header.len() < FRAME_HEADER {
+                let take = (FRAME_HEADER - self.header.len()).min(data.len());
+                self.header.extend_from_slice(&data[..take]);
+                if let [_, a, b, c, d] = self.header[..] {
+                    let length = u32::from_be_bytes([a, b, c, d]) as usize;
+                    if length > self.max_message {
+                        return Poll::Ready(Some(Err(Status::resource_exhausted(format!(
+                            "the message is {length} bytes, too large: at most {} are taken (--max-body)",
+                            self.max_message
+                        )))));
+                    }
+                }
+            }
+            let Some(more) = self.budget.try_charge(data.len()) else {
+                return Poll::Ready(Some(Err(Status::unavailable(
+                    "the server is at capacity (--body-memory); retry shortly",
+                ))));
+            };
+            let mut held = self
+                .charge
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match held.as_mut() {
+                Some(permit) => permit.merge(more),
+                None => *held = Some(more),
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
