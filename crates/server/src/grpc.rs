@@ -34,13 +34,10 @@ use crate::AppState;
 use crate::api::v2::grpc::{Charge, Service as InferenceService};
 use crate::api::v2::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::ingest::upload::BodyBudget;
-use crate::ops::memory::BLOCKING_THREADS_PER_WORKER;
+use crate::ops::memory::{
+    BLOCKING_THREADS_PER_WORKER, GRPC_STREAMS as MAX_STREAMS, GRPC_WINDOW_BYTES as WINDOW_BYTES,
+};
 
-/// Requests at once on one connection (HTTP/2 streams).
-pub const MAX_STREAMS: u32 = 32;
-/// HTTP/2 flow-control window of a connection and of a stream: bytes a client may send ahead
-/// of what the server has read.
-pub const WINDOW_BYTES: u32 = 1 << 20;
 /// How often health is brought in line with readiness.
 const HEALTH_PERIOD: Duration = Duration::from_millis(100);
 

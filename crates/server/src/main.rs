@@ -33,7 +33,7 @@ struct Args {
     #[arg(long, env = "CNN_GRPC_PORT")]
     grpc_port: Option<u16>,
     /// Record to serve: a file, or a folder holding exactly one `*.safetensors` file (as
-    /// KServe's /mnt/models); default: the trained model built into this binary. SIGHUP
+    /// `KServe`'s /mnt/models); default: the trained model built into this binary. SIGHUP
     /// reloads it from there without a restart.
     #[arg(long, env = "CNN_MODEL")]
     model: Option<PathBuf>,
@@ -217,7 +217,11 @@ fn run(args: Args) -> Result<()> {
         http: listener,
         grpc,
     };
-    let bound = MemoryBound::of(&config);
+    let bound = if listeners.grpc.is_some() {
+        MemoryBound::of(&config).with_grpc(&config)
+    } else {
+        MemoryBound::of(&config)
+    };
     tracing::info!(
         %addr,
         backend = %args.backend,

@@ -354,7 +354,9 @@ fn metadata_health_and_readiness() {
         "/v2/models/cifar10-cnn/versions/7",
         "/v2/models/cifar10-cnn/versions/7/ready",
         "/v2/repository/index",
-        "/v2/models/cifar10-cnn/stats",
+        "/v2/models/cifar10-cnn/trace/setting",
+        "/v2/models/resnet50/config",
+        "/v2/models/cifar10-cnn/versions/7/stats",
     ] {
         let r = get_answer(&s, path);
         assert_eq!(r.status, 404, "{path}");
@@ -869,6 +871,104 @@ fn tritonclient_agrees_with_classify() {
     assert!(
         stdout.contains(&format!("ok: {} images", images.len())),
         "{stdout}"
+    );
+}
+
+/// The `model_configuration` and `statistics` extensions: Triton's configuration of what the
+/// model takes, and counts that follow the requests served (a batch of 3 images is one model
+/// call of batch size 3, a failed request is counted as failed).
+#[test]
+fn model_configuration_and_statistics() {
+    let s = start(ServerConfig::default());
+    let (status, body) = get(&s, "/v2");
+    assert_eq!(status, 200);
+    let extensions: Value = serde_json::from_str(&body).unwrap();
+    for e in ["model_configuration", "statistics"] {
+        assert!(
+            extensions["extensions"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(e))
+        );
+    }
+    let (status, body) = get(&s, "/v2/models/cifar10-cnn/config");
+    assert_eq!(status, 200, "{body}");
+    let config: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(config["name"], "cifar10-cnn");
+    assert_eq!(config["max_batch_size"], 64);
+    assert_eq!(config["input"][0]["name"], "image");
+    assert_eq!(config["input"][0]["data_type"], "TYPE_STRING");
+    assert_eq!(config["input"][0]["optional"], true);
+    assert_eq!(config["input"][1]["dims"], json!([3, 64, 64]));
+    assert_eq!(config["input"][1]["format"], "FORMAT_NCHW");
+    assert_eq!(config["output"][1]["name"], "probabilities");
+    assert_eq!(config["output"][1]["dims"], json!([10]));
+    assert_eq!(
+        config["dynamic_batching"]["preferred_batch_size"],
+        json!([64])
+    );
+
+    let stats = |path: &str| -> Value {
+        let (status, body) = get(&s, path);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["model_stats"][0].clone()
+    };
+    let before = stats("/v2/models/cifar10-cnn/stats");
+    assert_eq!(before["inference_count"], 0);
+    let images = testdata::images("test", 1);
+    let three: Vec<&[u8]> = images.iter().take(3).map(|i| i.bytes.as_slice()).collect();
+    assert_eq!(post_json(&s, INFER, &images_request(&three)).status, 200);
+    assert_eq!(
+        post_json(&s, INFER, &images_request(&[b"not an image"])).status,
+        400
+    );
+    let after = stats("/v2/models/stats");
+    assert_eq!(after["inference_count"], 3);
+    assert_eq!(after["execution_count"], 1);
+    assert_eq!(after["inference_stats"]["success"]["count"], 1);
+    assert_eq!(after["inference_stats"]["compute_infer"]["count"], 1);
+    assert_eq!(after["batch_stats"][0]["batch_size"], 3);
+    assert!(after["last_inference"].as_u64().unwrap() > 0);
+    let version = after["version"].as_str().unwrap().to_string();
+    let versioned = stats(&format!("/v2/models/cifar10-cnn/versions/{version}/stats"));
+    assert_eq!(versioned["inference_count"], 3);
+}
+
+/// `--model-name` names the model on every `/v2` path (and in the OpenAPI document), and
+/// `--model` takes a folder holding one record, as `KServe` mounts a model at `/mnt/models`.
+#[test]
+fn the_model_is_served_under_its_name_from_a_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/model.safetensors");
+    std::fs::copy(&record, dir.path().join("cifar.safetensors")).unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let server = Process::start(&["--model", folder, "--model-name", "my-cifar"]);
+    let (status, body) = server.get("/v2/models/my-cifar");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""name":"my-cifar""#), "{body}");
+    let (status, body) = server.get("/v2/models/cifar10-cnn/ready");
+    assert_eq!(status, 404);
+    assert!(body.contains("this server serves 'my-cifar'"), "{body}");
+    let (_, info) = server.get("/model/info");
+    assert!(info.contains("cifar.safetensors"), "{info}");
+    let (_, doc) = server.get("/openapi.json");
+    let doc: Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(
+        doc["components"]["schemas"]["ModelName"]["enum"],
+        json!(["my-cifar"])
+    );
+
+    // A folder of two records is refused at start, naming both.
+    std::fs::copy(&record, dir.path().join("other.safetensors")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--port", "0", "--model", folder])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 *.safetensors files: cifar.safetensors, other.safetensors"),
+        "{stderr}"
     );
 }
 

@@ -383,7 +383,7 @@ fn infer(
     metrics.batch(images);
     let input = now.elapsed();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.scores(floats)));
-    let infer = now.elapsed() - input;
+    let infer = now.elapsed().saturating_sub(input);
     match result {
         Ok(scores) => {
             metrics.classified(images);
@@ -401,7 +401,7 @@ fn infer(
             stats.batch(
                 images,
                 &queued,
-                [input, infer, now.elapsed() - input - infer],
+                [input, infer, now.elapsed().saturating_sub(input + infer)],
             );
         }
         Err(_) => {

@@ -71,6 +71,31 @@ pub const METRICS_BYTES: u64 = 1 << 20;
 /// Threads of each worker's blocking pool (they decode images).
 pub const BLOCKING_THREADS_PER_WORKER: usize = 4;
 
+/// Requests at once on one gRPC connection (HTTP/2 streams).
+pub const GRPC_STREAMS: u32 = 8;
+
+/// HTTP/2 flow-control window of a gRPC connection and of each of its streams: the bytes a
+/// client may send ahead of what the server has read (and so not yet charged on the body
+/// budget).
+pub const GRPC_WINDOW_BYTES: u32 = 256 << 10;
+
+/// One gRPC connection besides its window: hyper's and h2's read and write buffers and frame
+/// state.
+const GRPC_CONNECTION_BYTES: u64 = 64 << 10;
+
+/// Most bytes one image adds to a gRPC answer: both outputs, as raw floats (40 bytes each) or
+/// as classifications of all ten classes (ten length-prefixed `"<value>:<index>:<label>"` of at
+/// most 32 bytes each), and protobuf's framing.
+const GRPC_ANSWER_BYTES_PER_IMAGE: u64 = 1 << 10;
+
+/// A gRPC answer's part that does not grow with its images: the `id` (at most 1 KiB), the
+/// names, version and shapes.
+const GRPC_ANSWER_FIXED_BYTES: u64 = 2 << 10;
+
+/// The gRPC server's runtime: its worker and blocking threads' stacks as far as they are
+/// touched, and tonic's routing state.
+const GRPC_RUNTIME_BYTES: u64 = 4 << 20;
+
 /// Bytes the fast path keeps per image of a batch besides its input: the 8,192 features and
 /// the hidden layer.
 const FAST_PATH_BYTES_PER_IMAGE: u64 = 33 << 10;
@@ -105,6 +130,11 @@ pub struct MemoryBound {
     pub metrics: u64,
     /// `RELOAD_BYTES`: a second record during a reload.
     pub reload: u64,
+    /// With `--grpc-port` ([`MemoryBound::with_grpc`]): per connection, its flow-control
+    /// window, its buffers, and an unread answer on each of its streams; the runtime. Its
+    /// messages' bytes are charged on the body budget (`bodies`), its images on the image
+    /// permits and the decode budget, as HTTP's.
+    pub grpc: u64,
 }
 
 impl MemoryBound {
@@ -120,6 +150,19 @@ impl MemoryBound {
             + self.log
             + self.metrics
             + self.reload
+            + self.grpc
+    }
+
+    /// This bound with the gRPC server's terms (`--grpc-port`): at most `max_connections`
+    /// connections of their own.
+    #[must_use]
+    pub fn with_grpc(mut self, config: &ServerConfig) -> Self {
+        let answer =
+            GRPC_ANSWER_FIXED_BYTES + config.upload.files as u64 * GRPC_ANSWER_BYTES_PER_IMAGE;
+        let per_connection =
+            u64::from(GRPC_WINDOW_BYTES) + GRPC_CONNECTION_BYTES + u64::from(GRPC_STREAMS) * answer;
+        self.grpc = config.max_connections.max(1) as u64 * per_connection + GRPC_RUNTIME_BYTES;
+        self
     }
 }
 
@@ -128,7 +171,7 @@ impl fmt::Display for MemoryBound {
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
         write!(
             f,
-            "{:.0} MiB = base {:.0} + connections {:.0} + answers {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1} + reload {:.0}",
+            "{:.0} MiB = base {:.0} + connections {:.0} + answers {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1} + reload {:.0} + gRPC {:.0}",
             mib(self.total()),
             mib(self.base),
             mib(self.connections),
@@ -138,7 +181,8 @@ impl fmt::Display for MemoryBound {
             mib(self.images),
             mib(self.log),
             mib(self.metrics),
-            mib(self.reload)
+            mib(self.reload),
+            mib(self.grpc)
         )
     }
 }
@@ -169,6 +213,7 @@ impl MemoryBound {
             log: n(LOG_LINES) * LOG_LINE_BYTES + connections * REQUEST_SPAN_BYTES,
             metrics: METRICS_BYTES,
             reload: RELOAD_BYTES,
+            grpc: 0,
         }
     }
 }
