@@ -73,8 +73,7 @@ pub fn start(listener: TcpListener, state: web::Data<AppState>) -> std::io::Resu
     let max_message = config.upload.body;
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
     let timeout = config.request_timeout;
-    let budget = state.body_budget.clone();
-    let key = config.api_key.clone();
+    let layer_state = state.clone();
     let thread = std::thread::Builder::new()
         .name("grpc-server".into())
         .spawn(move || {
@@ -105,9 +104,7 @@ pub fn start(listener: TcpListener, state: web::Data<AppState>) -> std::io::Resu
                     .initial_stream_window_size(WINDOW_BYTES)
                     .layer(tower_layer::layer_fn(move |inner| Meter {
                         inner,
-                        budget: budget.clone(),
-                        key: key.clone(),
-                        max_message,
+                        state: layer_state.clone(),
                     }))
                     .add_service(health)
                     .add_service(inference)
@@ -220,18 +217,76 @@ impl AsyncWrite for Counted {
     }
 }
 
-/// Asks for `--api-key` where HTTP does (every call but the probes: `grpc.health.v1`,
-/// `ServerLive`, `ServerReady`), as `authorization: Bearer <key>` metadata, and charges every
-/// request body's bytes on the body budget as they arrive, into a [`Charge`] the request
-/// carries in its extensions (the handler keeps it until its answer); a body the budget has
-/// no room for ends in `UNAVAILABLE`.
+/// What every call goes through: asks for `--api-key` where HTTP does (every call but the
+/// probes: `grpc.health.v1`, `ServerLive`, `ServerReady`), as `authorization: Bearer <key>`
+/// metadata; charges the request body's bytes on the body budget as they arrive, into a
+/// [`Charge`] the request carries in its extensions (the handler keeps it until its answer),
+/// a body the budget has no room for ending in `UNAVAILABLE`; counts the call in the metrics
+/// and logs it (`protocol="grpc"`), as HTTP's middleware does.
 #[derive(Clone)]
 struct Meter<S> {
     inner: S,
-    budget: BodyBudget,
-    key: Option<crate::ApiKey>,
-    /// `--max-body`.
-    max_message: usize,
+    state: web::Data<AppState>,
+}
+
+/// The calls the server answers, by path, and their names in metrics and logs (a closed set:
+/// any other path counts as `unknown`).
+const METHODS: [(&str, &str); 10] = [
+    ("/inference.GRPCInferenceService/ModelInfer", "ModelInfer"),
+    ("/inference.GRPCInferenceService/ServerLive", "ServerLive"),
+    ("/inference.GRPCInferenceService/ServerReady", "ServerReady"),
+    ("/inference.GRPCInferenceService/ModelReady", "ModelReady"),
+    (
+        "/inference.GRPCInferenceService/ServerMetadata",
+        "ServerMetadata",
+    ),
+    (
+        "/inference.GRPCInferenceService/ModelMetadata",
+        "ModelMetadata",
+    ),
+    ("/inference.GRPCInferenceService/ModelConfig", "ModelConfig"),
+    (
+        "/inference.GRPCInferenceService/ModelStatistics",
+        "ModelStatistics",
+    ),
+    ("/grpc.health.v1.Health/Check", "Health.Check"),
+    ("/grpc.health.v1.Health/Watch", "Health.Watch"),
+];
+
+/// A gRPC status code's name, as the metrics label it.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The code of an answer from its head: `grpc-status` is there when the call failed before
+/// any message (every error of this server's unary calls); an answer with a message carries
+/// its status in the trailers, and is counted `OK`.
+fn answered_code(response: &http::Response<Body>) -> &'static str {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or("OK", |c| code_name(tonic::Code::from_i32(c)))
 }
 
 impl<S> Service<http::Request<Body>> for Meter<S>
@@ -249,16 +304,40 @@ where
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if let Some(key) = &self.key {
+        let start = std::time::Instant::now();
+        let state = self.state.clone();
+        let path = request.uri().path();
+        let method = METHODS
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or("unknown", |(_, name)| name);
+        let done = move |response: http::Response<Body>| {
+            let code = answered_code(&response);
+            let elapsed = start.elapsed();
+            state.metrics.grpc_request(method, code, elapsed);
+            if state.config.log != crate::LogFormat::Off {
+                let duration_ms = elapsed.as_secs_f64() * 1e3;
+                tracing::info!(
+                    target: crate::ops::logging::REQUEST_TARGET,
+                    protocol = "grpc",
+                    method,
+                    code,
+                    duration_ms,
+                    "answered"
+                );
+            }
+            response
+        };
+        if let Some(key) = &self.state.config.api_key {
             let authorization = request
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(http::HeaderValue::as_bytes);
-            if !key.allows(request.uri().path(), authorization) {
+            if !key.allows(path, authorization) {
                 let refused = Status::unauthenticated(
                     "this server asks for its API key: send `authorization: Bearer <key>` metadata",
                 );
-                return Box::pin(std::future::ready(Ok(refused.into_http())));
+                return Box::pin(std::future::ready(Ok(done(refused.into_http()))));
             }
         }
         let charge = Charge::default();
@@ -266,12 +345,13 @@ where
         parts.extensions.insert(charge.clone());
         let body = Body::new(Metered {
             body,
-            budget: self.budget.clone(),
+            budget: self.state.body_budget.clone(),
             charge,
-            max_message: self.max_message,
+            max_message: self.state.config.upload.body,
             header: Vec::with_capacity(FRAME_HEADER),
         });
-        Box::pin(self.inner.call(http::Request::from_parts(parts, body)))
+        let answer = self.inner.call(http::Request::from_parts(parts, body));
+        Box::pin(async move { answer.await.map(done) })
     }
 }
 

@@ -325,7 +325,14 @@ fn the_built_in_record_cannot_be_watched() {
 fn sigterm_drops_readiness_then_drains_then_stops() {
     let image = testdata::images("test", 1).remove(0).bytes;
     // Long enough that the checks below finish inside it even on a loaded machine.
-    let mut process = Process::start(&["--drain-seconds", "10"]);
+    let mut process = Process::start(&["--drain-seconds", "10", "--grpc-port", "0"]);
+    let grpc = process.grpc_addr();
+    // gRPC health follows readiness, checked every 100 ms.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while common::grpc_health(&grpc) != Some(1) {
+        assert!(Instant::now() < deadline, "gRPC health never SERVING");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     process.signal(libc::SIGTERM);
     let signalled = Instant::now();
     // Readiness goes at once; the service stays, for the drain.
@@ -336,6 +343,12 @@ fn sigterm_drops_readiness_then_drains_then_stops() {
     }
     assert_eq!(process.get("/health").0, 200);
     assert_eq!(process.get("/v2/health/ready").0, 503);
+    // And turns NOT_SERVING with it, while gRPC still answers.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while common::grpc_health(&grpc) != Some(2) {
+        assert!(Instant::now() < deadline, "gRPC health still SERVING");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(classify(&process, &image).status, 200);
     assert!(
         signalled.elapsed() < Duration::from_secs(10),
@@ -349,4 +362,5 @@ fn sigterm_drops_readiness_then_drains_then_stops() {
         "stopped before the drain ended"
     );
     assert_eq!(process.get("/health").0, 0, "still listening");
+    assert_eq!(common::grpc_health(&grpc), None, "gRPC still listening");
 }

@@ -424,3 +424,141 @@ fn unread_static_assets_stay_within_the_bound() {
     check_peak_at(&server, &config, "255 × 4 unread copies of Swagger UI");
     drop(held);
 }
+
+/// A body sent in parts, as a slow client sends it.
+type SlowBody = http_body_util::StreamBody<
+    futures_util::stream::BoxStream<
+        'static,
+        Result<http_body::Frame<prost::bytes::Bytes>, std::convert::Infallible>,
+    >,
+>;
+
+/// An HTTP/2 client (one connection per client) sending [`SlowBody`]s.
+type GrpcClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    SlowBody,
+>;
+
+/// A gRPC call of `message` (a protobuf `ModelInferRequest`) over the HTTP/2 connection
+/// `client` holds, its body sent in two halves `pause` apart (a slow client holds what it
+/// sent meanwhile); the call's gRPC status code.
+async fn grpc_call(
+    client: &GrpcClient,
+    addr: &str,
+    message: prost::bytes::Bytes,
+    pause: Duration,
+) -> Option<i32> {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let framed = prost::bytes::Bytes::from(framed);
+    let half = framed.len() / 2;
+    let (first, second) = (framed.slice(..half), framed.slice(half..));
+    let halves = futures_util::stream::iter([(first, Duration::ZERO), (second, pause)])
+        .then(|(part, wait)| async move {
+            tokio::time::sleep(wait).await;
+            Ok(http_body::Frame::data(part))
+        })
+        .boxed();
+    let request = tonic::codegen::http::Request::post(format!(
+        "http://{addr}/inference.GRPCInferenceService/ModelInfer"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::StreamBody::new(halves))
+    .unwrap();
+    let response = client.request(request).await.ok()?;
+    let code = |headers: &tonic::codegen::http::HeaderMap| {
+        headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+    };
+    if let Some(code) = code(response.headers()) {
+        return Some(code);
+    }
+    let collected = response.into_body().collect().await.ok()?;
+    collected.trailers().and_then(code)
+}
+
+/// gRPC at [`SMALL_ARGS`] (`--grpc-port`): 48 connections × 4 streams of 1 MiB FP32 messages
+/// (21 images each, the most under `--max-body`), half of them sent slowly (the second half a
+/// second later), against 4 MiB of body memory. Each call is answered (`OK`, or `UNAVAILABLE`
+/// when the budget has no room), `/health` keeps answering, and the process's peak RSS stays
+/// under the bound with the gRPC terms.
+#[test]
+fn hostile_grpc_messages_stay_within_the_memory_bound() {
+    use prost::Message;
+    use server::api::v2::proto;
+    let mut args = SMALL_ARGS.to_vec();
+    args.extend(["--grpc-port", "0"]);
+    let server = Process::start(&args);
+    let grpc = server.grpc_addr();
+    let images = 21;
+    let message = prost::bytes::Bytes::from(
+        proto::ModelInferRequest {
+            model_name: "cifar10-cnn".into(),
+            inputs: vec![proto::model_infer_request::InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![images, 3, 64, 64],
+                ..Default::default()
+            }],
+            raw_input_contents: vec![prost::bytes::Bytes::from(vec![
+                0u8;
+                images as usize
+                    * model::IMAGE_FLOATS
+                    * 4
+            ])],
+            ..Default::default()
+        }
+        .encode_to_vec(),
+    );
+    assert!(message.len() < 1 << 20);
+    let codes = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let mut calls = Vec::new();
+            for connection in 0..48 {
+                // One client, one HTTP/2 connection, four calls on it at once.
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .http2_only(true)
+                .pool_max_idle_per_host(1)
+                .build_http();
+                for stream in 0..4 {
+                    let (client, grpc, message) = (client.clone(), grpc.clone(), message.clone());
+                    let slow = (connection + stream) % 2 == 0;
+                    let pause = Duration::from_millis(if slow { 1000 } else { 0 });
+                    calls.push(tokio::spawn(async move {
+                        grpc_call(&client, &grpc, message, pause).await
+                    }));
+                }
+            }
+            let mut codes = Vec::new();
+            for call in calls {
+                codes.push(call.await.unwrap());
+            }
+            codes
+        });
+    let mut by_code = std::collections::BTreeMap::new();
+    for code in &codes {
+        *by_code.entry(*code).or_insert(0) += 1;
+    }
+    eprintln!("gRPC answers by code: {by_code:?}");
+    // OK (0) or UNAVAILABLE (14): no call left unanswered, none failing otherwise.
+    assert!(
+        codes.iter().all(|c| matches!(c, Some(0 | 14))),
+        "{by_code:?}"
+    );
+    assert!(codes.contains(&Some(0)), "{by_code:?}");
+    let config = common::small_config();
+    let bound = server::ops::memory::MemoryBound::of(&config).with_grpc(&config);
+    common::check_peak_within(&server, bound, "hostile gRPC messages");
+}

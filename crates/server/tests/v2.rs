@@ -994,14 +994,7 @@ fn tritonclient_grpc_agrees_with_classify() {
         "--max-body",
         "2000000",
     ]);
-    let grpc = server
-        .log_lines()
-        .iter()
-        .find_map(|line| {
-            let rest = line.split("gRPC on ").nth(1)?;
-            rest.split_whitespace().next().map(String::from)
-        })
-        .expect("the server says where gRPC listens");
+    let grpc = server.grpc_addr();
     let dir = tempfile::tempdir().unwrap();
     let images = testdata::images("test", 2);
     assert_eq!(images.len(), 20);

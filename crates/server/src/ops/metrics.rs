@@ -11,6 +11,8 @@
 //! |---|---|---|---|
 //! | `http_requests_total` | counter | `route`, `status` | requests answered |
 //! | `http_request_duration_seconds` | histogram | `route` | time from request to response head |
+//! | `grpc_requests_total` | counter | `method`, `code` | gRPC calls answered (`--grpc-port`), by method and gRPC status code |
+//! | `grpc_request_duration_seconds` | histogram | `method` | time from a gRPC call's arrival to its response head |
 //! | `refusals_total` | counter | `reason` | requests refused with a problem document (4xx, 503), by its type |
 //! | `errors_total` | counter | `kind` | every failure by kind: refused or failed requests, images that failed inside a batch, jobs abandoned by their client |
 //! | `inference_queue_wait_seconds` | histogram | | time a job waited for the model |
@@ -52,6 +54,8 @@ pub const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
 
 const REQUESTS: &str = "http_requests_total";
 const LATENCY: &str = "http_request_duration_seconds";
+const GRPC_REQUESTS: &str = "grpc_requests_total";
+const GRPC_LATENCY: &str = "grpc_request_duration_seconds";
 const REFUSALS: &str = "refusals_total";
 const ERRORS: &str = "errors_total";
 const QUEUE_WAIT: &str = "inference_queue_wait_seconds";
@@ -111,6 +115,9 @@ impl Metrics {
             .and_then(|b| {
                 b.set_buckets_for_metric(Matcher::Full(QUEUE_WAIT.into()), SECONDS_BUCKETS)
             })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(GRPC_LATENCY.into()), SECONDS_BUCKETS)
+            })
             .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
             .expect("bucket lists are not empty")
             .build_recorder();
@@ -128,6 +135,16 @@ impl Metrics {
             LATENCY,
             Some(Unit::Seconds),
             "Time from a request's arrival to its response head, by route pattern.",
+        );
+        describe(
+            GRPC_REQUESTS,
+            None,
+            "gRPC calls answered, by method and gRPC status code.",
+        );
+        describe(
+            GRPC_LATENCY,
+            Some(Unit::Seconds),
+            "Time from a gRPC call's arrival to its response head, by method.",
         );
         describe(
             REFUSALS,
@@ -249,6 +266,32 @@ impl Metrics {
         });
         counter.increment(1);
         series.latency.record(seconds);
+    }
+
+    /// Counts a gRPC call of `method` (one of the closed set the server answers, or
+    /// `unknown`) answered with `code` (a gRPC status code's name) after `elapsed`.
+    pub fn grpc_request(&self, method: &'static str, code: &'static str, elapsed: Duration) {
+        self.recorder
+            .register_counter(
+                &Key::from_parts(
+                    GRPC_REQUESTS,
+                    vec![
+                        Label::from_static_parts("method", method),
+                        Label::from_static_parts("code", code),
+                    ],
+                ),
+                &META,
+            )
+            .increment(1);
+        self.recorder
+            .register_histogram(
+                &Key::from_parts(
+                    GRPC_LATENCY,
+                    vec![Label::from_static_parts("method", method)],
+                ),
+                &META,
+            )
+            .record(elapsed.as_secs_f64());
     }
 
     /// Counts a failure of `kind` (a request's problem type, an image that failed inside a

@@ -254,6 +254,17 @@ impl Process {
         }
     }
 
+    /// Where the server's gRPC listener is (`--grpc-port`), from its start-up line.
+    pub fn grpc_addr(&self) -> String {
+        self.log_lines()
+            .iter()
+            .find_map(|line| {
+                let rest = line.split("gRPC on ").nth(1)?;
+                rest.split_whitespace().next().map(String::from)
+            })
+            .expect("the server says where gRPC listens")
+    }
+
     /// The lines the server has written to stderr so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
@@ -360,7 +371,11 @@ pub fn check_peak(server: &Process, what: &str) {
 
 /// [`check_peak`] for a server started with the settings `config` describes.
 pub fn check_peak_at(server: &Process, config: &server::ServerConfig, what: &str) {
-    let bound = server::ops::memory::MemoryBound::of(config);
+    check_peak_within(server, server::ops::memory::MemoryBound::of(config), what);
+}
+
+/// [`check_peak`] against `bound`.
+pub fn check_peak_within(server: &Process, bound: server::ops::memory::MemoryBound, what: &str) {
     let peak = server.status_bytes("VmHWM");
     eprintln!(
         "{what}: peak RSS {:.1} MiB, bound {bound}",
@@ -371,4 +386,40 @@ pub fn check_peak_at(server: &Process, config: &server::ServerConfig, what: &str
         "{what}: peak RSS {peak} bytes over the bound {bound}"
     );
     assert_eq!(server.get("/health").0, 200, "{what}: /health");
+}
+
+/// `grpc.health.v1.Health/Check` (the server as a whole) of the gRPC server at `addr`, called
+/// over HTTP/2 by hand: the status it gives (1 `SERVING`, 2 `NOT_SERVING`), or `None` when
+/// nothing answers.
+pub fn grpc_health(addr: &str) -> Option<i32> {
+    use http_body_util::{BodyExt, Full};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .http2_only(true)
+                .build_http();
+        // An empty HealthCheckRequest: a message of zero bytes after its 5-byte header.
+        let request = tonic::codegen::http::Request::post(format!(
+            "http://{addr}/grpc.health.v1.Health/Check"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(prost::bytes::Bytes::from_static(&[0; 5])))
+        .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
+            .await
+            .ok()?
+            .ok()?;
+        let body = response.into_body().collect().await.ok()?.to_bytes();
+        // A HealthCheckResponse: field 1, the status, as one varint byte (absent when 0).
+        match body.get(5..) {
+            Some([0x08, status]) => Some(i32::from(*status)),
+            Some([]) => Some(0),
+            _ => None,
+        }
+    })
 }

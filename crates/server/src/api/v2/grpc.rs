@@ -53,6 +53,18 @@ impl Service {
     pub fn new(state: web::Data<AppState>) -> Self {
         Self { state }
     }
+
+    /// `error` as a status, counted in the metrics by its kind as HTTP counts it.
+    fn fail(&self, error: &V2Error) -> Status {
+        use actix_web::ResponseError;
+        let kind = error.kind();
+        self.state.metrics.error(kind);
+        let code = error.status_code().as_u16();
+        if (400..500).contains(&code) || code == 503 {
+            self.state.metrics.refusal(kind);
+        }
+        status(error)
+    }
 }
 
 /// A protocol error as a gRPC status: 400 → `INVALID_ARGUMENT`, 404 → `NOT_FOUND`, a request
@@ -109,7 +121,7 @@ impl GrpcInferenceService for Service {
         request: Request<proto::ModelReadyRequest>,
     ) -> Answer<proto::ModelReadyResponse> {
         let r = request.get_ref();
-        served_as(&self.state, &r.name, Some(&r.version)).map_err(|e| status(&e))?;
+        served_as(&self.state, &r.name, Some(&r.version)).map_err(|e| self.fail(&e))?;
         Ok(Response::new(proto::ModelReadyResponse {
             ready: self.state.is_ready(),
         }))
@@ -131,7 +143,8 @@ impl GrpcInferenceService for Service {
         request: Request<proto::ModelMetadataRequest>,
     ) -> Answer<proto::ModelMetadataResponse> {
         let r = request.get_ref();
-        let version = served_as(&self.state, &r.name, Some(&r.version)).map_err(|e| status(&e))?;
+        let version =
+            served_as(&self.state, &r.name, Some(&r.version)).map_err(|e| self.fail(&e))?;
         let meta = model_metadata_of(&self.state, version);
         let tensors = |t: Vec<super::TensorMetadata>| {
             t.into_iter()
@@ -156,7 +169,7 @@ impl GrpcInferenceService for Service {
         request: Request<proto::ModelConfigRequest>,
     ) -> Answer<proto::ModelConfigResponse> {
         let r = request.get_ref();
-        served_as(&self.state, &r.name, Some(&r.version)).map_err(|e| status(&e))?;
+        served_as(&self.state, &r.name, Some(&r.version)).map_err(|e| self.fail(&e))?;
         Ok(Response::new(proto::ModelConfigResponse {
             config: Some(extensions::config(&self.state)),
         }))
@@ -167,8 +180,8 @@ impl GrpcInferenceService for Service {
         request: Request<proto::ModelStatisticsRequest>,
     ) -> Answer<proto::ModelStatisticsResponse> {
         let r = request.get_ref();
-        let model_stats =
-            extensions::statistics_for(&self.state, &r.name, &r.version).map_err(|e| status(&e))?;
+        let model_stats = extensions::statistics_for(&self.state, &r.name, &r.version)
+            .map_err(|e| self.fail(&e))?;
         Ok(Response::new(proto::ModelStatisticsResponse {
             model_stats,
         }))
@@ -182,7 +195,7 @@ impl GrpcInferenceService for Service {
         infer(&self.state, request.into_inner(), charge)
             .await
             .map(Response::new)
-            .map_err(|e| status(&e))
+            .map_err(|e| self.fail(&e))
     }
 }
 
