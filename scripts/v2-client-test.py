@@ -213,7 +213,16 @@ def grpc_checks(args):
     assert n == 20, n
     pixels = np.fromfile(args.dir / "pixels.f32", dtype="<f4").reshape(n, 3, 64, 64)
     classes = fetch(f"{base}/classes")["classes"]
-    answers = [fetch(f"{base}/classify", blob, "image/jpeg") for blob in blobs]
+    # One /classify/batch of all 20 (a full --max-batch, so it waits for nobody).
+    boundary = "cifar-cnn-boundary"
+    form = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{f.name}"\r\n'
+        f"Content-Type: image/jpeg\r\n\r\n".encode() + blob + b"\r\n"
+        for f, blob in zip(files, blobs)
+    ) + f"--{boundary}--\r\n".encode()
+    batch = fetch(f"{base}/classify/batch", form, f"multipart/form-data; boundary={boundary}")
+    answers = batch["results"]
+    assert len(answers) == n and all("prediction" in a for a in answers), batch
 
     # The standard health service, as a Kubernetes grpc: probe asks it.
     with grpc.insecure_channel(args.grpc_url) as channel:

@@ -57,8 +57,13 @@ impl Grpc {
     }
 }
 
-/// Starts serving gRPC on `listener` from `state`; returns once its runtime runs.
-pub fn start(listener: TcpListener, state: web::Data<AppState>) -> std::io::Result<Grpc> {
+/// Starts serving gRPC on `listener` from `state`, counting each call in `served` (as HTTP
+/// counts its requests); returns once its runtime runs.
+pub fn start(
+    listener: TcpListener,
+    state: web::Data<AppState>,
+    served: Arc<std::sync::atomic::AtomicU64>,
+) -> std::io::Result<Grpc> {
     listener.set_nonblocking(true)?;
     let config = &state.config;
     let workers = config.workers.max(1);
@@ -105,6 +110,7 @@ pub fn start(listener: TcpListener, state: web::Data<AppState>) -> std::io::Resu
                     .layer(tower_layer::layer_fn(move |inner| Meter {
                         inner,
                         state: layer_state.clone(),
+                        served: served.clone(),
                     }))
                     .add_service(health)
                     .add_service(inference)
@@ -227,6 +233,7 @@ impl AsyncWrite for Counted {
 struct Meter<S> {
     inner: S,
     state: web::Data<AppState>,
+    served: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The calls the server answers, by path, and their names in metrics and logs (a closed set:
@@ -305,6 +312,8 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let start = std::time::Instant::now();
+        self.served
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let state = self.state.clone();
         let path = request.uri().path();
         let method = METHODS

@@ -200,11 +200,13 @@ pub fn serve(
         config: config.clone(),
         openapi: web::Bytes::from(openapi),
     });
+    // Requests served, on either protocol: memory goes back to the system only when it stops
+    // growing.
+    let served = Arc::new(AtomicU64::new(0));
     let grpc = match grpc_listener {
-        Some(listener) => Some(grpc::start(listener, state.clone())?),
+        Some(listener) => Some(grpc::start(listener, state.clone(), served.clone())?),
         None => None,
     };
-    let served = Arc::new(AtomicU64::new(0));
     ops::memory::give_back_when_idle(served.clone(), Duration::from_secs(2));
     let server = HttpServer::new(move || {
         let state = state.clone();

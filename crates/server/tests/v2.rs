@@ -1029,6 +1029,48 @@ fn tritonclient_grpc_agrees_with_classify() {
     );
 }
 
+/// With `--api-key`, gRPC asks for the key where HTTP does: every call but the probes
+/// (`grpc.health.v1`, `ServerLive`, `ServerReady`) answers `UNAUTHENTICATED` without
+/// `authorization: Bearer <key>` or with another key.
+#[test]
+fn grpc_asks_for_the_api_key_where_http_does() {
+    use prost::Message;
+    use server::api::v2::proto;
+    const UNAUTHENTICATED: i32 = 16;
+    let server = Process::start_with_env(&["--grpc-port", "0"], &[("CNN_API_KEY", "s3cret")]);
+    let grpc = server.grpc_addr();
+    let metadata = proto::ModelMetadataRequest {
+        name: "cifar10-cnn".into(),
+        version: String::new(),
+    }
+    .encode_to_vec();
+    let call = |path: &str, message: &[u8], key: Option<&str>| {
+        common::grpc_call(&grpc, path, message, key)
+            .expect("an answer")
+            .0
+    };
+    let meta_path = "/inference.GRPCInferenceService/ModelMetadata";
+    assert_eq!(call(meta_path, &metadata, None), UNAUTHENTICATED);
+    assert_eq!(call(meta_path, &metadata, Some("guess")), UNAUTHENTICATED);
+    assert_eq!(call(meta_path, &metadata, Some("s3cret")), 0);
+    let (code, answer) = common::grpc_call(&grpc, meta_path, &metadata, Some("s3cret")).unwrap();
+    assert_eq!(code, 0);
+    let answer = proto::ModelMetadataResponse::decode(answer.as_slice()).unwrap();
+    assert_eq!(answer.name, "cifar10-cnn");
+    let infer = "/inference.GRPCInferenceService/ModelInfer";
+    assert_eq!(call(infer, &[], None), UNAUTHENTICATED);
+    // The probes stay open.
+    assert_eq!(common::grpc_health(&grpc), Some(1));
+    assert_eq!(
+        call("/inference.GRPCInferenceService/ServerLive", &[], None),
+        0
+    );
+    assert_eq!(
+        call("/inference.GRPCInferenceService/ServerReady", &[], None),
+        0
+    );
+}
+
 /// The server binary at small settings (a bound of about 124 MiB, as `tests/memory.rs` runs it)
 /// under hundreds of concurrent `/v2` requests of the shapes that cost the most memory per byte
 /// sent: JSON numbers as short as they come ("0,0,0,..."), binary FP32 tensors, and 64 one-pixel

@@ -388,38 +388,62 @@ pub fn check_peak_within(server: &Process, bound: server::ops::memory::MemoryBou
     assert_eq!(server.get("/health").0, 200, "{what}: /health");
 }
 
-/// `grpc.health.v1.Health/Check` (the server as a whole) of the gRPC server at `addr`, called
-/// over HTTP/2 by hand: the status it gives (1 `SERVING`, 2 `NOT_SERVING`), or `None` when
-/// nothing answers.
-pub fn grpc_health(addr: &str) -> Option<i32> {
+/// A unary gRPC call to `path` of the server at `addr` with the encoded `message` (and
+/// `authorization: Bearer <key>` when given), made over HTTP/2 by hand: its status code and
+/// its answer's message bytes, or `None` when nothing answers.
+pub fn grpc_call(
+    addr: &str,
+    path: &str,
+    message: &[u8],
+    key: Option<&str>,
+) -> Option<(i32, Vec<u8>)> {
     use http_body_util::{BodyExt, Full};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
     runtime.block_on(async {
         let client =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .http2_only(true)
                 .build_http();
-        // An empty HealthCheckRequest: a message of zero bytes after its 5-byte header.
-        let request = tonic::codegen::http::Request::post(format!(
-            "http://{addr}/grpc.health.v1.Health/Check"
-        ))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(Full::new(prost::bytes::Bytes::from_static(&[0; 5])))
-        .unwrap();
+        let mut request = tonic::codegen::http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(key) = key {
+            request = request.header("authorization", format!("Bearer {key}"));
+        }
+        let request = request
+            .body(Full::new(prost::bytes::Bytes::from(framed)))
+            .unwrap();
         let response = tokio::time::timeout(Duration::from_secs(5), client.request(request))
             .await
             .ok()?
             .ok()?;
-        let body = response.into_body().collect().await.ok()?.to_bytes();
-        // A HealthCheckResponse: field 1, the status, as one varint byte (absent when 0).
-        match body.get(5..) {
-            Some([0x08, status]) => Some(i32::from(*status)),
-            Some([]) => Some(0),
-            _ => None,
-        }
+        let status = |headers: &tonic::codegen::http::HeaderMap| {
+            headers
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok()?.parse::<i32>().ok())
+        };
+        let in_head = status(response.headers());
+        let collected = response.into_body().collect().await.ok()?;
+        let code = in_head.or_else(|| collected.trailers().and_then(status))?;
+        let body = collected.to_bytes();
+        Some((code, body.get(5..).unwrap_or_default().to_vec()))
     })
+}
+
+/// `grpc.health.v1.Health/Check` (the server as a whole) of the gRPC server at `addr`: the
+/// status it gives (1 `SERVING`, 2 `NOT_SERVING`), or `None` when nothing answers.
+pub fn grpc_health(addr: &str) -> Option<i32> {
+    let (_, message) = grpc_call(addr, "/grpc.health.v1.Health/Check", &[], None)?;
+    // A HealthCheckResponse: field 1, the status, as one varint byte (absent when 0).
+    match message[..] {
+        [0x08, status] => Some(i32::from(status)),
+        [] => Some(0),
+        _ => None,
+    }
 }
