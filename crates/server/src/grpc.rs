@@ -6,7 +6,7 @@
 //! Its bounds, as the HTTP server's: at most `--max-connections` connections (more wait in the
 //! kernel's queue), [`MAX_STREAMS`] requests at once on each, a message of at most
 //! `--max-body` bytes, and every message's bytes charged on the body budget as they arrive
-//! ([`Meter`]), before tonic has buffered them whole: a request that finds the budget spent is
+//! (the layer every call passes), before tonic has buffered them whole: a request that finds the budget spent is
 //! refused with `UNAVAILABLE`, as HTTP answers 503. HTTP/2's flow-control windows
 //! ([`WINDOW_BYTES`]) bound what a connection buffers ahead of that.
 //!

@@ -834,15 +834,10 @@ fn the_servers_bounds_hold_on_v2() {
     );
 }
 
-/// Triton's own Python client (`tritonclient[http]`, binary tensor data by default) against the
-/// real server binary with the shipped model: metadata, BYTES images and FP32 tensors in binary
-/// and in JSON, classification top-3, errors; every answer equal to `/classify`'s.
-#[test]
-fn tritonclient_agrees_with_classify() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let server = Process::start(&[]);
+/// The folder `scripts/v2-client-test` reads: `images` as `NN.jpg`, and `pixels.f32`, the same
+/// images preprocessed by the model crate.
+fn client_test_dir(images: &[testdata::ArchiveImage]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let images = testdata::images("test", 2);
     let pre = Preprocessor::default();
     let mut pixels = Vec::new();
     for (i, img) in images.iter().enumerate() {
@@ -855,6 +850,18 @@ fn tritonclient_agrees_with_classify() {
         );
     }
     std::fs::write(dir.path().join("pixels.f32"), pixels).unwrap();
+    dir
+}
+
+/// Triton's own Python client (`tritonclient[http]`, binary tensor data by default) against the
+/// real server binary with the shipped model: metadata, BYTES images and FP32 tensors in binary
+/// and in JSON, classification top-3, errors; every answer equal to `/classify`'s.
+#[test]
+fn tritonclient_agrees_with_classify() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let server = Process::start(&[]);
+    let images = testdata::images("test", 2);
+    let dir = client_test_dir(&images);
     let out = std::process::Command::new("bash")
         .arg(root.join("scripts/v2-client-test"))
         .args(["--url", &server.addr, "--dir"])
@@ -995,21 +1002,9 @@ fn tritonclient_grpc_agrees_with_classify() {
         "2000000",
     ]);
     let grpc = server.grpc_addr();
-    let dir = tempfile::tempdir().unwrap();
     let images = testdata::images("test", 2);
     assert_eq!(images.len(), 20);
-    let pre = Preprocessor::default();
-    let mut pixels = Vec::new();
-    for (i, img) in images.iter().enumerate() {
-        std::fs::write(dir.path().join(format!("{i:02}.jpg")), &img.bytes).unwrap();
-        pixels.extend(
-            pre.preprocess(&img.bytes)
-                .unwrap()
-                .into_iter()
-                .flat_map(f32::to_le_bytes),
-        );
-    }
-    std::fs::write(dir.path().join("pixels.f32"), pixels).unwrap();
+    let dir = client_test_dir(&images);
     let out = std::process::Command::new("bash")
         .arg(root.join("scripts/v2-client-test"))
         .args(["--url", &server.addr, "--grpc-url", &grpc, "--dir"])
