@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // The server's side only: the tests call it with Triton's own client.
         .build_client(false)
+        // prost's codec with each request's wire format bounded before it is decoded.
+        .codec_path("crate::api::v2::wire::Bounded")
         // `bytes` fields as `Bytes`: the images and tensors of a request are slices of the
         // buffer the message arrived in, not copies of it.
         .bytes(".inference")

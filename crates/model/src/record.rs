@@ -105,7 +105,7 @@ pub fn save_model(model: &Cnn, path: &Path, meta: &RecordMeta) -> Result<(), Rec
 
 /// Reads and checks the record at `path`, returning the network on `device`.
 pub fn load_model(path: &Path, device: &Device) -> Result<(Cnn, RecordMeta), RecordError> {
-    load_model_bytes(read(path)?, device)
+    load_model_bytes(read(&find(path)?)?, device)
 }
 
 /// The largest file taken for a record: the weights (4 bytes per parameter) and 1 MiB for the
@@ -113,7 +113,6 @@ pub fn load_model(path: &Path, device: &Device) -> Result<(Cnn, RecordMeta), Rec
 /// is read (a server reloading a wrong path must not read a data set into memory).
 pub const MAX_RECORD_BYTES: u64 = crate::PARAMETER_COUNT as u64 * 4 + (1 << 20);
 
-/// The file at `path`, if it is no larger than [`MAX_RECORD_BYTES`].
 /// The record a path names: the file itself, or the one `*.safetensors` file in a folder (as
 /// `KServe` copies a model's storage to `/mnt/models`). Resolved at every read, so that a reload
 /// of a folder serves the record it holds now.
@@ -156,9 +155,9 @@ pub fn find(path: &Path) -> Result<std::path::PathBuf, RecordError> {
     }
 }
 
+/// The file at `path`, if it is no larger than [`MAX_RECORD_BYTES`].
 fn read(path: &Path) -> Result<Vec<u8>, RecordError> {
     use std::io::Read;
-    let path = &find(path)?;
     let io = |source| RecordError::Io {
         path: path.display().to_string(),
         source,

@@ -35,25 +35,58 @@ use crate::api::v2::grpc::{Charge, Service as InferenceService};
 use crate::api::v2::proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::ingest::upload::BodyBudget;
 use crate::ops::memory::{
-    BLOCKING_THREADS_PER_WORKER, GRPC_STREAMS as MAX_STREAMS, GRPC_WINDOW_BYTES as WINDOW_BYTES,
+    BLOCKING_THREADS_PER_WORKER, GRPC_HEADER_LIST_BYTES as HEADER_LIST_BYTES,
+    GRPC_STREAMS as MAX_STREAMS, GRPC_WINDOW_BYTES as WINDOW_BYTES,
 };
+
+/// Longest a connection is kept (then closed gracefully: its requests finish).
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(600);
 
 /// How often health is brought in line with readiness.
 const HEALTH_PERIOD: Duration = Duration::from_millis(100);
 
 /// The running gRPC server.
 pub struct Grpc {
-    stop: Arc<tokio::sync::Notify>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: GrpcStop,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// What stops the gRPC server: held by [`crate::ops::lifecycle`], which stops it with HTTP.
+#[derive(Clone)]
+pub struct GrpcStop {
+    notify: Arc<tokio::sync::Notify>,
+    /// Set by a stop that must not wait for requests in flight.
+    now: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GrpcStop {
+    /// Stops accepting; `graceful`: requests in flight finish (for up to the shutdown
+    /// timeout), else the server is let go at once.
+    pub fn stop(&self, graceful: bool) {
+        if !graceful {
+            self.now.store(true, std::sync::atomic::Ordering::Release);
+        }
+        self.notify.notify_one();
+    }
 }
 
 impl Grpc {
-    /// Stops accepting, lets requests in flight finish, and waits for the server's end.
-    pub fn stop(mut self) {
-        self.stop.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// What stops this server, for the signal handler.
+    pub fn stopper(&self) -> GrpcStop {
+        self.stop.clone()
+    }
+
+    /// Stops the server (if not already stopping) and waits up to `wait` for its requests in
+    /// flight to finish (not at all after a stop that was not graceful): a client holding a
+    /// stream open (`Health.Watch`) cannot hold up the process's exit.
+    pub fn stop_within(self, wait: Duration) {
+        self.stop.stop(true);
+        let wait = if self.stop.now.load(std::sync::atomic::Ordering::Acquire) {
+            Duration::ZERO
+        } else {
+            wait
+        };
+        let _ = self.done.recv_timeout(wait);
     }
 }
 
@@ -73,15 +106,22 @@ pub fn start(
         .thread_name("grpc")
         .enable_all()
         .build()?;
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let stopped = stop.clone();
+    let stop = GrpcStop {
+        notify: Arc::new(tokio::sync::Notify::new()),
+        now: Arc::default(),
+    };
+    let stopped = stop.notify.clone();
+    let (finished, done) = std::sync::mpsc::channel();
     let max_message = config.upload.body;
     let connections = Arc::new(Semaphore::new(config.max_connections.max(1)));
-    let timeout = config.request_timeout;
+    // Longer than a request may take, so that a client waiting for its answer is never cut.
+    let idle = config.request_timeout + Duration::from_secs(10);
     let layer_state = state.clone();
-    let thread = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("grpc-server".into())
         .spawn(move || {
+            // Dropped when the server ends, however: the sender's end says so.
+            let _finished = finished;
             runtime.block_on(async move {
                 let listener = match tokio::net::TcpListener::from_std(listener) {
                     Ok(listener) => listener,
@@ -91,22 +131,30 @@ pub fn start(
                     }
                 };
                 let (reporter, health) = tonic_health::server::health_reporter();
+                // tonic-health starts at SERVING: not before the model has run.
+                reporter
+                    .set_service_status("", ServingStatus::NotServing)
+                    .await;
                 tokio::spawn(follow_readiness(reporter, state.clone()));
                 let inference = GrpcInferenceServiceServer::new(InferenceService::new(state))
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX);
                 let incoming = futures_util::stream::unfold(
                     (listener, connections),
-                    |(listener, connections)| async move {
-                        let accepted = accept(&listener, &connections).await;
+                    move |(listener, connections)| async move {
+                        let accepted = accept(&listener, &connections, idle).await;
                         Some((accepted, (listener, connections)))
                     },
                 );
-                let served = tonic::transport::Server::builder()
-                    .timeout(timeout)
+                let result = tonic::transport::Server::builder()
                     .max_concurrent_streams(MAX_STREAMS)
                     .initial_connection_window_size(WINDOW_BYTES)
                     .initial_stream_window_size(WINDOW_BYTES)
+                    .http2_max_header_list_size(HEADER_LIST_BYTES)
+                    // A connection is closed after a while, gracefully, so that a client
+                    // trickling bytes cannot hold one of --max-connections for ever.
+                    .max_connection_age(MAX_CONNECTION_AGE)
+                    .max_connection_age_grace(idle)
                     .layer(tower_layer::layer_fn(move |inner| Meter {
                         inner,
                         state: layer_state.clone(),
@@ -116,21 +164,20 @@ pub fn start(
                     .add_service(inference)
                     .serve_with_incoming_shutdown(incoming, stopped.notified())
                     .await;
-                if let Err(e) = served {
+                if let Err(e) = result {
                     tracing::error!(error = %e, "gRPC server: {e}");
                 }
             });
         })?;
-    Ok(Grpc {
-        stop,
-        thread: Some(thread),
-    })
+    Ok(Grpc { stop, done })
 }
 
-/// Accepts the next connection once fewer than `--max-connections` are open.
+/// Accepts the next connection once fewer than `--max-connections` are open; it is closed
+/// when nothing has come from it for `idle`.
 async fn accept(
     listener: &tokio::net::TcpListener,
     connections: &Arc<Semaphore>,
+    idle: Duration,
 ) -> std::io::Result<Counted> {
     let permit = connections
         .clone()
@@ -142,6 +189,8 @@ async fn accept(
     Ok(Counted {
         stream,
         _permit: permit,
+        idle,
+        deadline: Box::pin(tokio::time::sleep(idle)),
     })
 }
 
@@ -169,10 +218,14 @@ async fn follow_readiness(
     }
 }
 
-/// A connection, holding its place among `--max-connections` until closed.
+/// A connection, holding its place among `--max-connections` until closed, and closed when
+/// nothing has come from it for `idle` (a client that opens connections and sends nothing
+/// cannot keep others out).
 struct Counted {
     stream: tokio::net::TcpStream,
     _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Connected for Counted {
@@ -189,7 +242,18 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let next = tokio::time::Instant::now() + self.idle;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending if self.deadline.as_mut().poll(cx).is_ready() => Poll::Ready(Err(
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "idle connection"),
+            )),
+            polled => polled,
+        }
     }
 }
 
@@ -358,10 +422,46 @@ where
             charge,
             max_message: self.state.config.upload.body,
             header: Vec::with_capacity(FRAME_HEADER),
+            seen: 0,
         });
+        let deadline = deadline(&parts.headers, self.state.config.request_timeout);
         let answer = self.inner.call(http::Request::from_parts(parts, body));
-        Box::pin(async move { answer.await.map(done) })
+        Box::pin(async move {
+            match tokio::time::timeout(deadline, answer).await {
+                Ok(answer) => answer.map(done),
+                Err(_) => Ok(done(
+                    Status::deadline_exceeded(format!(
+                        "no answer within {:.3} s (--request-timeout, or the client's deadline)",
+                        deadline.as_secs_f64()
+                    ))
+                    .into_http(),
+                )),
+            }
+        })
     }
+}
+
+/// How long a call may take: `--request-timeout`, or the client's `grpc-timeout` when shorter
+/// (an amount and a unit: `H`, `M`, `S`, `m`, `u`, `n`).
+fn deadline(headers: &http::HeaderMap, request_timeout: Duration) -> Duration {
+    let asked = headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (2..=9).contains(&v.len()))
+        .and_then(|v| {
+            let (amount, unit) = v.split_at(v.len() - 1);
+            let amount: u64 = amount.parse().ok()?;
+            Some(match unit {
+                "H" => Duration::from_secs(amount.saturating_mul(3600)),
+                "M" => Duration::from_secs(amount.saturating_mul(60)),
+                "S" => Duration::from_secs(amount),
+                "m" => Duration::from_millis(amount),
+                "u" => Duration::from_micros(amount),
+                "n" => Duration::from_nanos(amount),
+                _ => return None,
+            })
+        });
+    asked.map_or(request_timeout, |asked| asked.min(request_timeout))
 }
 
 /// A gRPC message's header: a compression flag and its length (4 bytes, big-endian).
@@ -378,6 +478,8 @@ struct Metered {
     max_message: usize,
     /// The first message's header, until whole.
     header: Vec<u8>,
+    /// Bytes of the body so far.
+    seen: usize,
 }
 
 impl http_body::Body for Metered {
@@ -393,6 +495,17 @@ impl http_body::Body for Metered {
             return polled;
         };
         if let Some(data) = frame.data_ref() {
+            self.seen += data.len();
+            if let [_, a, b, c, d] = self.header[..] {
+                // Every call here takes one message: anything after it would only be decoded,
+                // and charged, for nothing.
+                let message = u32::from_be_bytes([a, b, c, d]) as usize;
+                if self.seen > FRAME_HEADER + message {
+                    return Poll::Ready(Some(Err(Status::invalid_argument(
+                        "more than one message in a call that takes one",
+                    ))));
+                }
+            }
             if self.header.len() < FRAME_HEADER {
                 let take = (FRAME_HEADER - self.header.len()).min(data.len());
                 self.header.extend_from_slice(&data[..take]);

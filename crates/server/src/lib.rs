@@ -114,6 +114,8 @@ impl From<TcpListener> for Listeners {
 pub struct Running {
     http: Server,
     grpc: Option<grpc::Grpc>,
+    /// How long the gRPC server's requests in flight may take to finish at a stop.
+    shutdown_timeout: Duration,
 }
 
 impl Running {
@@ -122,12 +124,14 @@ impl Running {
         self.http.handle()
     }
 
-    /// Runs until the HTTP server stops (by its handle, or a stop signal), then stops the
-    /// gRPC server, letting its requests in flight finish.
+    /// Runs until the HTTP server stops (by its handle, or a stop signal, which stops gRPC
+    /// at the same moment), then waits for the gRPC server's requests in flight to finish,
+    /// for up to the shutdown timeout.
     pub async fn wait(self) -> std::io::Result<()> {
         let result = self.http.await;
         if let Some(grpc) = self.grpc {
-            let _ = actix_web::rt::task::spawn_blocking(move || grpc.stop()).await;
+            let wait = self.shutdown_timeout;
+            let _ = actix_web::rt::task::spawn_blocking(move || grpc.stop_within(wait)).await;
         }
         result
     }
@@ -203,10 +207,7 @@ pub fn serve(
     // Requests served, on either protocol: memory goes back to the system only when it stops
     // growing.
     let served = Arc::new(AtomicU64::new(0));
-    let grpc = match grpc_listener {
-        Some(listener) => Some(grpc::start(listener, state.clone(), served.clone())?),
-        None => None,
-    };
+    let (grpc_state, grpc_served) = (state.clone(), served.clone());
     ops::memory::give_back_when_idle(served.clone(), Duration::from_secs(2));
     let server = HttpServer::new(move || {
         let state = state.clone();
@@ -252,15 +253,25 @@ pub fn serve(
     .disable_signals()
     .listen(listener)?
     .run();
+    // Once HTTP listens: a server that could not is not left serving gRPC.
+    let grpc = match grpc_listener {
+        Some(listener) => Some(grpc::start(listener, grpc_state, grpc_served)?),
+        None => None,
+    };
     if config.signals {
         actix_web::rt::spawn(ops::lifecycle::handle_signals(
             server.handle(),
+            grpc.as_ref().map(grpc::Grpc::stopper),
             models,
             draining,
             config.drain,
         ));
     }
-    Ok(Running { http: server, grpc })
+    Ok(Running {
+        http: server,
+        grpc,
+        shutdown_timeout: config.shutdown_timeout,
+    })
 }
 
 /// Runs [`serve`] on a thread of its own, with its own actix runtime, for a program that is

@@ -485,8 +485,9 @@ async fn grpc_call(
 
 /// gRPC at [`SMALL_ARGS`] (`--grpc-port`): 48 connections × 4 streams of 1 MiB FP32 messages
 /// (21 images each, the most under `--max-body`), half of them sent slowly (the second half a
-/// second later), against 4 MiB of body memory. Each call is answered (`OK`, or `UNAVAILABLE`
-/// when the budget has no room), `/health` keeps answering, and the process's peak RSS stays
+/// second later), against 4 MiB of body memory, then messages built to decode far larger than
+/// they are. Each call is answered (`OK`, or `UNAVAILABLE` when the budget has no room;
+/// `INVALID_ARGUMENT` for the last), `/health` keeps answering, and the process's peak RSS stays
 /// under the bound with the gRPC terms.
 #[test]
 fn hostile_grpc_messages_stay_within_the_memory_bound() {
@@ -558,6 +559,21 @@ fn hostile_grpc_messages_stay_within_the_memory_bound() {
         "{by_code:?}"
     );
     assert!(codes.contains(&Some(0)), "{by_code:?}");
+    // Messages that are small on the wire but would decode large: half a million empty
+    // `inputs` (2 bytes each, about 300 decoded) are refused before prost decodes them.
+    let amplifying: Vec<u8> = std::iter::repeat_n([0x2a, 0x00], 500_000)
+        .flatten()
+        .collect();
+    for _ in 0..8 {
+        let (code, _) = common::grpc_call(
+            &grpc,
+            "/inference.GRPCInferenceService/ModelInfer",
+            &amplifying,
+            None,
+        )
+        .expect("an answer");
+        assert_eq!(code, 3, "INVALID_ARGUMENT");
+    }
     let config = common::small_config();
     let bound = server::ops::memory::MemoryBound::of(&config).with_grpc(&config);
     common::check_peak_within(&server, bound, "hostile gRPC messages");

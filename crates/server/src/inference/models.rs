@@ -343,7 +343,9 @@ pub fn watch(models: Arc<Models>) -> Result<Watcher, WatchError> {
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     /// The server serves the record built into its binary.
-    #[error("--watch-model needs --model <file>: the built-in record has no file to watch")]
+    #[error(
+        "--watch-model needs --model <file or folder>: the built-in record has no file to watch"
+    )]
     NoFile,
     /// The operating system refused the watch.
     #[error("cannot watch the record's folder: {0}")]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use actix_web::dev::ServerHandle;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::grpc::GrpcStop;
 use crate::inference::models::{Models, Trigger};
 
 /// Whether the server is draining (set at the first stop signal).
@@ -43,14 +44,22 @@ async fn reload_on_request(models: Arc<Models>, asked: Arc<tokio::sync::Notify>)
     }
 }
 
-/// Handles the process's signals for `server` until it stops (spawn it on the server's
-/// runtime). Returns at once, logging why, if the signals cannot be listened for.
+/// Handles the process's signals for `server` (and the gRPC server, stopped with it) until it
+/// stops (spawn it on the server's runtime). Returns at once, logging why, if the signals
+/// cannot be listened for.
 pub async fn handle_signals(
     server: ServerHandle,
+    grpc: Option<GrpcStop>,
     models: Arc<Models>,
     draining: Draining,
     drain: Duration,
 ) {
+    let stop = |graceful: bool| {
+        if let Some(grpc) = &grpc {
+            grpc.stop(graceful);
+        }
+        server.stop(graceful)
+    };
     let (Ok(mut term), Ok(mut int), Ok(mut quit), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -71,7 +80,7 @@ pub async fn handle_signals(
             _ = int.recv() => break "SIGINT",
             _ = quit.recv() => {
                 tracing::info!(signal = "SIGQUIT", "stopping now");
-                server.stop(false).await;
+                stop(false).await;
                 return;
             }
         }
@@ -91,15 +100,15 @@ pub async fn handle_signals(
     };
     if !graceful {
         tracing::info!("second signal: stopping now");
-        server.stop(false).await;
+        stop(false).await;
         return;
     }
-    tracing::info!("drained: closing the listener, finishing requests in flight");
+    tracing::info!("drained: closing the listeners, finishing requests in flight");
     // Still listening: a signal while requests in flight finish stops at once.
     tokio::select! {
-        () = server.stop(true) => {}
-        _ = term.recv() => server.stop(false).await,
-        _ = int.recv() => server.stop(false).await,
-        _ = quit.recv() => server.stop(false).await,
+        () = stop(true) => {}
+        _ = term.recv() => stop(false).await,
+        _ = int.recv() => stop(false).await,
+        _ = quit.recv() => stop(false).await,
     }
 }

@@ -72,25 +72,28 @@ pub const METRICS_BYTES: u64 = 1 << 20;
 pub const BLOCKING_THREADS_PER_WORKER: usize = 4;
 
 /// Requests at once on one gRPC connection (HTTP/2 streams).
-pub const GRPC_STREAMS: u32 = 8;
+pub const GRPC_STREAMS: u32 = 4;
 
 /// HTTP/2 flow-control window of a gRPC connection and of each of its streams: the bytes a
 /// client may send ahead of what the server has read (and so not yet charged on the body
 /// budget).
 pub const GRPC_WINDOW_BYTES: u32 = 256 << 10;
 
+/// Largest header list of a gRPC request (HTTP/2's `SETTINGS_MAX_HEADER_LIST_SIZE`).
+pub const GRPC_HEADER_LIST_BYTES: u32 = 16 << 10;
+
 /// One gRPC connection besides its window: hyper's and h2's read and write buffers and frame
-/// state.
-const GRPC_CONNECTION_BYTES: u64 = 64 << 10;
+/// state, and the headers of each of its streams.
+const GRPC_CONNECTION_BYTES: u64 = (64 << 10) + GRPC_STREAMS as u64 * GRPC_HEADER_LIST_BYTES as u64;
 
 /// Most bytes one image adds to a gRPC answer: both outputs, as raw floats (40 bytes each) or
-/// as classifications of all ten classes (ten length-prefixed `"<value>:<index>:<label>"` of at
-/// most 32 bytes each), and protobuf's framing.
-const GRPC_ANSWER_BYTES_PER_IMAGE: u64 = 1 << 10;
+/// as classifications of all ten classes (ten length-prefixed `"<value>:<index>:<label>"`, the
+/// value as long as 48 characters as Rust writes an f32), and protobuf's framing.
+pub const GRPC_ANSWER_BYTES_PER_IMAGE: u64 = 2 << 10;
 
 /// A gRPC answer's part that does not grow with its images: the `id` (at most 1 KiB), the
 /// names, version and shapes.
-const GRPC_ANSWER_FIXED_BYTES: u64 = 2 << 10;
+pub const GRPC_ANSWER_FIXED_BYTES: u64 = 2 << 10;
 
 /// The gRPC server's runtime: its worker and blocking threads' stacks as far as they are
 /// touched, and tonic's routing state.

@@ -79,7 +79,12 @@ pub(super) fn config_json(config: &proto::ModelConfig) -> Value {
         "platform": config.platform,
         "backend": config.backend,
         "runtime": config.runtime,
-        "version_policy": {"latest": {"num_versions": 1}},
+        "version_policy": match config.version_policy.as_ref().and_then(|p| p.policy_choice.as_ref()) {
+            Some(proto::model_version_policy::PolicyChoice::Latest(latest)) => {
+                json!({"latest": {"num_versions": latest.num_versions}})
+            }
+            _ => json!({"all": {}}),
+        },
         "max_batch_size": config.max_batch_size,
         "input": config.input.iter().map(|i| json!({
             "name": i.name,

@@ -9,6 +9,7 @@
 use std::time::Duration;
 
 use actix_web::web;
+use model::inference::Scores;
 use model::{IMAGE_FLOATS, NUM_CLASSES};
 use prost::bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
@@ -203,75 +204,51 @@ impl GrpcInferenceService for Service {
 /// engine; `charge` (the message's bytes on the body budget) is held until the answer.
 async fn infer(
     state: &AppState,
-    mut request: proto::ModelInferRequest,
+    request: proto::ModelInferRequest,
     charge: Option<OwnedSemaphorePermit>,
 ) -> Result<proto::ModelInferResponse, V2Error> {
     let deadline = Instant::now() + state.config.request_timeout;
-    check_name(state, &request.model_name)?;
-    if request.id.len() > super::MAX_ID_BYTES {
+    // Split at once: the parameters are dropped here, the outputs once read, and typed
+    // contents as soon as the raw data are known to be the input's.
+    let proto::ModelInferRequest {
+        model_name,
+        model_version,
+        id,
+        inputs,
+        outputs,
+        raw_input_contents,
+        ..
+    } = request;
+    check_name(state, &model_name)?;
+    if id.len() > super::MAX_ID_BYTES {
         return Err(V2Error::BadRequest(format!(
             "the request id is {} bytes; at most {} are taken",
-            request.id.len(),
+            id.len(),
             super::MAX_ID_BYTES
         )));
     }
-    let version = Some(request.model_version.as_str()).filter(|v| !v.is_empty());
-    let mut wanted = Vec::new();
-    for output in &request.outputs {
-        if output.parameters.contains_key("shared_memory_region") {
-            return Err(V2Error::BadRequest(
-                "shared memory is not supported: the outputs come in raw_output_contents".into(),
-            ));
-        }
-        let classification = match output
-            .parameters
-            .get("classification")
-            .and_then(|p| p.parameter_choice.as_ref())
-        {
-            None => None,
-            Some(ParameterChoice::Int64Param(k)) => Some(u64::try_from(*k).unwrap_or(0)),
-            Some(ParameterChoice::Uint64Param(k)) => Some(*k),
-            Some(_) => {
-                return Err(V2Error::BadRequest(format!(
-                    "output '{}': classification is a number of classes (int64_param)",
-                    quote(&output.name)
-                )));
-            }
-        };
-        want(&mut wanted, &output.name, classification, true)?;
-    }
-    if wanted.is_empty() {
-        wanted = [true, false]
-            .into_iter()
-            .map(|logits| Wanted {
-                logits,
-                classification: None,
-                binary: true,
-            })
-            .collect();
-    }
-    if request.inputs.len() != 1 {
+    let version = Some(model_version.as_str()).filter(|v| !v.is_empty());
+    let wanted = wanted(outputs)?;
+    // At most one of each: the codec counted them (`super::wire`).
+    let Some(tensor_in) = inputs.into_iter().next() else {
         return Err(V2Error::BadRequest(format!(
-            "{} inputs: send exactly one, '{IMAGE_INPUT}' (BYTES, encoded images) or '{TENSOR_INPUT}' (FP32, [N, 3, 64, 64])",
-            request.inputs.len()
+            "no input: send '{IMAGE_INPUT}' (BYTES, encoded images) or '{TENSOR_INPUT}' (FP32, [N, 3, 64, 64])"
         )));
-    }
-    let tensor_in = request.inputs.remove(0);
+    };
     if tensor_in.parameters.contains_key("shared_memory_region") {
         return Err(V2Error::BadRequest(
             "shared memory is not supported: send the data in the request".into(),
         ));
     }
     let contents = tensor_in.contents.unwrap_or_default();
-    let raw = match request.raw_input_contents.len() {
-        0 => None,
-        1 => Some(request.raw_input_contents.remove(0)),
-        n => {
-            return Err(V2Error::BadRequest(format!(
-                "{n} raw_input_contents for one input"
-            )));
-        }
-    };
+    let raw = raw_input_contents.into_iter().next();
+    let has_contents = !contents.bytes_contents.is_empty() || !contents.fp32_contents.is_empty();
+    if raw.is_some() && has_contents {
+        return Err(V2Error::BadRequest(format!(
+            "input '{}' has both contents and raw_input_contents: send one",
+            quote(&tensor_in.name)
+        )));
+    }
     let input = Input {
         name: tensor_in.name,
         datatype: tensor_in.datatype,
@@ -285,11 +262,15 @@ async fn infer(
         let n = files_count(&input, max_images)?;
         let files: Vec<Vec<u8>> = match raw {
             Some(raw) => tensor::split_bytes(&raw, max_images)?,
-            None if !contents.bytes_contents.is_empty() => contents
-                .bytes_contents
-                .into_iter()
-                .map(|b: Bytes| b.to_vec())
-                .collect(),
+            None if !contents.bytes_contents.is_empty() => {
+                // Counted before anything is copied.
+                check_count(&input, n, contents.bytes_contents.len(), max_images)?;
+                contents
+                    .bytes_contents
+                    .into_iter()
+                    .map(|b: Bytes| b.to_vec())
+                    .collect()
+            }
             None => return Err(no_data(&input.name)),
         };
         check_count(&input, n, files.len(), max_images)?;
@@ -333,6 +314,8 @@ async fn infer(
             }
             None => return Err(no_data(&input.name)),
         };
+        // The floats are copied out (and paid for from the decode budget): the message's
+        // bytes are let go.
         drop(charge);
         (
             n,
@@ -345,9 +328,70 @@ async fn infer(
         ))));
     };
     let (scores, answered) = state.engine.scores(pixels, admitted, deadline).await?;
+    Ok(respond(
+        state.config.model_name.clone(),
+        answered.version.label.clone(),
+        id,
+        &wanted,
+        &scores,
+        images,
+    ))
+}
+
+/// The outputs asked for (both, when none is named), checked as the HTTP form checks them.
+fn wanted(
+    outputs: Vec<proto::model_infer_request::InferRequestedOutputTensor>,
+) -> Result<Vec<Wanted>, V2Error> {
+    let mut wanted = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        if output.parameters.contains_key("shared_memory_region") {
+            return Err(V2Error::BadRequest(
+                "shared memory is not supported: the outputs come in raw_output_contents".into(),
+            ));
+        }
+        let classification = match output
+            .parameters
+            .get("classification")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
+            None => None,
+            Some(ParameterChoice::Int64Param(k)) => Some(u64::try_from(*k).unwrap_or(0)),
+            Some(ParameterChoice::Uint64Param(k)) => Some(*k),
+            Some(_) => {
+                return Err(V2Error::BadRequest(format!(
+                    "output '{}': classification is a number of classes (int64_param)",
+                    quote(&output.name)
+                )));
+            }
+        };
+        want(&mut wanted, &output.name, classification, true)?;
+    }
+    if wanted.is_empty() {
+        wanted = [true, false]
+            .into_iter()
+            .map(|logits| Wanted {
+                logits,
+                classification: None,
+                binary: true,
+            })
+            .collect();
+    }
+    Ok(wanted)
+}
+
+/// The answer: every output asked for, its data in `raw_output_contents` in the same order
+/// (what `tritonclient` reads): `FP32` as little-endian floats, classifications as `BYTES`.
+fn respond(
+    model_name: String,
+    model_version: String,
+    id: String,
+    wanted: &[Wanted],
+    scores: &Scores,
+    images: usize,
+) -> proto::ModelInferResponse {
     let mut outputs = Vec::with_capacity(wanted.len());
     let mut raw_output_contents = Vec::with_capacity(wanted.len());
-    for w in &wanted {
+    for w in wanted {
         let (name, values) = if w.logits {
             (super::LOGITS, &scores.logits)
         } else {
@@ -379,18 +423,70 @@ async fn infer(
         });
         raw_output_contents.push(Bytes::from(raw));
     }
-    Ok(proto::ModelInferResponse {
-        model_name: state.config.model_name.clone(),
-        model_version: answered.version.label.clone(),
-        id: request.id,
+    proto::ModelInferResponse {
+        model_name,
+        model_version,
+        id,
         outputs,
         raw_output_contents,
         ..Default::default()
-    })
+    }
 }
 
 fn no_data(name: &str) -> V2Error {
     V2Error::BadRequest(format!(
         "input '{name}' has no data: send it in raw_input_contents or contents"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::memory::{GRPC_ANSWER_BYTES_PER_IMAGE, GRPC_ANSWER_FIXED_BYTES};
+    use prost::Message;
+
+    /// The largest gRPC answer for 64 images (the longest `id` and model name, both outputs
+    /// as numbers, or as classifications of all ten classes with the longest values Rust
+    /// writes for an f32) fits what the memory bound counts for an unread answer.
+    #[test]
+    fn the_largest_answer_fits_the_memory_bound() {
+        let n = 64;
+        let row = [
+            -1.175_494_2e-38f32,
+            1.0 / 3.0,
+            -2e-9,
+            -0.123_456_79,
+            -3.4e38,
+            -1.175_494_2e-37,
+            0.2,
+            0.3,
+            0.4,
+            0.5,
+        ];
+        let scores = Scores {
+            logits: row.repeat(n),
+            probabilities: row.repeat(n),
+        };
+        for classification in [None, Some(NUM_CLASSES)] {
+            let wanted: Vec<Wanted> = [true, false]
+                .into_iter()
+                .map(|logits| Wanted {
+                    logits,
+                    classification,
+                    binary: true,
+                })
+                .collect();
+            let answer = respond(
+                "m".repeat(64),
+                "v".repeat(80),
+                "i".repeat(super::super::MAX_ID_BYTES),
+                &wanted,
+                &scores,
+                n,
+            );
+            let bound = GRPC_ANSWER_FIXED_BYTES + n as u64 * GRPC_ANSWER_BYTES_PER_IMAGE;
+            let len = answer.encoded_len() as u64;
+            assert!(len <= bound, "{len} bytes over {bound}");
+        }
+    }
 }

@@ -31,6 +31,7 @@ pub mod proto;
 mod request;
 mod tensor;
 mod types;
+pub mod wire;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
