@@ -15,6 +15,7 @@ import base64
 import json
 import pathlib
 import threading
+import time
 import urllib.request
 
 import numpy as np
@@ -224,11 +225,16 @@ def grpc_checks(args):
     answers = batch["results"]
     assert len(answers) == n and all("prediction" in a for a in answers), batch
 
-    # The standard health service, as a Kubernetes grpc: probe asks it.
+    # The standard health service, as a Kubernetes grpc: probe asks it (it follows readiness
+    # within 100 ms).
     with grpc.insecure_channel(args.grpc_url) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for service in ["", "inference.GRPCInferenceService"]:
-            answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            for _ in range(100):
+                answer = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+                if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                time.sleep(0.02)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING, (service, answer)
 
     client = grpcclient.InferenceServerClient(url=args.grpc_url)

@@ -328,11 +328,10 @@ fn sigterm_drops_readiness_then_drains_then_stops() {
     let mut process = Process::start(&["--drain-seconds", "10", "--grpc-port", "0"]);
     let grpc = process.grpc_addr();
     // gRPC health follows readiness, checked every 100 ms.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while common::grpc_health(&grpc) != Some(1) {
-        assert!(Instant::now() < deadline, "gRPC health never SERVING");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        common::grpc_health_becomes(&grpc, 1),
+        "gRPC health never SERVING"
+    );
     process.signal(libc::SIGTERM);
     let signalled = Instant::now();
     // Readiness goes at once; the service stays, for the drain.
@@ -344,11 +343,10 @@ fn sigterm_drops_readiness_then_drains_then_stops() {
     assert_eq!(process.get("/health").0, 200);
     assert_eq!(process.get("/v2/health/ready").0, 503);
     // And turns NOT_SERVING with it, while gRPC still answers.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while common::grpc_health(&grpc) != Some(2) {
-        assert!(Instant::now() < deadline, "gRPC health still SERVING");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        common::grpc_health_becomes(&grpc, 2),
+        "gRPC health still SERVING"
+    );
     assert_eq!(classify(&process, &image).status, 200);
     assert!(
         signalled.elapsed() < Duration::from_secs(10),

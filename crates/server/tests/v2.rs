@@ -1055,7 +1055,10 @@ fn grpc_asks_for_the_api_key_where_http_does() {
     let infer = "/inference.GRPCInferenceService/ModelInfer";
     assert_eq!(call(infer, &[], None), UNAUTHENTICATED);
     // The probes stay open.
-    assert_eq!(common::grpc_health(&grpc), Some(1));
+    assert!(
+        common::grpc_health_becomes(&grpc, 1),
+        "gRPC health: SERVING"
+    );
     assert_eq!(
         call("/inference.GRPCInferenceService/ServerLive", &[], None),
         0

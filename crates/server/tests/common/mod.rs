@@ -447,3 +447,16 @@ pub fn grpc_health(addr: &str) -> Option<i32> {
         _ => None,
     }
 }
+
+/// Waits up to two seconds for the gRPC health at `addr` to say `status` (it follows
+/// readiness every 100 ms); whether it did.
+pub fn grpc_health_becomes(addr: &str, status: i32) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while grpc_health(addr) != Some(status) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
