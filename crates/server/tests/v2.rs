@@ -834,6 +834,28 @@ fn the_servers_bounds_hold_on_v2() {
     );
 }
 
+/// Runs `scripts/v2-client-test` with `args` on `images` ([`client_test_dir`]), asserts it
+/// succeeded, and gives its output.
+fn client_test(images: &[testdata::ArchiveImage], args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = client_test_dir(images);
+    let out = std::process::Command::new("bash")
+        .arg(root.join("scripts/v2-client-test"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run scripts/v2-client-test");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "scripts/v2-client-test {args:?} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
 /// The folder `scripts/v2-client-test` reads: `images` as `NN.jpg`, and `pixels.f32`, the same
 /// images preprocessed by the model crate.
 fn client_test_dir(images: &[testdata::ArchiveImage]) -> tempfile::TempDir {
@@ -858,23 +880,9 @@ fn client_test_dir(images: &[testdata::ArchiveImage]) -> tempfile::TempDir {
 /// and in JSON, classification top-3, errors; every answer equal to `/classify`'s.
 #[test]
 fn tritonclient_agrees_with_classify() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let server = Process::start(&[]);
     let images = testdata::images("test", 2);
-    let dir = client_test_dir(&images);
-    let out = std::process::Command::new("bash")
-        .arg(root.join("scripts/v2-client-test"))
-        .args(["--url", &server.addr, "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run scripts/v2-client-test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scripts/v2-client-test failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = client_test(&images, &["--url", &server.addr]);
     assert!(
         stdout.contains(&format!("ok: {} images", images.len())),
         "{stdout}"
@@ -986,7 +994,6 @@ fn the_model_is_served_under_its_name_from_a_folder() {
 /// and an HTTP one (`scripts/v2-client-test.py`, `grpc_checks`).
 #[test]
 fn tritonclient_grpc_agrees_with_classify() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let server = Process::start(&[
         "--grpc-port",
         "0",
@@ -1004,20 +1011,7 @@ fn tritonclient_grpc_agrees_with_classify() {
     let grpc = server.grpc_addr();
     let images = testdata::images("test", 2);
     assert_eq!(images.len(), 20);
-    let dir = client_test_dir(&images);
-    let out = std::process::Command::new("bash")
-        .arg(root.join("scripts/v2-client-test"))
-        .args(["--url", &server.addr, "--grpc-url", &grpc, "--dir"])
-        .arg(dir.path())
-        .output()
-        .expect("run scripts/v2-client-test");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "scripts/v2-client-test --grpc-url failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let stdout = client_test(&images, &["--url", &server.addr, "--grpc-url", &grpc]);
     assert!(
         stdout.contains("ok: 20 images through tritonclient[grpc]"),
         "{stdout}"

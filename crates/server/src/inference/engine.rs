@@ -364,9 +364,11 @@ fn infer(
     let now = Instant::now();
     floats.resize(images * IMAGE_FLOATS, 0.0);
     let mut out = floats.chunks_exact_mut(IMAGE_FLOATS);
-    let queued: Vec<Duration> = jobs.iter().map(|job| now - job.queued).collect();
+    let mut queued = Vec::with_capacity(jobs.len());
     for job in &jobs {
-        metrics.queue_wait(now - job.queued);
+        let waited = now - job.queued;
+        metrics.queue_wait(waited);
+        queued.push(waited);
         match &job.pixels {
             Pixels::Rgb(bytes) => {
                 for (image, dst) in bytes.chunks_exact(IMAGE_BYTES).zip(&mut out) {

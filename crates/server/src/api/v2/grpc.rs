@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use actix_web::web;
+use model::IMAGE_FLOATS;
 use model::inference::Scores;
-use model::{IMAGE_FLOATS, NUM_CLASSES};
 use prost::bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -18,8 +18,8 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use super::infer::{
-    Wanted, admit, check_count, classify, decode_files, files_count, finite, floats_from_le,
-    tensor_count, want,
+    Output, Wanted, admit, append_binary, check_count, decode_files, files_count, finite,
+    floats_from_le, output, tensor_count, want,
 };
 use super::metadata::{check_name, model_metadata_of, served_as};
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
@@ -261,7 +261,11 @@ async fn infer(
     let (images, admitted, pixels) = if input.name == IMAGE_INPUT {
         let n = files_count(&input, max_images)?;
         let files: Vec<Vec<u8>> = match raw {
-            Some(raw) => tensor::split_bytes(&raw, max_images)?,
+            Some(raw) => {
+                let files = tensor::split_bytes(&raw, max_images)?;
+                check_count(&input, n, files.len(), max_images)?;
+                files
+            }
             None if !contents.bytes_contents.is_empty() => {
                 // Counted before anything is copied.
                 check_count(&input, n, contents.bytes_contents.len(), max_images)?;
@@ -273,7 +277,6 @@ async fn infer(
             }
             None => return Err(no_data(&input.name)),
         };
-        check_count(&input, n, files.len(), max_images)?;
         let (admitted, pixels) = decode_files(state, version, files, deadline, |files| {
             Uploads::new(files, charge)
         })
@@ -392,33 +395,18 @@ fn respond(
     let mut outputs = Vec::with_capacity(wanted.len());
     let mut raw_output_contents = Vec::with_capacity(wanted.len());
     for w in wanted {
-        let (name, values) = if w.logits {
-            (super::LOGITS, &scores.logits)
-        } else {
-            (super::PROBABILITIES, &scores.probabilities)
-        };
-        let (datatype, shape, raw) = match w.classification {
-            None => (
-                "FP32",
-                vec![images as i64, NUM_CLASSES as i64],
-                values
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect::<Vec<u8>>(),
-            ),
-            Some(k) => {
-                let mut raw = Vec::new();
-                for s in classify(values, k) {
-                    raw.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    raw.extend_from_slice(s.as_bytes());
-                }
-                ("BYTES", vec![images as i64, k as i64], raw)
-            }
-        };
+        let Output {
+            name,
+            datatype,
+            shape,
+            data,
+        } = output(w, scores, images);
+        let mut raw = Vec::new();
+        append_binary(&data, &mut raw);
         outputs.push(proto::model_infer_response::InferOutputTensor {
             name: name.into(),
             datatype: datatype.into(),
-            shape,
+            shape: shape.into_iter().map(|d| d as i64).collect(),
             ..Default::default()
         });
         raw_output_contents.push(Bytes::from(raw));
@@ -443,6 +431,7 @@ fn no_data(name: &str) -> V2Error {
 mod tests {
     use super::*;
     use crate::ops::memory::{GRPC_ANSWER_BYTES_PER_IMAGE, GRPC_ANSWER_FIXED_BYTES};
+    use model::NUM_CLASSES;
     use prost::Message;
 
     /// The largest gRPC answer for 64 images (the longest `id` and model name, both outputs

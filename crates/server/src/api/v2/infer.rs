@@ -538,9 +538,7 @@ impl Inputs<'_> {
                     return Err(too_large);
                 }
                 let version = req.match_info().get("version");
-                let (floats, admitted, reserved) =
-                    floats_from_le(state, version, &body.bytes[span], deadline).await?;
-                (floats, admitted, reserved)
+                floats_from_le(state, version, &body.bytes[span], deadline).await?
             }
             Data::Json(span) => {
                 let keep = could_hold(&body.bytes[span.clone()], count);
@@ -658,39 +656,15 @@ fn respond(
     let outputs = wanted
         .iter()
         .map(|w| {
-            let values = if w.logits {
-                &scores.logits
-            } else {
-                &scores.probabilities
-            };
-            let name = if w.logits { LOGITS } else { PROBABILITIES };
-            let (datatype, shape, data) = match w.classification {
-                None => (
-                    "FP32",
-                    vec![images, NUM_CLASSES],
-                    OutputData::Numbers(values.clone()),
-                ),
-                Some(k) => (
-                    "BYTES",
-                    vec![images, k],
-                    OutputData::Strings(classify(values, k)),
-                ),
-            };
+            let Output {
+                name,
+                datatype,
+                shape,
+                data,
+            } = output(w, scores, images);
             let (parameters, data) = if w.binary {
                 let start = binary.len();
-                match &data {
-                    OutputData::Numbers(values) => {
-                        for v in values {
-                            binary.extend_from_slice(&v.to_le_bytes());
-                        }
-                    }
-                    OutputData::Strings(strings) => {
-                        for s in strings {
-                            binary.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                            binary.extend_from_slice(s.as_bytes());
-                        }
-                    }
-                }
+                append_binary(&data, &mut binary);
                 let binary_data_size = binary.len() - start;
                 (Some(OutputTensorParameters { binary_data_size }), None)
             } else {
@@ -723,6 +697,64 @@ fn respond(
         .content_type("application/octet-stream")
         .insert_header((HEADER_LENGTH, json_len))
         .body(body)
+}
+
+/// One output asked for, made from the model's scores.
+pub(super) struct Output {
+    /// [`LOGITS`] or [`PROBABILITIES`].
+    pub name: &'static str,
+    /// `FP32`, or `BYTES` for a classification.
+    pub datatype: &'static str,
+    /// `[N, 10]`, or `[N, k]` for a classification.
+    pub shape: Vec<usize>,
+    /// The elements in row-major order.
+    pub data: OutputData,
+}
+
+/// The output `w` asks for, of `images` images' `scores`.
+pub(super) fn output(w: &Wanted, scores: &Scores, images: usize) -> Output {
+    let (name, values) = if w.logits {
+        (LOGITS, &scores.logits)
+    } else {
+        (PROBABILITIES, &scores.probabilities)
+    };
+    let (datatype, shape, data) = match w.classification {
+        None => (
+            "FP32",
+            vec![images, NUM_CLASSES],
+            OutputData::Numbers(values.clone()),
+        ),
+        Some(k) => (
+            "BYTES",
+            vec![images, k],
+            OutputData::Strings(classify(values, k)),
+        ),
+    };
+    Output {
+        name,
+        datatype,
+        shape,
+        data,
+    }
+}
+
+/// `data` as the binary tensor data extension and gRPC's raw contents write it, after what
+/// `out` holds: `FP32` as little-endian floats, `BYTES` elements each as a 4-byte
+/// little-endian length and the bytes.
+pub(super) fn append_binary(data: &OutputData, out: &mut Vec<u8>) {
+    match data {
+        OutputData::Numbers(values) => {
+            for v in values {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        OutputData::Strings(strings) => {
+            for s in strings {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
 }
 
 /// The classification extension: the best `k` classes of each row, as
