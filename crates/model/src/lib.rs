@@ -13,6 +13,7 @@ pub mod classes;
 pub mod dataset;
 pub mod error;
 pub mod eval;
+pub mod explain;
 #[cfg(feature = "flex")]
 pub mod fused;
 pub mod inference;

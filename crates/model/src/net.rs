@@ -67,11 +67,25 @@ impl Cnn {
     }
 
     fn forward_with(&self, images: Tensor<4>, fused: bool) -> Tensor<2> {
-        let x = self.conv_block(&self.conv1, images, fused);
-        let x = self.conv_block(&self.conv2, x, fused);
-        let x: Tensor<2> = x.flatten(1, 3);
+        self.head(self.features_with(images, fused))
+    }
+
+    /// The pooled output of the second convolution block, `[batch, 32, 16, 16]`: what the
+    /// classifier head reads, and what Grad-CAM weighs ([`crate::explain`]).
+    pub fn features(&self, images: Tensor<4>) -> Tensor<4> {
+        self.features_with(images, true)
+    }
+
+    /// The classifier head: fc1 → ReLU → fc2 on [`Cnn::features`], giving logits.
+    pub fn head(&self, features: Tensor<4>) -> Tensor<2> {
+        let x: Tensor<2> = features.flatten(1, 3);
         let x = self.relu.forward(self.fc1.forward(x));
         self.fc2.forward(x)
+    }
+
+    fn features_with(&self, images: Tensor<4>, fused: bool) -> Tensor<4> {
+        let x = self.conv_block(&self.conv1, images, fused);
+        self.conv_block(&self.conv2, x, fused)
     }
 
     /// conv → ReLU → 2×2 max-pool.
