@@ -8,7 +8,7 @@
 //!   for the class, masked where fc1's ReLU is off, through fc1's weights
 //!   ([`Explainer::feature_gradient`]); so the map costs one forward pass and one 8192×100
 //!   product, no autodiff. The 16×16 map is `Σ_channels gradient ⊙ feature`, upsampled
-//!   bilinearly to 64×64: Grad-CAM's element-wise form (HiResCAM, Draelos & Carin 2020), where
+//!   bilinearly to 64×64: Grad-CAM's element-wise form (`HiResCAM`, Draelos & Carin 2020), where
 //!   each cell holds its exact share of the logit (the head is linear once fc1's ReLU mask is
 //!   fixed). Classic Grad-CAM weighs each channel by its gradient's spatial mean, which is the
 //!   same thing only for networks that end in global average pooling; this one ends in an
@@ -62,9 +62,10 @@ pub const IG_CHUNK: usize = 16;
 pub const GRADIENT_BYTES: u64 = 16 << 20;
 
 /// An explanation method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Method {
     /// Grad-CAM on the second convolution block (closed-form gradient; one forward pass).
+    #[default]
     GradCam,
     /// Each 8×8 patch greyed in turn: 64 more images through the model.
     Occlusion,
@@ -96,12 +97,6 @@ impl Method {
     /// Whether the method runs Burn's autodiff (its cost grows with the input's gradient).
     pub fn uses_autodiff(self) -> bool {
         matches!(self, Method::Saliency | Method::IntegratedGradients)
-    }
-}
-
-impl Default for Method {
-    fn default() -> Self {
-        Method::GradCam
     }
 }
 
@@ -169,7 +164,8 @@ pub fn target(requested: Option<usize>, scores: &[f32]) -> usize {
 /// reads them, and a copy on the autodiff device that records nothing for the weights.
 #[derive(Debug)]
 pub struct Explainer {
-    net: Cnn,
+    /// The network on the autodiff device, recording nothing for its weights: the input's
+    /// gradient for the gradient methods, and an untracked forward pass for Grad-CAM.
     autodiff: Cnn,
     device: Device,
     /// fc1's weight, `[8192, 100]` (Burn's `[in, out]`), and bias.
@@ -180,12 +176,13 @@ pub struct Explainer {
 }
 
 impl Explainer {
-    /// Prepares explanations of `net` (which may live on any CPU device): a copy of its weights
-    /// on the autodiff CPU device, and fc1's and fc2's weights as plain floats.
+    /// Prepares explanations of `net` (which may live on any device): a copy of its weights on
+    /// the default backend's autodiff device, and fc1's and fc2's weights as plain floats
+    /// (about 6.6 MB in all).
     pub fn new(net: &Cnn) -> Result<Self, RecordError> {
-        let device = crate::Backend::default().device();
-        let net = crate::record::copy_to(net, &device)?;
-        let autodiff = crate::record::copy_to(&net, &device.clone().autodiff())?.no_grad();
+        let device = crate::Backend::default().device().autodiff();
+        let autodiff = crate::record::copy_to(net, &device)?.no_grad();
+        let net = &autodiff;
         let bias = |b: &Option<burn::module::Param<Tensor<1>>>| {
             b.as_ref().map(|p| values(p.val())).unwrap_or_default()
         };
@@ -193,9 +190,8 @@ impl Explainer {
             fc1: values(net.fc1.weight.val()),
             fc1_bias: bias(&net.fc1.bias),
             fc2: values(net.fc2.weight.val()),
-            autodiff,
             device,
-            net,
+            autodiff,
         })
     }
 
@@ -203,10 +199,11 @@ impl Explainer {
     /// (preprocessed, back to back).
     pub fn features(&self, images: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let n = images.len() / IMAGE_FLOATS;
+        // No input asks for a gradient: the pass records nothing.
         let x = to_tensor(images.to_vec(), n, &self.device);
-        let features = self.net.features(x);
-        let logits = self.net.head(features.clone());
-        (values(features), values(logits))
+        let features = self.autodiff.features(x);
+        let logits = self.autodiff.head(features.clone());
+        (values(features.inner()), values(logits.inner()))
     }
 
     /// The gradient of `class`'s logit with respect to one image's pooled conv2 `features`
@@ -266,8 +263,7 @@ impl Explainer {
     pub fn input_gradients(&self, images: &[f32], targets: &[usize]) -> (Vec<f32>, Vec<f32>) {
         let n = images.len() / IMAGE_FLOATS;
         assert_eq!(targets.len(), n);
-        let ad = self.device.clone().autodiff();
-        let x = to_tensor(images.to_vec(), n, &ad).require_grad();
+        let x = to_tensor(images.to_vec(), n, &self.device).require_grad();
         let logits = self.autodiff.forward(x.clone());
         // One-hot selection: the sum of each image's target logit; each image's gradient is
         // its own logit's (the images do not interact).
@@ -275,12 +271,11 @@ impl Explainer {
         for (i, &t) in targets.iter().enumerate() {
             pick[i * arch::CLASSES + t] = 1.0;
         }
-        let pick = Tensor::<2>::from_data(TensorData::new(pick, [n, arch::CLASSES]), &ad);
+        let pick = Tensor::<2>::from_data(TensorData::new(pick, [n, arch::CLASSES]), &self.device);
         let grads = (logits.clone() * pick).sum().backward();
         let g = x
             .grad(&grads)
-            .map(values)
-            .unwrap_or_else(|| vec![0.0; images.len()]);
+            .map_or_else(|| vec![0.0; images.len()], values);
         (g, values(logits.inner()))
     }
 
@@ -447,6 +442,25 @@ pub fn overlay(image: &RgbImage, heat: &[f32]) -> RgbImage {
         }));
     }
     out
+}
+
+/// `map` (any units) as a heatmap over `image`, encoded as PNG.
+pub fn overlay_png(image: &RgbImage, map: &[f32]) -> Result<Vec<u8>, image::ImageError> {
+    let drawn = overlay(image, &heat(map));
+    let mut out = Vec::new();
+    drawn.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)?;
+    Ok(out)
+}
+
+/// The image the model saw (`pixels`, preprocessed) enlarged to `side` pixels square, as
+/// [`overlay`] and [`overlay_png`] draw over.
+pub fn enlarged(pixels: &[f32], side: u32) -> RgbImage {
+    image::imageops::resize(
+        &to_rgb(pixels),
+        side,
+        side,
+        image::imageops::FilterType::Triangle,
+    )
 }
 
 /// The 64×64 RGB image a preprocessed one came from (the inverse of the normalisation).

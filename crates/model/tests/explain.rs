@@ -99,7 +99,12 @@ fn grad_cams_closed_form_gradient_is_autodiffs() {
             .require_grad();
             let logit = net.head(f.clone()).slice([0..1, class..class + 1]).sum();
             let grads = logit.backward();
-            let auto: Vec<f32> = f.grad(&grads).unwrap().into_data().to_vec().unwrap();
+            let auto: Vec<f32> = f
+                .grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
             assert_eq!(auto.len(), closed.len());
             for (a, c) in auto.iter().zip(&closed) {
                 worst = worst.max((a - c).abs());

@@ -72,6 +72,11 @@ pub struct ServerConfig {
     /// The name the Open Inference Protocol serves the model under, over HTTP and gRPC
     /// ([`DEFAULT_MODEL_NAME`] by default; `KServe` sets it to the `InferenceService`'s name).
     pub model_name: String,
+    /// Explanations in progress at once ([`crate::inference::explain`]); more are refused
+    /// with 503.
+    pub max_explanations: usize,
+    /// Most steps an integrated-gradients explanation may take.
+    pub explain_max_steps: usize,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +108,8 @@ impl Default for ServerConfig {
             precision: model::Precision::Fp32,
             api_key: None,
             model_name: DEFAULT_MODEL_NAME.to_string(),
+            max_explanations: 2,
+            explain_max_steps: 128,
         }
     }
 }

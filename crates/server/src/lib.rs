@@ -172,6 +172,7 @@ pub fn serve(
         source: loaded.source,
         version: loaded.version,
         since: inference::models::now(),
+        explainer: std::sync::OnceLock::new(),
     };
     // A request holds its model for at most its request timeout (one deadline for every wait);
     // a reload waits that long, and a margin for a batch in the model, for the one it replaced.
@@ -203,6 +204,11 @@ pub fn serve(
         preprocessor: Preprocessor::new(config.max_pixels),
         config: config.clone(),
         openapi: web::Bytes::from(openapi),
+        explanations: inference::explain::Explanations::new(
+            config.max_explanations,
+            config.batch.max_batch.max(config.upload.files),
+            config.batch.max_images,
+        ),
     });
     // Requests served, on either protocol: memory goes back to the system only when it stops
     // growing.

@@ -114,6 +114,13 @@ struct Args {
     /// With --api-key, leave /metrics open too (for a scraper without the key).
     #[arg(long, env = "CNN_PUBLIC_METRICS", value_parser = clap::builder::BoolishValueParser::new())]
     public_metrics: bool,
+    /// Explanations (POST /explain, /v2/.../explain) in progress at once; more get 503. Each
+    /// counts 24 MiB in the memory bound.
+    #[arg(long, env = "CNN_MAX_EXPLANATIONS", default_value_t = 2)]
+    max_explanations: usize,
+    /// Most steps an integrated-gradients explanation may ask for (its cost grows with them).
+    #[arg(long, env = "CNN_EXPLAIN_MAX_STEPS", default_value_t = 128)]
+    explain_max_steps: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +205,8 @@ fn run(args: Args) -> Result<()> {
             .as_deref()
             .map(|key| server::ApiKey::new(key.trim(), args.public_metrics)),
         model_name: args.model_name,
+        max_explanations: args.max_explanations.max(1),
+        explain_max_steps: args.explain_max_steps.max(1),
         ..ServerConfig::default()
     };
     config.check()?;

@@ -5,7 +5,7 @@
 
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::api::{classic, v2};
+use crate::api::{classic, explain, v2};
 use crate::http::openapi;
 use crate::http::problem::ApiError;
 use crate::http::resource::PROBLEMS;
@@ -14,6 +14,7 @@ use crate::http::resource::PROBLEMS;
 /// [`crate::serve`] mounts.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     classic::configure(cfg);
+    explain::configure(cfg);
     PROBLEMS.get(cfg, "/openapi.json", openapi::spec);
     PROBLEMS.get(cfg, "/docs", openapi::docs);
     PROBLEMS.get(cfg, "/docs/{file}", openapi::asset);
@@ -32,6 +33,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     use utoipa::OpenApi;
     let mut doc = openapi::ApiDoc::openapi();
     doc.merge(classic::ClassicApi::openapi());
+    doc.merge(explain::ExplainApi::openapi());
     doc.merge(v2::V2Api::openapi());
     doc
 }

@@ -7,6 +7,7 @@ use model::{Backend, Preprocessor};
 
 use crate::config::ServerConfig;
 use crate::inference::engine::Engine;
+use crate::inference::explain::Explanations;
 use crate::inference::models::{Models, Watcher};
 use crate::ingest::decode::DecodeBudget;
 use crate::ingest::upload::BodyBudget;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub config: ServerConfig,
     /// The OpenAPI document served at `/openapi.json`.
     pub openapi: web::Bytes,
+    /// The explanations in progress ([`ServerConfig::max_explanations`]).
+    pub explanations: Explanations,
 }
 
 impl AppState {

@@ -501,7 +501,7 @@ async fn classify_batch(
 
 /// The `Model-Version` header: which record answered (its [`RecordVersion::label`]), so a
 /// client can tell answers from before and after a reload apart.
-fn model_version(served: &crate::inference::models::Served) -> (&'static str, String) {
+pub(crate) fn model_version(served: &crate::inference::models::Served) -> (&'static str, String) {
     ("model-version", served.version.label.clone())
 }
 

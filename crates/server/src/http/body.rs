@@ -40,6 +40,26 @@ pub async fn read<S>(
 where
     S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
 {
+    read_form(req, payload, field, &[], limits, budget).await
+}
+
+/// Longest value of a form field besides the files ([`read_form`]'s `options`), in bytes.
+pub const MAX_OPTION_BYTES: usize = 64;
+
+/// [`read`], where a multipart body may also carry the form values named in `options` (parts
+/// without a file name, each at most once and [`MAX_OPTION_BYTES`] long): they come back in
+/// [`Uploads::options`], in the order sent.
+pub async fn read_form<S>(
+    req: &HttpRequest,
+    payload: S,
+    field: &'static str,
+    options: &'static [&'static str],
+    limits: UploadLimits,
+    budget: &BodyBudget,
+) -> Result<Uploads, ApiError>
+where
+    S: Stream<Item = Result<Bytes, PayloadError>> + Unpin + 'static,
+{
     refuse_announced(req, limits.body)?;
     let content_type = req
         .headers()
@@ -54,8 +74,15 @@ where
         .trim()
         .to_string();
     let (meter, metered) = Meter::wrap(payload, budget, limits.body);
+    let mut values = Vec::new();
     let files = if essence == "multipart/form-data" {
-        read_multipart(Multipart::new(req.headers(), metered), field, limits).await
+        read_multipart(
+            Multipart::new(req.headers(), metered),
+            field,
+            (options, &mut values),
+            limits,
+        )
+        .await
     } else if essence.starts_with("image/") || essence == "application/octet-stream" {
         let filename = req
             .headers()
@@ -76,7 +103,7 @@ where
     };
     // The meter's verdict comes first: the parser only saw its stream end in an error.
     let charged = meter.verdict()?;
-    Ok(Uploads::new(files?, charged))
+    Ok(Uploads::new(files?, charged).with_options(values))
 }
 
 /// Reads a whole body of any content type (the `/v2` inference requests), metered as [`read`]
@@ -222,6 +249,7 @@ where
 async fn read_multipart(
     mut multipart: Multipart,
     field: &'static str,
+    (options, values): (&'static [&'static str], &mut Vec<(&'static str, String)>),
     limits: UploadLimits,
 ) -> Result<Vec<Upload>, ApiError> {
     let malformed = |e: actix_multipart::MultipartError| {
@@ -230,8 +258,29 @@ async fn read_multipart(
     let mut uploads = Vec::new();
     while let Some(part) = multipart.next().await {
         let mut part = part.map_err(malformed)?;
-        // Only the expected field is accepted, as the OpenAPI document says: a misspelt field
-        // is named in the answer rather than silently ignored.
+        if let Some(&option) = options.iter().find(|o| part.name() == Some(**o)) {
+            if values.iter().any(|(name, _)| *name == option) {
+                return Err(ApiError::BadRequest(format!(
+                    "form field '{option}' is given twice"
+                )));
+            }
+            let mut bytes = Vec::new();
+            while let Some(chunk) = part.next().await {
+                bytes.extend_from_slice(&chunk.map_err(malformed)?);
+                if bytes.len() > MAX_OPTION_BYTES {
+                    return Err(ApiError::BadRequest(format!(
+                        "form field '{option}' is longer than {MAX_OPTION_BYTES} bytes"
+                    )));
+                }
+            }
+            let value = String::from_utf8(bytes).map_err(|_| {
+                ApiError::BadRequest(format!("form field '{option}' is not UTF-8 text"))
+            })?;
+            values.push((option, value));
+            continue;
+        }
+        // Only the expected fields are accepted, as the OpenAPI document says: a misspelt
+        // field is named in the answer rather than silently ignored.
         if part.name() != Some(field) {
             return Err(ApiError::UnexpectedField {
                 got: part.name().unwrap_or_default().chars().take(64).collect(),

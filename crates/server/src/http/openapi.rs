@@ -28,6 +28,7 @@ use crate::http::problem::Problem;
     components(schemas(Problem)),
     tags(
         (name = "classify", description = "Image classification"),
+        (name = "explain", description = "Why the model predicted what it did: heatmaps by Grad-CAM, occlusion, gradient saliency or integrated gradients"),
         (name = "service", description = "Health, metadata and metrics"),
         (name = "v2", description = "The Open Inference Protocol (KServe V2), with the \
                                      classification and binary tensor data extensions"),

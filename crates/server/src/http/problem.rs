@@ -43,6 +43,10 @@ pub enum ApiError {
         /// The one field the endpoint reads.
         expected: &'static str,
     },
+    /// A form value the route takes, with a value it does not (`POST /explain`'s `method`,
+    /// `target`, `format`, `size`, `steps`); the text says which and why.
+    #[error("{0}")]
+    InvalidOption(String),
     /// An uploaded file with no bytes; holds its file name (or position).
     #[error("the uploaded file '{0}' is empty")]
     EmptyFile(String),
@@ -103,6 +107,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "method-not-allowed",
             ApiError::MissingField(_) => "missing-field",
             ApiError::UnexpectedField { .. } => "unexpected-field",
+            ApiError::InvalidOption(_) => "invalid-option",
             ApiError::EmptyFile(_) => "empty-file",
             ApiError::BodyTooLarge { .. } => "body-too-large",
             ApiError::TooManyFiles { .. } => "too-many-files",
@@ -205,6 +210,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_)
             | ApiError::MissingField(_)
             | ApiError::UnexpectedField { .. }
+            | ApiError::InvalidOption(_)
             | ApiError::EmptyFile(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,

@@ -102,6 +102,17 @@ impl Admission {
     pub fn served(&self) -> &Arc<Served> {
         &self.served
     }
+
+    /// `images` of these permits as an admission of their own, to the same model (one request
+    /// sent to the engine as several jobs: an explanation's occluded copies).
+    #[must_use]
+    pub fn split(&mut self, images: usize) -> Admission {
+        Admission {
+            permit: self.permit.as_mut().and_then(|p| p.split(images)),
+            served: self.served.clone(),
+            at: self.at,
+        }
+    }
 }
 
 /// Clears the readiness and liveness flags when dropped: held by the inference thread for its

@@ -13,9 +13,10 @@
 //! in `/model/info`.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use model::explain::Explainer;
 use model::{Backend, Inference, RecordError, RecordMeta, RecordVersion};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -34,6 +35,19 @@ pub struct Served {
     pub version: RecordVersion,
     /// When this server started serving it (RFC 3339, UTC).
     pub since: String,
+    /// Its explainer (Grad-CAM's weights and an autodiff copy of the network), made at the
+    /// first explanation asked of it: most servers are never asked one.
+    pub explainer: OnceLock<Result<Explainer, String>>,
+}
+
+impl Served {
+    /// The explainer of this record, made on first use.
+    pub fn explainer(&self) -> Result<&Explainer, String> {
+        self.explainer
+            .get_or_init(|| Explainer::new(self.inference.model()).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
 }
 
 /// What set a reload off.
@@ -251,6 +265,7 @@ impl Models {
             source: loaded.source,
             version: loaded.version,
             since: now(),
+            explainer: OnceLock::new(),
         });
         // The old model stays alive in the requests that hold it, and is dropped by the last.
         let old = std::mem::replace(

@@ -22,6 +22,9 @@ pub struct Upload {
 pub struct Uploads {
     /// The files in the order they were sent.
     pub files: Vec<Upload>,
+    /// Form values sent beside the files (a field's name and its text), where the route takes
+    /// some (`POST /explain`'s `method`, `target`, ...).
+    pub options: Vec<(&'static str, String)>,
     _charged: Option<OwnedSemaphorePermit>,
 }
 
@@ -30,8 +33,24 @@ impl Uploads {
     pub fn new(files: Vec<Upload>, charged: Option<OwnedSemaphorePermit>) -> Self {
         Self {
             files,
+            options: Vec::new(),
             _charged: charged,
         }
+    }
+
+    /// These uploads with the form values sent beside them.
+    #[must_use]
+    pub fn with_options(mut self, options: Vec<(&'static str, String)>) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The value of form field `name`, if sent.
+    pub fn option(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -86,6 +105,7 @@ impl Body {
     pub fn into_uploads(self, files: Vec<Upload>) -> Uploads {
         Uploads {
             files,
+            options: Vec::new(),
             _charged: self.charged,
         }
     }

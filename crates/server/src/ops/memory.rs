@@ -99,6 +99,18 @@ pub const GRPC_ANSWER_FIXED_BYTES: u64 = 2 << 10;
 /// touched, and tonic's routing state.
 const GRPC_RUNTIME_BYTES: u64 = 4 << 20;
 
+/// One explanation in progress (`--max-explanations` of them), held until its answer is sent
+/// ([`crate::inference::explain`]): the gradient methods' working memory
+/// ([`model::explain::GRADIENT_BYTES`]), its images' floats, and its answer (a heatmap of at
+/// most 512×512 values as JSON, a 256×256 PNG, or eight 64×64 maps), rounded up. Occluded
+/// copies waiting for the model are charged on the decode budget.
+pub const EXPLANATION_BYTES: u64 = model::explain::GRADIENT_BYTES + (8 << 20);
+
+/// A record's explainer, made at its first explanation: its weights again on the autodiff
+/// device and fc1's as plain floats (3.3 MB each), rounded up; two records may be held during a
+/// reload.
+pub const EXPLAINER_BYTES: u64 = 8 << 20;
+
 /// Bytes the fast path keeps per image of a batch besides its input: the 8,192 features and
 /// the hidden layer.
 const FAST_PATH_BYTES_PER_IMAGE: u64 = 33 << 10;
@@ -138,6 +150,8 @@ pub struct MemoryBound {
     /// messages' bytes are charged on the body budget (`bodies`), its images on the image
     /// permits and the decode budget, as HTTP's.
     pub grpc: u64,
+    /// `2 × EXPLAINER_BYTES + max_explanations × EXPLANATION_BYTES`.
+    pub explanations: u64,
 }
 
 impl MemoryBound {
@@ -154,6 +168,7 @@ impl MemoryBound {
             + self.metrics
             + self.reload
             + self.grpc
+            + self.explanations
     }
 
     /// This bound with the gRPC server's terms (`--grpc-port`): at most `max_connections`
@@ -174,7 +189,7 @@ impl fmt::Display for MemoryBound {
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
         write!(
             f,
-            "{:.0} MiB = base {:.0} + connections {:.0} + answers {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1} + reload {:.0} + gRPC {:.0}",
+            "{:.0} MiB = base {:.0} + connections {:.0} + answers {:.0} + bodies {:.0} + decoding {:.0} + images {:.1} + log {:.1} + metrics {:.1} + reload {:.0} + gRPC {:.0} + explanations {:.0}",
             mib(self.total()),
             mib(self.base),
             mib(self.connections),
@@ -185,7 +200,8 @@ impl fmt::Display for MemoryBound {
             mib(self.log),
             mib(self.metrics),
             mib(self.reload),
-            mib(self.grpc)
+            mib(self.grpc),
+            mib(self.explanations)
         )
     }
 }
@@ -217,6 +233,8 @@ impl MemoryBound {
             metrics: METRICS_BYTES,
             reload: RELOAD_BYTES,
             grpc: 0,
+            explanations: 2 * EXPLAINER_BYTES
+                + n(config.max_explanations.max(1)) * EXPLANATION_BYTES,
         }
     }
 }

@@ -277,7 +277,7 @@ async fn infer(
             }
             None => return Err(no_data(&input.name)),
         };
-        let (admitted, pixels) = decode_files(state, version, files, deadline, |files| {
+        let (admitted, pixels) = decode_files(state, version, 1, files, deadline, |files| {
             Uploads::new(files, charge)
         })
         .await?;
@@ -304,7 +304,7 @@ async fn infer(
                 if raw.len() != count * 4 {
                     return Err(mismatch(raw.len() / 4));
                 }
-                floats_from_le(state, version, &raw, deadline).await?
+                floats_from_le(state, version, 1, &raw, deadline).await?
             }
             None if !contents.fp32_contents.is_empty() => {
                 let floats = contents.fp32_contents;

@@ -89,6 +89,40 @@ async fn run(
     req: &HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, V2Error> {
+    let (received, request) = receive(state, req, payload).await?;
+    let wanted = wanted(&request)?;
+    let deadline = received.deadline;
+    let (images, admitted, pixels) = received.read(state, req, request.input, 1).await?;
+    // The version is that of the model which answered: the one current at admission
+    // ([`admit`] checked it against the one asked for).
+    let (scores, answered) = state.engine.scores(pixels, admitted, deadline).await?;
+    let version = answered.version.label.clone();
+    Ok(respond(
+        state.config.model_name.clone(),
+        request.id,
+        version,
+        &wanted,
+        &scores,
+        images,
+    ))
+}
+
+/// A request's body, read within its bounds, and its deadline.
+pub(super) struct Received {
+    body: Body,
+    /// The JSON part's length (the rest is binary tensor data).
+    json_len: usize,
+    /// The request's one deadline.
+    pub deadline: Instant,
+}
+
+/// Reads a request to the model at the request's path (infer or explain): its body within
+/// the body limits and its JSON envelope.
+pub(super) async fn receive(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<(Received, Request), V2Error> {
     served(state, req)?;
     // A compressed body would have to be inflated whole, a chunk at a time, before the meter
     // could count it: refused, as the protocol allows.
@@ -129,40 +163,49 @@ async fn run(
     .await?;
     let request =
         request.map_err(|e| V2Error::BadRequest(format!("malformed inference request: {e}")))?;
-    let wanted = wanted(&request)?;
-    let input = request.input.ok_or_else(|| {
-        V2Error::BadRequest(format!(
-            "no input: send '{IMAGE_INPUT}' (BYTES, encoded images) or '{TENSOR_INPUT}' (FP32, [N, 3, 64, 64])"
-        ))
-    })?;
-    let inputs = Inputs {
-        state,
-        req,
-        body,
-        json_len,
-        deadline,
-    };
-    let (images, admitted, pixels) = if input.name == IMAGE_INPUT {
-        inputs.images(input).await?
-    } else if input.name == TENSOR_INPUT {
-        inputs.tensor(input).await?
-    } else {
-        return Err(V2Error::BadRequest(request::unknown_input(&quote(
-            &input.name,
-        ))));
-    };
-    // The version is that of the model which answered: the one current at admission
-    // ([`admit`] checked it against the one asked for).
-    let (scores, answered) = state.engine.scores(pixels, admitted, deadline).await?;
-    let version = answered.version.label.clone();
-    Ok(respond(
-        state.config.model_name.clone(),
-        request.id,
-        version,
-        &wanted,
-        &scores,
-        images,
+    Ok((
+        Received {
+            body,
+            json_len,
+            deadline,
+        },
+        request,
     ))
+}
+
+impl Received {
+    /// Reads `input` (the request's one input) into images admitted to the engine, with
+    /// `per_image` image permits each: the number of images, their admission and pixels.
+    pub(super) async fn read(
+        self,
+        state: &AppState,
+        req: &HttpRequest,
+        input: Option<Input>,
+        per_image: usize,
+    ) -> Result<(usize, Admission, Pixels), V2Error> {
+        let input = input.ok_or_else(|| {
+            V2Error::BadRequest(format!(
+                "no input: send '{IMAGE_INPUT}' (BYTES, encoded images) or '{TENSOR_INPUT}' (FP32, [N, 3, 64, 64])"
+            ))
+        })?;
+        let inputs = Inputs {
+            state,
+            req,
+            body: self.body,
+            json_len: self.json_len,
+            deadline: self.deadline,
+            per_image,
+        };
+        if input.name == IMAGE_INPUT {
+            inputs.images(input).await
+        } else if input.name == TENSOR_INPUT {
+            inputs.tensor(input).await
+        } else {
+            Err(V2Error::BadRequest(request::unknown_input(&quote(
+                &input.name,
+            ))))
+        }
+    }
 }
 
 /// Runs `f` on `body`: right here for a small one (tens of microseconds), on the blocking pool
@@ -433,6 +476,8 @@ struct Inputs<'a> {
     body: Body,
     json_len: usize,
     deadline: Instant,
+    /// Image permits each image takes (more than one for an explanation by occlusion).
+    per_image: usize,
 }
 
 impl Inputs<'_> {
@@ -477,6 +522,7 @@ impl Inputs<'_> {
             req,
             body,
             deadline,
+            per_image,
             ..
         } = self;
         let (body, files) = match data {
@@ -497,10 +543,11 @@ impl Inputs<'_> {
         };
         let version = req.match_info().get("version");
         // The files keep the body's charge on the body budget; the body's own bytes are freed.
-        let (admitted, pixels) = decode_files(state, version, files, deadline, |files| {
-            body.into_uploads(files)
-        })
-        .await?;
+        let (admitted, pixels) =
+            decode_files(state, version, per_image, files, deadline, |files| {
+                body.into_uploads(files)
+            })
+            .await?;
         Ok((n, admitted, pixels))
     }
 
@@ -514,6 +561,7 @@ impl Inputs<'_> {
             req,
             body,
             deadline,
+            per_image,
             ..
         } = self;
         let n = count / IMAGE_FLOATS;
@@ -538,7 +586,7 @@ impl Inputs<'_> {
                     return Err(too_large);
                 }
                 let version = req.match_info().get("version");
-                floats_from_le(state, version, &body.bytes[span], deadline).await?
+                floats_from_le(state, version, per_image, &body.bytes[span], deadline).await?
             }
             Data::Json(span) => {
                 let keep = could_hold(&body.bytes[span.clone()], count);
@@ -560,7 +608,7 @@ impl Inputs<'_> {
                     Some(reserved) if seen == count => reserved,
                     _ => return Err(mismatch(seen)),
                 };
-                let admitted = admit(state, req.match_info().get("version"), n)?;
+                let admitted = admit(state, req.match_info().get("version"), n * per_image)?;
                 (floats, admitted, reserved)
             }
         };
@@ -569,12 +617,13 @@ impl Inputs<'_> {
     }
 }
 
-/// Encoded image files, none empty, admitted under `version` and decoded within the decode
-/// budget; `uploads` makes them [`Uploads`](crate::ingest::upload::Uploads) holding what
+/// Encoded image files, none empty, admitted under `version` (`per_image` permits each) and
+/// decoded within the decode budget; `uploads` makes them [`Uploads`](crate::ingest::upload::Uploads) holding what
 /// their bytes are charged to.
 pub(super) async fn decode_files(
     state: &AppState,
     version: Option<&str>,
+    per_image: usize,
     files: Vec<Vec<u8>>,
     deadline: Instant,
     uploads: impl FnOnce(Vec<Upload>) -> crate::ingest::upload::Uploads,
@@ -586,7 +635,7 @@ pub(super) async fn decode_files(
         });
     }
     let n = files.len();
-    let admitted = admit(state, version, n)?;
+    let admitted = admit(state, version, n * per_image)?;
     let uploads = uploads(
         files
             .into_iter()
@@ -614,15 +663,16 @@ pub(super) async fn decode_files(
 }
 
 /// Raw little-endian floats (whole images, their length checked by the caller, no more than
-/// the decode budget), admitted under `version` and paid for from the decode budget before
+/// the decode budget), admitted under `version` (`per_image` permits each) and paid for from the decode budget before
 /// they are copied out.
 pub(super) async fn floats_from_le(
     state: &AppState,
     version: Option<&str>,
+    per_image: usize,
     raw: &[u8],
     deadline: Instant,
 ) -> Result<(Vec<f32>, Admission, tokio::sync::OwnedSemaphorePermit), V2Error> {
-    let admitted = admit(state, version, raw.len() / 4 / IMAGE_FLOATS)?;
+    let admitted = admit(state, version, raw.len() / 4 / IMAGE_FLOATS * per_image)?;
     let reserved = state
         .decode_budget
         .reserve(raw.len() as u64, deadline)

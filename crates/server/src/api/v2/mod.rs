@@ -14,6 +14,9 @@
 //! `parameters.binary_data_output: true`, comes back after the JSON). In JSON, a `BYTES`
 //! element is the image file in base64.
 //!
+//! `POST /v2/models/{name}/explain` takes the same request and answers each image's
+//! explanation ([`explain`](self::explain): `attributions`, `target`).
+//!
 //! Every bound of the original API holds here too: the body is read and metered by
 //! [`body::read_whole`](crate::http::body::read_whole) (`--max-body`, `--body-memory`), a request takes one image permit per
 //! image before anything is decoded ([`crate::inference::engine::Engine::admit`], `--max-images`), images
@@ -23,6 +26,7 @@
 //! reserved until the model has run. Errors are the protocol's `{"error": "..."}`.
 
 mod error;
+mod explain;
 mod extensions;
 pub mod grpc;
 mod infer;
@@ -91,6 +95,8 @@ const CHANNELS: usize = model::arch::INPUT_CHANNELS;
         metadata::version_ready,
         infer::infer,
         infer::version_infer,
+        explain::explain,
+        explain::version_explain,
         extensions::model_config,
         extensions::version_config,
         extensions::model_stats,
@@ -140,6 +146,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         cfg,
         "/v2/models/{name}/versions/{version}/infer",
         infer::version_infer,
+    );
+    V2.post(cfg, "/v2/models/{name}/explain", explain::explain);
+    V2.post(
+        cfg,
+        "/v2/models/{name}/versions/{version}/explain",
+        explain::version_explain,
     );
     // Anything else under /v2 is answered in the protocol's error form too.
     cfg.service(web::resource("/v2/{rest:.*}").to(no_such_path));

@@ -23,6 +23,9 @@ pub(super) struct Request {
     pub id: Option<String>,
     /// `parameters.binary_data_output`.
     pub binary_output: bool,
+    /// `parameters.method`, `.target` and `.steps`: what an explain request asks (an
+    /// inference request's are not read).
+    pub explain: ExplainParams,
     /// The one input (`None`: `"inputs": []`).
     pub input: Option<Input>,
     pub outputs: Option<Vec<OutputRequest>>,
@@ -61,13 +64,15 @@ pub(super) fn read(json: &[u8]) -> Result<Request, serde_json::Error> {
             data,
         }
     });
+    let params = envelope.parameters.0;
     Ok(Request {
+        explain: ExplainParams {
+            method: params.method.map(|t| t.0),
+            target: params.target.map(|t| t.0),
+            steps: params.steps.map(|s| s.0),
+        },
         id: envelope.id,
-        binary_output: envelope
-            .parameters
-            .0
-            .binary_data_output
-            .is_some_and(|b| b.0),
+        binary_output: params.binary_data_output.is_some_and(|b| b.0),
         input,
         outputs: envelope.outputs,
     })
@@ -114,6 +119,54 @@ pub(super) struct OutputParams {
 #[derive(Deserialize, Default)]
 struct RequestParams {
     binary_data_output: Option<NoEcho<bool>>,
+    method: Option<Short>,
+    target: Option<Short>,
+    steps: Option<NoEcho<u64>>,
+}
+
+/// The parameters of an explain request, as sent.
+#[derive(Debug, Default)]
+pub(super) struct ExplainParams {
+    pub method: Option<String>,
+    /// A class name, or an index (sent as a number or a string).
+    pub target: Option<String>,
+    pub steps: Option<u64>,
+}
+
+/// Longest text a [`Short`] parameter takes.
+const SHORT_BYTES: usize = 64;
+
+/// A parameter given as a short string (at most [`SHORT_BYTES`]; a longer one is refused by
+/// its length, unquoted) or as an integer, kept as text.
+struct Short(String);
+
+impl<'de> Deserialize<'de> for Short {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ShortVisitor;
+        impl Visitor<'_> for ShortVisitor {
+            type Value = Short;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a string of at most {SHORT_BYTES} bytes, or an integer")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Short, E> {
+                if v.len() > SHORT_BYTES {
+                    return Err(string_here(v, &self));
+                }
+                Ok(Short(v.to_string()))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Short, E> {
+                Ok(Short(v.to_string()))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Short, E> {
+                Ok(Short(v.to_string()))
+            }
+        }
+        d.deserialize_any(ShortVisitor)
+    }
 }
 
 #[derive(Deserialize, Default)]
