@@ -14,11 +14,25 @@ pub fn content_type() -> String {
 /// written as given (a quote or a line break in one makes the part header malformed: callers
 /// that send names from elsewhere replace them first).
 pub fn multipart(parts: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    form(parts, &[])
+}
+
+/// A `multipart/form-data` body of file parts (as [`multipart`]) followed by plain form values
+/// `(field, text)`, parts without a file name (`POST /explain`'s `method`, `target`, ...).
+pub fn form(parts: &[(&str, &str, &[u8])], values: &[(&str, &str)]) -> Vec<u8> {
     let size: usize = parts
         .iter()
         .map(|(f, n, b)| 128 + f.len() + n.len() + b.len())
         .sum();
     let mut body = Vec::with_capacity(size + BOUNDARY.len() + 8);
+    for (field, value) in values {
+        body.extend(
+            format!(
+                "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n"
+            )
+            .bytes(),
+        );
+    }
     for (field, filename, bytes) in parts {
         body.extend(
             format!(
@@ -49,5 +63,13 @@ mod tests {
         assert_eq!(text, expected);
         assert_eq!(multipart(&[]), format!("--{BOUNDARY}--\r\n").into_bytes());
         assert!(content_type().ends_with(BOUNDARY));
+        let text = String::from_utf8(form(
+            &[("file", "a.jpg", b"AB")],
+            &[("method", "occlusion")],
+        ))
+        .unwrap();
+        assert!(text.starts_with(&format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\nocclusion\r\n--{BOUNDARY}\r\n"
+        )), "{text}");
     }
 }
