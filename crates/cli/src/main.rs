@@ -9,6 +9,7 @@ use burn::prelude::Device;
 use clap::{CommandFactory, Parser, Subcommand};
 use model::dataset::{self, OnCorrupt};
 use model::eval::evaluate;
+use model::explain::Method;
 use model::{
     Backend, CLASSES, Cnn, Inference, PARAMETER_COUNT, Precision, Preprocessor, RecordMeta,
 };
@@ -84,6 +85,33 @@ enum Command {
         /// Record to write (may be the one read).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Explain each image's prediction: which pixels it rests on, drawn as a heatmap over the
+    /// image into --out (one PNG per image; with --json also the heatmap's values).
+    /// Methods: gradcam (about one forward pass), occlusion (65 forward passes), saliency
+    /// (gradient × input: one forward and backward pass), integrated-gradients (--steps of
+    /// them). See docs/explanations.md.
+    Explain {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// gradcam, occlusion, saliency or integrated-gradients.
+        #[arg(long, default_value_t = Method::default())]
+        method: Method,
+        /// The class to explain, by name or index (default: the predicted class).
+        #[arg(long, value_parser = |s: &str| model::explain::parse_class(s).map_err(|e| e.to_string()))]
+        target: Option<usize>,
+        /// Integrated gradients' steps.
+        #[arg(long, default_value_t = model::explain::DEFAULT_STEPS)]
+        steps: usize,
+        /// Folder the pictures are written to (created if missing).
+        #[arg(long, default_value = "explanations")]
+        out: PathBuf,
+        /// One JSON document.
+        #[arg(long, conflicts_with = "jsonl")]
+        json: bool,
+        /// One JSON line per image.
+        #[arg(long)]
+        jsonl: bool,
     },
     /// Classify image files, or every file under directories, through a running server
     /// (`/classify`, or `/classify/batch` in batches of at most the server's `--max-files`).
@@ -258,6 +286,31 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 .with_tta(*tta);
             classify(&net, paths, *top_k, *json, *jsonl, *batch_size)
         }
+        Command::Explain {
+            paths,
+            method,
+            target,
+            steps,
+            out,
+            json,
+            jsonl,
+        } => {
+            let (net, meta, _) = load(cli, &device)?;
+            let explainer = model::explain::Explainer::new(&net)?;
+            let net = Inference::new(net, cli.backend)?
+                .with_precision(cli.precision, meta.int8.as_ref())?;
+            let mut files = Vec::new();
+            collect(paths, &mut files).context("cannot list input files")?;
+            let request = explain::Request {
+                method: *method,
+                target: *target,
+                steps: (*steps).max(1),
+                out,
+                json: *json,
+                jsonl: *jsonl,
+            };
+            explain::run(&net, &explainer, &files, &request)
+        }
         Command::Eval {
             data,
             json,
@@ -384,6 +437,7 @@ fn calibrate(
     Ok(ExitCode::SUCCESS)
 }
 
+mod explain;
 mod remote;
 mod report;
 

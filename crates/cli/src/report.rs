@@ -13,6 +13,8 @@ pub struct Report<W: Write> {
     jsonl: bool,
     results: Vec<Value>,
     failed: usize,
+    /// What the summary line says of the files that did not fail.
+    done: &'static str,
 }
 
 impl<W: Write> Report<W> {
@@ -23,7 +25,14 @@ impl<W: Write> Report<W> {
             jsonl,
             results: Vec::new(),
             failed: 0,
+            done: "classified",
         }
+    }
+
+    /// The summary line's word for the files that did not fail (`classified` by default).
+    pub fn saying(mut self, done: &'static str) -> Self {
+        self.done = done;
+        self
     }
 
     /// Records one file's result, printing it at once unless the output is one document.
@@ -47,8 +56,9 @@ impl<W: Write> Report<W> {
         } else if !self.jsonl {
             writeln!(
                 self.out,
-                "{total} files, {} classified, {} failed",
+                "{total} files, {} {}, {} failed",
                 total - self.failed,
+                self.done,
                 self.failed
             )?;
         }
@@ -77,7 +87,11 @@ fn print_row(out: &mut impl Write, v: &Value) -> io::Result<()> {
                     )
                 })
                 .collect();
-            writeln!(out, "{file}\t{}", ranked.join("  "))
+            match v["written"].as_str() {
+                // `cnn explain`: the picture drawn for it.
+                Some(written) => writeln!(out, "{file}\t{}\t-> {written}", ranked.join("  ")),
+                None => writeln!(out, "{file}\t{}", ranked.join("  ")),
+            }
         }
     }
 }

@@ -428,7 +428,8 @@ pub fn colour(v: f32) -> [u8; 3] {
 }
 
 /// `image` (any size) with `heat` (64×64, in [0, 1]) laid over it: each pixel blended towards
-/// its heat's colour by up to 60%, so that cold regions still show the picture.
+/// its heat's colour by `0.75 × √heat`, so that where there is no evidence the picture shows
+/// unchanged and weak evidence (most of a pixel-level map) still shows.
 pub fn overlay(image: &RgbImage, heat: &[f32]) -> RgbImage {
     let (w, h) = image.dimensions();
     let heat = resize(heat, INPUT_SIZE, INPUT_SIZE, w as usize, h as usize);
@@ -436,7 +437,7 @@ pub fn overlay(image: &RgbImage, heat: &[f32]) -> RgbImage {
     for (i, px) in out.pixels_mut().enumerate() {
         let v = heat[i].clamp(0.0, 1.0);
         let c = colour(v);
-        let a = 0.25 + 0.35 * v;
+        let a = 0.75 * v.sqrt();
         *px = Rgb(std::array::from_fn(|k| {
             (f32::from(px.0[k]) * (1.0 - a) + f32::from(c[k]) * a).round() as u8
         }));

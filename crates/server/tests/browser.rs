@@ -1,5 +1,6 @@
 //! The web page end to end in headless Chromium (Debian's `chromium` and `chromium-driver`):
-//! pick a real CIFAR image, read the top-3 from the page, compare with the API's answer.
+//! pick real CIFAR images, read each one's top 3 and explanation from the page, compare with
+//! the API's answers; the docs page renders offline.
 
 mod common;
 
@@ -79,58 +80,134 @@ async fn browser() -> (fantoccini::Client, Driver) {
     (client, driver)
 }
 
+/// Two real CIFAR images and a file that is not an image, picked at once: each image gets its
+/// top 3 (the API's own answer) and its explanation's heatmap beside it, the bad file a clear
+/// error; the method and the toggle work from the keyboard; a screenshot is kept.
 #[tokio::test(flavor = "current_thread")]
-async fn web_page_classifies_an_uploaded_cifar_image() {
+async fn web_page_classifies_and_explains_several_images() {
     let server = start(ServerConfig::default());
-    let image = testdata::images("test", 1)
+    let images: Vec<_> = testdata::images("test", 1)
         .into_iter()
-        .find(|i| i.class == "ship")
-        .unwrap();
+        .filter(|i| i.class == "ship" || i.class == "cat")
+        .collect();
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("ship.jpg");
-    std::fs::write(&file, &image.bytes).unwrap();
-    let expected =
-        post_multipart(&server, "/classify", &[("file", "ship.jpg", &image.bytes)]).json();
+    let mut paths = Vec::new();
+    for img in &images {
+        let file = dir.path().join(format!("{}.jpg", img.class));
+        std::fs::write(&file, &img.bytes).unwrap();
+        paths.push(file);
+    }
+    let bad = dir.path().join("notes.txt");
+    std::fs::write(&bad, b"not an image").unwrap();
+    paths.push(bad);
 
     let (client, _driver) = browser().await;
+    client.set_window_size(900, 1000).await.unwrap();
     client.goto(&format!("{}/ui", server.base)).await.unwrap();
-    let input = client.find(Locator::Css("#file")).await.unwrap();
-    input.send_keys(file.to_str().unwrap()).await.unwrap();
-    let rows = client
+    let input = client.find(Locator::Css("#files")).await.unwrap();
+    // chromedriver takes several files for a `multiple` input as lines.
+    let list: Vec<&str> = paths.iter().map(|p| p.to_str().unwrap()).collect();
+    input.send_keys(&list.join("\n")).await.unwrap();
+    client
         .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#result .row:nth-child(3)"))
+        .at_most(Duration::from_secs(60))
+        .for_element(Locator::Css("#results .card:nth-child(3)[data-done=true]"))
         .await
-        .expect("the page shows three predictions");
-    drop(rows);
-    let rows = client.find_all(Locator::Css("#result .row")).await.unwrap();
-    assert_eq!(rows.len(), 3);
-    for (row, want) in rows
-        .iter()
-        .zip(expected["top_3_predictions"].as_array().unwrap())
-    {
-        let class = row.attr("data-class").await.unwrap().unwrap();
-        assert_eq!(class, want["class"].as_str().unwrap());
-        let pct = row
-            .find(Locator::Css(".pct"))
+        .expect("the page finishes all three files");
+    let cards = client
+        .find_all(Locator::Css("#results .card"))
+        .await
+        .unwrap();
+    assert_eq!(cards.len(), 3);
+    // The two images' heatmaps were drawn (256×256 PNGs); the bad file has none.
+    let widths = client
+        .execute(
+            "return Array.from(document.querySelectorAll('.overlay')).map(i => i.naturalWidth)",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(widths, serde_json::json!([256, 256, 0]));
+    for (card, img) in cards.iter().zip(&images) {
+        let expected =
+            post_multipart(&server, "/classify", &[("file", "x.jpg", &img.bytes)]).json();
+        let rows = card.find_all(Locator::Css(".row")).await.unwrap();
+        assert_eq!(rows.len(), 3);
+        for (row, want) in rows
+            .iter()
+            .zip(expected["top_3_predictions"].as_array().unwrap())
+        {
+            let class = row.attr("data-class").await.unwrap().unwrap();
+            assert_eq!(class, want["class"].as_str().unwrap());
+            let pct = row
+                .find(Locator::Css(".pct"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let shown: f64 = pct.trim_end_matches('%').parse().unwrap();
+            let confidence = want["confidence"].as_f64().unwrap() * 100.0;
+            assert!(
+                (shown - confidence).abs() <= 0.051,
+                "{shown} vs {confidence}"
+            );
+        }
+        let overlay = card.find(Locator::Css(".overlay")).await.unwrap();
+        assert_eq!(
+            overlay.attr("data-method").await.unwrap().as_deref(),
+            Some("gradcam")
+        );
+        let error = card
+            .find(Locator::Css(".error"))
             .await
             .unwrap()
             .text()
             .await
             .unwrap();
-        let shown: f64 = pct.trim_end_matches('%').parse().unwrap();
-        let confidence = want["confidence"].as_f64().unwrap() * 100.0;
-        assert!(
-            (shown - confidence).abs() <= 0.051,
-            "{shown} vs {confidence}"
-        );
+        assert!(error.is_empty(), "{error}");
     }
+    let error = cards[2]
+        .find(Locator::Css(".error"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(error.contains("image"), "the bad file says why: {error}");
+    let version = client
+        .find(Locator::Css("#version"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(version.starts_with("Model version "), "{version}");
+
+    // From the keyboard: the method (arrow down to occlusion) and the toggle (space).
+    let select = client.find(Locator::Css("#method")).await.unwrap();
+    select.send_keys("\u{E015}").await.unwrap();
+    client
+        .wait()
+        .at_most(Duration::from_secs(60))
+        .for_element(Locator::Css(
+            "#results .card:nth-child(2)[data-done=true] .overlay[data-method=occlusion]",
+        ))
+        .await
+        .expect("the overlays are redrawn by occlusion");
     let png = client.screenshot().await.unwrap();
-    std::fs::write(
-        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("ui.png"),
-        png,
-    )
-    .unwrap();
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(artifacts.join("ui.png"), png).unwrap();
+    let toggle = client.find(Locator::Css("#show")).await.unwrap();
+    toggle.send_keys(" ").await.unwrap();
+    let hidden = client
+        .execute(
+            "return getComputedStyle(document.querySelector('.overlay')).visibility",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(hidden, serde_json::json!("hidden"));
     client.close().await.unwrap();
 }
 

@@ -68,7 +68,7 @@ async fn root() -> HttpResponse {
         ("GET /model/info", "model architecture and parameters"),
         ("GET /classes", "list of classes"),
         ("GET /metrics", "Prometheus metrics"),
-        ("GET /ui", "web page to classify an image"),
+        ("GET /ui", "web page to classify and explain images"),
         ("GET /docs", "API documentation (OpenAPI at /openapi.json)"),
         (
             "POST /classify",
@@ -77,6 +77,10 @@ async fn root() -> HttpResponse {
         (
             "POST /classify/batch",
             "classify several images (multipart field 'files')",
+        ),
+        (
+            "POST /explain",
+            "why the model predicted what it did: a heatmap as JSON or PNG (multipart 'file', 'method', 'target', 'format')",
         ),
         (
             "GET /v2",
@@ -233,7 +237,7 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         .body(crate::http::openapi::in_chunks(text.into(), permit)))
 }
 
-#[utoipa::path(get, path = "/ui", tag = "service", responses((status = 200, description = "A web page to classify an image", body = String, content_type = "text/html")))]
+#[utoipa::path(get, path = "/ui", tag = "service", responses((status = 200, description = "A web page to classify and explain images", body = String, content_type = "text/html")))]
 async fn ui() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header(ContentType::html())
