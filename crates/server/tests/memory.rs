@@ -578,3 +578,94 @@ fn hostile_grpc_messages_stay_within_the_memory_bound() {
     let bound = server::ops::memory::MemoryBound::of(&config).with_grpc(&config);
     common::check_peak_within(&server, bound, "hostile gRPC messages");
 }
+
+/// Explanations by every method at once, from 48 connections, with the most steps integrated
+/// gradients allows, eight images a `/v2` request and heatmaps at a 1024×1024 image's own size:
+/// each answered 200 or refused 503 (`--max-explanations`, the image permits, the deadline),
+/// and the peak stays under the bound, whose explanations term counts two at a time.
+#[test]
+fn explanations_under_load_stay_within_the_memory_bound() {
+    use base64::Engine as _;
+    let server = start();
+    let jpeg = model::testdata::images("test", 1).remove(0).bytes;
+    // Smooth, so that its PNG fits `--max-body`.
+    let gradient = image::RgbImage::from_fn(1024, 1024, |x, y| {
+        image::Rgb([x as u8, y as u8, ((x + y) / 8) as u8])
+    });
+    let mut large = Vec::new();
+    gradient
+        .write_to(
+            &mut std::io::Cursor::new(&mut large),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let form = |file: &[u8], values: &[(&str, &str)]| {
+        model::multipart::form(&[("file", "image", file)], values)
+    };
+    let v2 = serde_json::json!({
+        "parameters": {"method": "integrated-gradients", "steps": 128},
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [8],
+                    "data": vec![base64::engine::general_purpose::STANDARD.encode(&jpeg); 8]}],
+    })
+    .to_string();
+    let requests: Vec<(&str, String, Vec<u8>)> = vec![
+        (
+            "/explain",
+            model::multipart::content_type(),
+            form(
+                &jpeg,
+                &[("method", "integrated-gradients"), ("steps", "128")],
+            ),
+        ),
+        (
+            "/explain",
+            model::multipart::content_type(),
+            form(&jpeg, &[("method", "occlusion"), ("format", "png")]),
+        ),
+        (
+            "/explain",
+            model::multipart::content_type(),
+            form(&large, &[("method", "saliency"), ("size", "original")]),
+        ),
+        (
+            "/explain",
+            model::multipart::content_type(),
+            form(&jpeg, &[("method", "gradcam")]),
+        ),
+        (
+            "/v2/models/cifar10-cnn/explain",
+            "application/json".into(),
+            v2.into_bytes(),
+        ),
+    ];
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..48)
+            .map(|i| {
+                let (path, content_type, body) = &requests[i % requests.len()];
+                let addr = &server.addr;
+                scope.spawn(move || {
+                    (0..3)
+                        .map(|_| post_raw(addr, path, content_type, body))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let count = |code| statuses.iter().filter(|&&s| s == code).count();
+    eprintln!(
+        "144 explanations: {} × 200, {} × 503, others {:?}",
+        count(200),
+        count(503),
+        statuses
+            .iter()
+            .filter(|&&s| s != 200 && s != 503)
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(count(200) + count(503), statuses.len(), "{statuses:?}");
+    assert!(count(200) > 0 && count(503) > 0, "{statuses:?}");
+    check_peak(&server, "144 concurrent explanations");
+}

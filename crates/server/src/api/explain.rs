@@ -88,16 +88,22 @@ pub struct ExplainForm {
     /// The image (JPEG, PNG, BMP, TIFF, WebP or GIF).
     file: ImageFile,
     /// The method; `gradcam` by default.
-    method: Option<MethodName>,
+    #[serde(default)]
+    method: MethodName,
     /// The class to explain, by name (`cat`) or index (`3`); the predicted class by default.
-    target: Option<String>,
+    #[serde(default)]
+    #[schema(max_length = 64)]
+    target: String,
     /// `json` (default) or `png`.
-    format: Option<Format>,
+    #[serde(default)]
+    format: Format,
     /// The JSON heatmap's size: `model` (default) or `original`.
-    size: Option<Size>,
+    #[serde(default)]
+    size: Size,
     /// Integrated gradients' steps (1 to `--explain-max-steps`, default 32).
+    #[serde(default)]
     #[schema(minimum = 1)]
-    steps: Option<u32>,
+    steps: u32,
 }
 
 /// A JSON explanation.

@@ -114,6 +114,17 @@ pub struct InferRequest {
 pub struct RequestParameters {
     /// Every output not saying otherwise comes back as binary data.
     binary_data_output: Option<bool>,
+    /// Explain requests only: `gradcam` (the default), `occlusion`, `saliency` or
+    /// `integrated-gradients`.
+    #[schema(max_length = 64)]
+    method: Option<String>,
+    /// Explain requests only: the class to explain, by name or index (the predicted class by
+    /// default).
+    #[schema(max_length = 64)]
+    target: Option<String>,
+    /// Explain requests only: integrated gradients' steps (1 to `--explain-max-steps`).
+    #[schema(minimum = 1)]
+    steps: Option<u64>,
 }
 
 /// An input tensor: the model's two inputs, each with its one datatype (the document names
