@@ -409,3 +409,99 @@ fn calibrate_then_int8_on_classify_and_eval() {
         );
     }
 }
+
+/// `cnn explain` on real images with the built-in record: an overlay PNG per image (the image
+/// enlarged, the heatmap over it), the JSON's heatmap equal to the model crate's for the class
+/// it predicts, a named target, a broken file reported and the others still explained.
+#[test]
+fn explain_writes_an_overlay_per_image_and_its_heatmap() {
+    use model::explain::{self, Explainer, Method};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let images: Vec<_> = testdata::images("test", 1).into_iter().take(3).collect();
+    let mut args = vec!["explain".to_string()];
+    for img in &images {
+        let path = dir.join(format!("{}.jpg", img.class));
+        std::fs::write(&path, &img.bytes).unwrap();
+        args.push(path.to_str().unwrap().to_string());
+    }
+    let broken = dir.join("broken.jpg");
+    std::fs::write(&broken, &images[0].bytes[..100]).unwrap();
+    args.push(broken.to_str().unwrap().to_string());
+    let out = dir.join("pictures");
+    args.extend(
+        [
+            "--method",
+            "occlusion",
+            "--json",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .map(String::from),
+    );
+    let run = cnn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "one file failed: {}",
+        stdout(&run)
+    );
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&run)).unwrap();
+    assert_eq!(doc["total"], 4);
+    assert_eq!(doc["failed"], 1);
+
+    let backend = Backend::default_inference();
+    let (net, _) = model::record::load_shipped(&backend.device()).unwrap();
+    let explainer = Explainer::new(&net).unwrap();
+    let inference = Inference::new(net, backend).unwrap();
+    for (img, result) in images.iter().zip(doc["results"].as_array().unwrap()) {
+        let x = Preprocessor::default().preprocess(&img.bytes).unwrap();
+        let target = explain::target(None, &inference.probabilities(&x));
+        assert_eq!(result["target"]["class_index"], target);
+        assert_eq!(result["method"], "occlusion");
+        let heat: Vec<f32> = serde_json::from_value(result["heatmap"]["values"].clone()).unwrap();
+        let want = explain::heat(&explainer.explain(Method::Occlusion, &x, target, 0));
+        let diff = heat
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff <= 2e-3, "{}: heatmaps differ by {diff}", img.path);
+        let written = result["written"].as_str().unwrap();
+        assert!(
+            written.ends_with(&format!("{}.occlusion.png", img.class)),
+            "{written}"
+        );
+        // CIFAR's 32×32 drawn at 256×256.
+        let png = image::open(written).unwrap();
+        assert_eq!((png.width(), png.height()), (256, 256));
+    }
+    let failed = &doc["results"][3];
+    assert!(failed["file"].as_str().unwrap().ends_with("broken.jpg"));
+    assert!(!failed["error"].as_str().unwrap().is_empty(), "{failed}");
+    assert!(failed.get("written").is_none(), "{failed}");
+
+    let named = cnn(&[
+        "explain",
+        dir.join(format!("{}.jpg", images[0].class))
+            .to_str()
+            .unwrap(),
+        "--target",
+        "frog",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        named.status.success(),
+        "{}",
+        String::from_utf8_lossy(&named.stderr)
+    );
+    assert!(
+        stdout(&named).contains("1 files, 1 explained, 0 failed"),
+        "{}",
+        stdout(&named)
+    );
+    let unknown = cnn(&["explain", "x.jpg", "--method", "lime"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("gradcam"));
+}
