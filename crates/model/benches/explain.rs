@@ -28,6 +28,9 @@ fn explanations(c: &mut Criterion) {
     group.bench_function("predict (fast path)", |b| {
         b.iter(|| black_box(inference.probabilities(&x)));
     });
+    group.bench_function("forward (Burn, untracked autodiff device)", |b| {
+        b.iter(|| black_box(explainer.features(&x)));
+    });
     group.bench_function("gradcam", |b| {
         b.iter(|| black_box(explainer.explain(Method::GradCam, &x, target, 0)));
     });

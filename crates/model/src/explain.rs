@@ -168,8 +168,9 @@ pub struct Explainer {
     /// gradient for the gradient methods, and an untracked forward pass for Grad-CAM.
     autodiff: Cnn,
     device: Device,
-    /// fc1's weight, `[8192, 100]` (Burn's `[in, out]`), and bias.
-    fc1: Vec<f32>,
+    /// fc1's weight by hidden unit, `[100, 8192]` (Burn's `[in, out]` transposed: each unit's
+    /// weights contiguous), and its bias.
+    fc1_by_unit: Vec<f32>,
     fc1_bias: Vec<f32>,
     /// fc2's weight, `[100, 10]`.
     fc2: Vec<f32>,
@@ -187,7 +188,7 @@ impl Explainer {
             b.as_ref().map(|p| values(p.val())).unwrap_or_default()
         };
         Ok(Self {
-            fc1: values(net.fc1.weight.val()),
+            fc1_by_unit: values(net.fc1.weight.val().transpose()),
             fc1_bias: bias(&net.fc1.bias),
             fc2: values(net.fc2.weight.val()),
             device,
@@ -209,30 +210,21 @@ impl Explainer {
     /// The gradient of `class`'s logit with respect to one image's pooled conv2 `features`
     /// (`[32, 16, 16]`), in closed form: `fc1 · (fc2[:, class] ⊙ [fc1's pre-activation > 0])`.
     pub fn feature_gradient(&self, features: &[f32], class: usize) -> Vec<f32> {
-        let (flat, hidden) = (arch::FLAT_FEATURES, arch::HIDDEN);
+        let flat = arch::FLAT_FEATURES;
         assert_eq!(features.len(), flat);
-        // fc1's pre-activation: which hidden units pass a gradient.
-        let mut z = self.fc1_bias.clone();
-        for (x, row) in features.iter().zip(self.fc1.chunks_exact(hidden)) {
-            if *x != 0.0 {
-                for (z, w) in z.iter_mut().zip(row) {
-                    *z += x * w;
+        let mut g = vec![0.0f32; flat];
+        // fc1 by hidden unit (`fc1ᵀ`, rows of 8192): its pre-activation says whether the unit
+        // passes a gradient, and each unit that does adds its row times fc2's weight.
+        for (j, row) in self.fc1_by_unit.chunks_exact(flat).enumerate() {
+            let z = self.fc1_bias[j] + dot(row, features);
+            let w = self.fc2[j * arch::CLASSES + class];
+            if z > 0.0 && w != 0.0 {
+                for (g, r) in g.iter_mut().zip(row) {
+                    *g += w * r;
                 }
             }
         }
-        let mask: Vec<f32> = (0..hidden)
-            .map(|j| {
-                if z[j] > 0.0 {
-                    self.fc2[j * arch::CLASSES + class]
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        self.fc1
-            .chunks_exact(hidden)
-            .map(|row| row.iter().zip(&mask).map(|(w, m)| w * m).sum())
-            .collect()
+        g
     }
 
     /// Grad-CAM maps (element-wise form) of `images` for their `targets` (one each), upsampled
@@ -340,6 +332,24 @@ impl Explainer {
     }
 }
 
+/// `a · b`, in eight lanes so that it vectorises (a sum left to right cannot).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for k in 0..8 {
+            lanes[k] += x[k] * y[k];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
 /// The [`PATCHES`] occluded copies of one preprocessed image, back to back: patch `i` (row
 /// by row) greyed in copy `i`.
 pub fn occlusion_inputs(image: &[f32]) -> Vec<f32> {
@@ -379,14 +389,21 @@ pub fn occlusion(probabilities: &[f32], target: usize) -> Vec<f32> {
     map
 }
 
-/// A map for display: its positive part scaled to [0, 1] (all zeros when nothing is positive).
+/// A map for display: its positive part scaled to [0, 1], where 1 is the 99th percentile of
+/// the positive values and anything above it (a few outlying pixels, which would otherwise
+/// leave the rest of a pixel-level map invisible) is clipped to 1, as Captum's visualiser does;
+/// all zeros when nothing is positive.
 pub fn heat(map: &[f32]) -> Vec<f32> {
-    let max = map.iter().copied().fold(0.0f32, f32::max);
-    if max > 0.0 && max.is_finite() {
-        map.iter().map(|v| (v / max).clamp(0.0, 1.0)).collect()
-    } else {
-        vec![0.0; map.len()]
+    let mut positive: Vec<f32> = map.iter().copied().filter(|v| *v > 0.0).collect();
+    if positive.is_empty() {
+        return vec![0.0; map.len()];
     }
+    positive.sort_by(f32::total_cmp);
+    let scale = positive[((positive.len() - 1) * 99).div_ceil(100)];
+    if !(scale.is_finite() && scale > 0.0) {
+        return vec![0.0; map.len()];
+    }
+    map.iter().map(|v| (v / scale).clamp(0.0, 1.0)).collect()
 }
 
 /// Bilinear resampling of a `sw × sh` map to `dw × dh`, pixel centres aligned (as image
@@ -565,6 +582,12 @@ mod tests {
     fn heat_scales_the_positive_part() {
         assert_eq!(heat(&[-1.0, 0.5, 2.0]), vec![0.0, 0.25, 1.0]);
         assert_eq!(heat(&[-1.0, -2.0]), vec![0.0, 0.0]);
+        // One outlier among 200 positive values is clipped, not the scale.
+        let mut map: Vec<f32> = (1..=200).map(|v| v as f32).collect();
+        map[0] = 1e6;
+        let h = heat(&map);
+        assert_eq!(h[0], 1.0);
+        assert!((h[100] - 101.0 / 200.0).abs() < 1e-6, "{}", h[100]);
         assert_eq!(colour(0.0), [0, 0, 128]);
         assert_eq!(colour(1.0), [128, 0, 0]);
     }

@@ -122,7 +122,8 @@ pub struct Explanation {
     /// The heatmap's height.
     height: u32,
     /// `height × width` values in [0, 1], row by row from the top left: the positive evidence
-    /// for the target, scaled so that the strongest is 1 (rounded to 1/1000).
+    /// for the target, scaled so that its 99th percentile is 1 (the few stronger values are
+    /// clipped to 1), rounded to 1/1000.
     heatmap: Vec<f32>,
 }
 
