@@ -64,7 +64,18 @@ fn explain_one(
     let x = pre.preprocess(&bytes)?;
     let probabilities = net.probabilities(&x);
     let target = explain::target(r.target, &probabilities);
-    let map = explainer.explain(r.method, &x, target, r.steps);
+    let map = if r.method == Method::Occlusion {
+        // The copies through the same model run as the prediction (as the server does), so
+        // that the fall is measured from the probability shown.
+        let all: Vec<f32> = x
+            .iter()
+            .copied()
+            .chain(explain::occlusion_inputs(&x))
+            .collect();
+        explain::occlusion(&net.probabilities(&all), target)
+    } else {
+        explainer.explain(r.method, &x, target, r.steps)
+    };
     let png = explain::overlay_png(&sized(&image), &map)?;
     let written = out_path(r.out, path, r.method, names);
     std::fs::write(&written, png).with_context(|| format!("cannot write {}", written.display()))?;
@@ -78,10 +89,7 @@ fn explain_one(
         "written": written,
     });
     if r.json || r.jsonl {
-        let heat: Vec<f32> = explain::heat(&map)
-            .into_iter()
-            .map(|h| (h * 1000.0).round() / 1000.0)
-            .collect();
+        let heat = explain::thousandths(explain::heat(&map));
         v["heatmap"] =
             json!({"width": model::INPUT_SIZE, "height": model::INPUT_SIZE, "values": heat});
     }
@@ -90,19 +98,11 @@ fn explain_one(
 
 /// `image` with its longer side brought within [`MIN_SIDE`]..=[`MAX_SIDE`], proportions kept.
 fn sized(image: &RgbImage) -> RgbImage {
-    let (w, h) = image.dimensions();
-    let longest = w.max(h).max(1);
-    let side = longest.clamp(MIN_SIDE, MAX_SIDE);
-    if side == longest {
+    let (w, h) = explain::fit(image.dimensions(), MIN_SIDE, MAX_SIDE);
+    if (w, h) == image.dimensions() {
         return image.clone();
     }
-    let scale = |v: u32| ((u64::from(v) * u64::from(side)) / u64::from(longest)).max(1) as u32;
-    image::imageops::resize(
-        image,
-        scale(w),
-        scale(h),
-        image::imageops::FilterType::Triangle,
-    )
+    image::imageops::resize(image, w, h, image::imageops::FilterType::Triangle)
 }
 
 /// `<out>/<stem>.<method>.png`, numbered when two inputs share a stem.

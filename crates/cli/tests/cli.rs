@@ -488,6 +488,7 @@ fn explain_writes_an_overlay_per_image_and_its_heatmap() {
             .unwrap(),
         "--target",
         "frog",
+        "--jsonl",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -496,11 +497,9 @@ fn explain_writes_an_overlay_per_image_and_its_heatmap() {
         "{}",
         String::from_utf8_lossy(&named.stderr)
     );
-    assert!(
-        stdout(&named).contains("1 files, 1 explained, 0 failed"),
-        "{}",
-        stdout(&named)
-    );
+    let line: serde_json::Value = serde_json::from_str(stdout(&named).trim()).unwrap();
+    assert_eq!(line["target"]["class"], "frog");
+    assert_eq!(line["method"], "gradcam");
     let unknown = cnn(&["explain", "x.jpg", "--method", "lime"]);
     assert_eq!(unknown.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("gradcam"));

@@ -15,9 +15,10 @@
 //!   8192→100 layer, and there the mean-weighted map failed the deletion test (greying its top
 //!   10% lowered the prediction less than greying random regions: `tests/explain.rs`, docs).
 //! - **Occlusion** ([`occlusion_inputs`], [`occlusion`]): the image with each 8×8 patch greyed
-//!   (the normalised 0, mid-grey), 64 images run as one batch by whatever runs the model (the
-//!   server's batching engine, the CLI's [`crate::Inference`]); a patch's value is how much the
-//!   target's probability falls without it.
+//!   (the normalised 0, mid-grey), 64 images run by whatever runs the model's predictions (the
+//!   server's batching engine, the CLI's [`crate::Inference`], so that the fall is measured from
+//!   the probability as predicted); a patch's value is how much the target's probability falls
+//!   without it.
 //! - **Gradient saliency** ([`Explainer::saliency`]): gradient × input, summed over a pixel's
 //!   channels: the first-order estimate of how much greying that pixel lowers the target logit,
 //!   through Burn's autodiff. (The gradient's magnitude alone, Simonyan et al.'s map, failed the
@@ -286,10 +287,26 @@ impl Explainer {
     /// Integrated gradients of one image for `target` from the grey image (all zeros), with
     /// `steps` points of the midpoint rule (at least 1), summed over channels.
     pub fn integrated_gradients(&self, image: &[f32], target: usize, steps: usize) -> Vec<f32> {
+        self.integrated_gradients_until(image, target, steps, &|| true)
+            .unwrap_or_default()
+    }
+
+    /// [`Explainer::integrated_gradients`], asking `go_on` before each pass of [`IG_CHUNK`]
+    /// interpolants: `None` as soon as it says no (the caller no longer wants the answer).
+    pub fn integrated_gradients_until(
+        &self,
+        image: &[f32],
+        target: usize,
+        steps: usize,
+        go_on: &dyn Fn() -> bool,
+    ) -> Option<Vec<f32>> {
         let steps = steps.max(1);
         let mut total = vec![0.0f32; IMAGE_FLOATS];
         let mut k = 0;
         while k < steps {
+            if !go_on() {
+                return None;
+            }
             let chunk = IG_CHUNK.min(steps - k);
             let mut batch = Vec::with_capacity(chunk * IMAGE_FLOATS);
             for s in k..k + chunk {
@@ -305,28 +322,49 @@ impl Explainer {
             k += chunk;
         }
         let scale = 1.0 / steps as f32;
-        (0..MAP_PIXELS)
-            .map(|p| {
-                (0..3)
-                    .map(|c| image[c * MAP_PIXELS + p] * total[c * MAP_PIXELS + p] * scale)
-                    .sum()
-            })
-            .collect()
+        Some(
+            (0..MAP_PIXELS)
+                .map(|p| {
+                    (0..3)
+                        .map(|c| image[c * MAP_PIXELS + p] * total[c * MAP_PIXELS + p] * scale)
+                        .sum()
+                })
+                .collect(),
+        )
     }
 
-    /// One image's map by a gradient method or Grad-CAM (not occlusion, whose images go
-    /// through the caller's model run: [`occlusion_inputs`]).
+    /// One image's map by any method; occlusion's 65 images run through this explainer's
+    /// Burn module (the server and the CLI send them through their own model run instead:
+    /// [`occlusion_inputs`], [`occlusion`]).
     pub fn explain(&self, method: Method, image: &[f32], target: usize, steps: usize) -> Vec<f32> {
+        self.explain_until(method, image, target, steps, &|| true)
+            .unwrap_or_default()
+    }
+
+    /// [`Explainer::explain`], giving up (`None`) when `go_on` says so between passes.
+    pub fn explain_until(
+        &self,
+        method: Method,
+        image: &[f32],
+        target: usize,
+        steps: usize,
+        go_on: &dyn Fn() -> bool,
+    ) -> Option<Vec<f32>> {
+        if !go_on() {
+            return None;
+        }
         match method {
-            Method::GradCam => self.grad_cam(image, &[target]).0.remove(0),
-            Method::Saliency => self.saliency(image, target),
-            Method::IntegratedGradients => self.integrated_gradients(image, target, steps),
+            Method::GradCam => Some(self.grad_cam(image, &[target]).0.remove(0)),
+            Method::Saliency => Some(self.saliency(image, target)),
+            Method::IntegratedGradients => {
+                self.integrated_gradients_until(image, target, steps, go_on)
+            }
             Method::Occlusion => {
                 let batch = occlusion_inputs(image);
                 let all: Vec<f32> = image.iter().chain(&batch).copied().collect();
                 let (_, logits) = self.features(&all);
                 let probs = crate::softmax(&logits, arch::CLASSES);
-                occlusion(&probs, target)
+                Some(occlusion(&probs, target))
             }
         }
     }
@@ -404,6 +442,27 @@ pub fn heat(map: &[f32]) -> Vec<f32> {
         return vec![0.0; map.len()];
     }
     map.iter().map(|v| (v / scale).clamp(0.0, 1.0)).collect()
+}
+
+/// Values rounded to 1/1000: how the JSON answers carry a heatmap (three decimals say all a
+/// display can show, in a third of the text).
+pub fn thousandths(values: Vec<f32>) -> Vec<f32> {
+    values
+        .into_iter()
+        .map(|v| (v * 1000.0).round() / 1000.0)
+        .collect()
+}
+
+/// `(width, height)` scaled, proportions kept, so that the longer side is within
+/// `shortest..=longest` (unchanged when it already is; never below 1 pixel).
+pub fn fit((width, height): (u32, u32), shortest: u32, longest: u32) -> (u32, u32) {
+    let side = width.max(height).max(1);
+    let wanted = side.clamp(shortest, longest);
+    if wanted == side {
+        return (width.max(1), height.max(1));
+    }
+    let scale = |v: u32| ((u64::from(v) * u64::from(wanted)) / u64::from(side)).max(1) as u32;
+    (scale(width), scale(height))
 }
 
 /// Bilinear resampling of a `sw × sh` map to `dw × dh`, pixel centres aligned (as image
@@ -590,6 +649,15 @@ mod tests {
         assert!((h[100] - 101.0 / 200.0).abs() < 1e-6, "{}", h[100]);
         assert_eq!(colour(0.0), [0, 0, 128]);
         assert_eq!(colour(1.0), [128, 0, 0]);
+    }
+
+    #[test]
+    fn fitting_keeps_proportions_within_the_bounds() {
+        assert_eq!(fit((32, 32), 1, 512), (32, 32));
+        assert_eq!(fit((1024, 512), 1, 512), (512, 256));
+        assert_eq!(fit((10_000, 3), 1, 512), (512, 1));
+        assert_eq!(fit((32, 16), 256, 1024), (256, 128));
+        assert_eq!(fit((0, 0), 1, 512), (1, 1));
     }
 
     #[test]

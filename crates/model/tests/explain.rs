@@ -219,7 +219,7 @@ fn occlusion_finds_an_object_on_a_flat_background() {
             .filter(|p| inside(*p))
             .map(|p| positive(&p))
             .sum();
-        let fraction = if total > 0.0 { on_object / total } else { 1.0 };
+        let fraction = if total > 0.0 { on_object / total } else { 0.0 };
         fractions.push(fraction);
     }
     let mean = fractions.iter().sum::<f32>() / fractions.len() as f32;

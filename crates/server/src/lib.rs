@@ -208,6 +208,7 @@ pub fn serve(
             config.max_explanations,
             config.batch.max_batch.max(config.upload.files),
             config.batch.max_images,
+            config.decode_memory,
         ),
     });
     // Requests served, on either protocol: memory goes back to the system only when it stops

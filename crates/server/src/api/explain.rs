@@ -16,7 +16,7 @@ use crate::http::openapi::in_chunks;
 use crate::http::problem::{ApiError, Problem};
 use crate::http::resource::{PROBLEMS, deadline};
 use crate::inference::engine::Pixels;
-use crate::inference::explain::{Explained, Explanations, Options};
+use crate::inference::explain::{Explained, Explanations, Options, Request};
 use crate::ingest::decode;
 use crate::ingest::upload::UploadLimits;
 
@@ -189,41 +189,45 @@ async fn explain(
     .map_err(|_| ApiError::RequestTimeout(secs))??;
     let asked = Asked::read(&uploads.options, state.config.explain_max_steps)?;
     // The uploaded image's own size, for `size=original` (a bad header fails in decoding).
-    let dimensions = state
-        .preprocessor
-        .header(&uploads.files[0].bytes)
-        .ok()
-        .map(|h| (h.width, h.height));
+    let dimensions = if asked.original {
+        state
+            .preprocessor
+            .header(&uploads.files[0].bytes)
+            .ok()
+            .map(|h| (h.width, h.height))
+    } else {
+        None
+    };
     let method = asked.options.method;
     if state.explanations.most_images(method) == 0 {
         return Err(ApiError::InvalidOption(format!(
-            "this server admits {} images at once (--max-images), fewer than {method} takes",
-            state.config.batch.max_images
+            "this server cannot explain by {method}: its --max-images or --decode-memory is too small"
         )));
     }
     let ticket = state.explanations.ticket()?;
     let admitted = state
         .engine
         .admit(Explanations::permits_per_image(method))?;
-    let reserved = match Explanations::copies_bytes(method, 1) {
-        0 => None,
-        bytes => Some(state.decode_budget.reserve(bytes, deadline).await?),
-    };
     let (filename, pixels) =
         decode::prepare(state.preprocessor, &state.decode_budget, uploads, deadline)
             .await?
             .remove(0);
     let pixels = pixels?;
+    // After decoding, which takes from the same budget.
+    let reserved = match Explanations::copies_bytes(method, 1) {
+        0 => None,
+        bytes => Some(state.decode_budget.reserve(bytes, deadline).await?),
+    };
+    let request = Request {
+        pixels: Pixels::Rgb(pixels),
+        admitted,
+        reserved,
+        options: asked.options,
+        deadline,
+    };
     let (mut explained, served) = state
         .explanations
-        .explain(
-            &state.engine,
-            Pixels::Rgb(pixels),
-            admitted,
-            reserved,
-            asked.options,
-            deadline,
-        )
+        .explain(&state.engine, &ticket, request)
         .await?;
     let explained = explained.remove(0);
     let mut res = HttpResponse::Ok();
@@ -237,7 +241,11 @@ async fn explain(
         png
     } else {
         let size = if asked.original {
-            fit(dimensions.unwrap_or((INPUT_SIZE as u32, INPUT_SIZE as u32)))
+            explain::fit(
+                dimensions.unwrap_or((INPUT_SIZE as u32, INPUT_SIZE as u32)),
+                1,
+                ORIGINAL_MAX_SIDE,
+            )
         } else {
             (INPUT_SIZE as u32, INPUT_SIZE as u32)
         };
@@ -263,69 +271,23 @@ impl Asked {
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.trim())
         };
-        let invalid = |e: &dyn std::fmt::Display| ApiError::InvalidOption(e.to_string());
-        let method = get("method")
-            .map(str::parse::<Method>)
-            .transpose()
-            .map_err(|e| invalid(&e))?
-            .unwrap_or_default();
-        let target = get("target")
-            .map(explain::parse_class)
-            .transpose()
-            .map_err(|e| invalid(&e))?;
-        let png = match get("format") {
-            None | Some("json") => false,
-            Some("png") => true,
-            Some(other) => {
-                return Err(invalid(&format_args!(
-                    "unknown format '{}' (json or png)",
-                    other.chars().take(64).collect::<String>()
-                )));
-            }
-        };
-        let original = match get("size") {
-            None | Some("model") => false,
-            Some("original") => true,
-            Some(other) => {
-                return Err(invalid(&format_args!(
-                    "unknown size '{}' (model or original)",
-                    other.chars().take(64).collect::<String>()
-                )));
-            }
-        };
-        let steps = match get("steps") {
-            None => explain::DEFAULT_STEPS.min(max_steps),
-            Some(text) => text
-                .parse::<usize>()
-                .ok()
-                .filter(|s| (1..=max_steps).contains(s))
-                .ok_or_else(|| {
-                    invalid(&format_args!(
-                        "steps must be a whole number from 1 to {max_steps}"
-                    ))
-                })?,
+        let options = Options::parse(get("method"), get("target"), get("steps"), max_steps)
+            .map_err(ApiError::InvalidOption)?;
+        let choice = |name: &str, default: &str, other: &str| match get(name) {
+            None => Ok(false),
+            Some(v) if v == default => Ok(false),
+            Some(v) if v == other => Ok(true),
+            Some(v) => Err(ApiError::InvalidOption(format!(
+                "unknown {name} '{}' ({default} or {other})",
+                v.chars().take(64).collect::<String>()
+            ))),
         };
         Ok(Asked {
-            options: Options {
-                method,
-                target,
-                steps,
-            },
-            png,
-            original,
+            options,
+            png: choice("format", "json", "png")?,
+            original: choice("size", "model", "original")?,
         })
     }
-}
-
-/// `(width, height)` scaled down to fit [`ORIGINAL_MAX_SIDE`], proportions kept.
-fn fit((w, h): (u32, u32)) -> (u32, u32) {
-    let longest = w.max(h).max(1);
-    if longest <= ORIGINAL_MAX_SIDE {
-        return (w.max(1), h.max(1));
-    }
-    let scale =
-        |v: u32| ((u64::from(v) * u64::from(ORIGINAL_MAX_SIDE)) / u64::from(longest)).max(1) as u32;
-    (scale(w), scale(h))
 }
 
 /// The JSON answer for one image, its heatmap at `(width, height)`.
@@ -360,10 +322,7 @@ fn answer(
         top_3_predictions: ranked.top_k,
         width,
         height,
-        heatmap: heat
-            .into_iter()
-            .map(|v| (v * 1000.0).round() / 1000.0)
-            .collect(),
+        heatmap: explain::thousandths(heat),
     }
 }
 
@@ -377,13 +336,6 @@ fn png(e: &Explained) -> Result<Vec<u8>, ApiError> {
 mod tests {
     use super::*;
     use crate::ops::memory::EXPLANATION_BYTES;
-
-    #[test]
-    fn large_images_fit_the_original_size_limit_in_proportion() {
-        assert_eq!(fit((32, 32)), (32, 32));
-        assert_eq!(fit((1024, 512)), (512, 256));
-        assert_eq!(fit((10_000, 3)), (512, 1));
-    }
 
     /// The largest answers (a heatmap of 512×512 values of the longest text, the PNG of
     /// noise, which compresses worst) fit what the memory bound counts for an explanation

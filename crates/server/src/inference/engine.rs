@@ -107,6 +107,13 @@ impl Admission {
     /// sent to the engine as several jobs: an explanation's occluded copies).
     #[must_use]
     pub fn split(&mut self, images: usize) -> Admission {
+        // Callers split what they were admitted for, never more.
+        debug_assert!(
+            self.permit
+                .as_ref()
+                .is_some_and(|p| p.num_permits() >= images)
+                || images == 0
+        );
         Admission {
             permit: self.permit.as_mut().and_then(|p| p.split(images)),
             served: self.served.clone(),

@@ -7,7 +7,6 @@
 //! `"<probability>:<index>:<label>"`).
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use model::explain::{self, Method};
 use model::{CLASSES, INPUT_SIZE};
 
 use super::infer::{append_binary, receive};
@@ -19,7 +18,7 @@ use super::types::{
 use super::{HEADER_LENGTH, V2Error, quote};
 use crate::AppState;
 use crate::http::openapi::in_chunks;
-use crate::inference::explain::{Explained, Explanations, Options};
+use crate::inference::explain::{self as explaining, Explained, Explanations, Options};
 
 /// The output holding the maps.
 pub const ATTRIBUTIONS: &str = "attributions";
@@ -99,9 +98,16 @@ async fn run(
         0 => None,
         bytes => Some(state.decode_budget.reserve(bytes, deadline).await?),
     };
+    let job = explaining::Request {
+        pixels,
+        admitted,
+        reserved,
+        options,
+        deadline,
+    };
     let (explained, served) = state
         .explanations
-        .explain(&state.engine, pixels, admitted, reserved, options, deadline)
+        .explain(&state.engine, &ticket, job)
         .await?;
     let response = |outputs| InferResponse {
         model_name: state.config.model_name.clone(),
@@ -147,33 +153,14 @@ async fn run(
 
 /// The explain parameters, checked.
 fn options(params: &ExplainParams, max_steps: usize) -> Result<Options, V2Error> {
-    let method = params
-        .method
-        .as_deref()
-        .map(str::parse::<Method>)
-        .transpose()
-        .map_err(|e| V2Error::BadRequest(format!("parameters.method: {e}")))?
-        .unwrap_or_default();
-    let target = params
-        .target
-        .as_deref()
-        .map(explain::parse_class)
-        .transpose()
-        .map_err(|e| V2Error::BadRequest(format!("parameters.target: {e}")))?;
-    let steps = match params.steps {
-        None => explain::DEFAULT_STEPS.min(max_steps),
-        Some(s) if (1..=max_steps as u64).contains(&s) => s as usize,
-        Some(s) => {
-            return Err(V2Error::BadRequest(format!(
-                "parameters.steps must be from 1 to {max_steps}, not {s}"
-            )));
-        }
-    };
-    Ok(Options {
-        method,
-        target,
-        steps,
-    })
+    let steps = params.steps.map(|s| s.to_string());
+    Options::parse(
+        params.method.as_deref(),
+        params.target.as_deref(),
+        steps.as_deref(),
+        max_steps,
+    )
+    .map_err(|e| V2Error::BadRequest(format!("parameters: {e}")))
 }
 
 /// The outputs asked for (both by default), each with whether it goes in the binary part.
