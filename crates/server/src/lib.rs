@@ -158,6 +158,7 @@ pub fn serve(
     let openapi = http::openapi::spec_json(
         router::openapi_document(),
         config.upload.files,
+        config.explain_max_steps,
         &config.model_name,
         &loaded.version.label,
         config.api_key.as_ref(),

@@ -24,7 +24,7 @@ use crate::ingest::upload::UploadLimits;
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(explain),
-    components(schemas(Explanation, ExplainForm, MethodName, Format, Size))
+    components(schemas(Explanation, ExplainForm, MethodName, Format, Size, ClassName))
 )]
 pub struct ExplainApi;
 
@@ -81,8 +81,27 @@ pub enum Size {
     Original,
 }
 
+/// A class, by name or by index: the class an explanation is of.
+pub struct ClassName;
+
+impl utoipa::PartialSchema for ClassName {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let names = CLASSES.iter().map(|c| (*c).to_string());
+        let indices = (0..CLASSES.len()).map(|i| i.to_string());
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(names.chain(indices)))
+            .description(Some("A class name (any case) or its index"))
+            .into()
+    }
+}
+
+impl ToSchema for ClassName {}
+
 /// Multipart form of `POST /explain`.
 #[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)]
 pub struct ExplainForm {
     /// The image (JPEG, PNG, BMP, TIFF, WebP or GIF).
@@ -92,8 +111,7 @@ pub struct ExplainForm {
     method: MethodName,
     /// The class to explain, by name (`cat`) or index (`3`); the predicted class by default.
     #[serde(default)]
-    #[schema(max_length = 64)]
-    target: String,
+    target: ClassName,
     /// `json` (default) or `png`.
     #[serde(default)]
     format: Format,

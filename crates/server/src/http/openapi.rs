@@ -37,7 +37,8 @@ use crate::http::problem::Problem;
 pub struct ApiDoc;
 
 /// `doc` (the merged document) as JSON, with the limits of this server's settings where a
-/// schema states them (`maxItems` of a batch: `--max-files`), and the served model's version as the example
+/// schema states them (`maxItems` of a batch: `--max-files`; the most steps of an explanation:
+/// `--explain-max-steps`), and the served model's version as the example
 /// of a `/v2` path's version (a pattern, not a list: a reload changes it), and the name it is
 /// served under as the one value of a `/v2` path's model name. With `api_key`, every
 /// operation but the probes asks for the bearer token (`crate::http::auth`). Built once, at
@@ -45,12 +46,17 @@ pub struct ApiDoc;
 pub fn spec_json(
     doc: utoipa::openapi::OpenApi,
     max_files: usize,
+    explain_max_steps: usize,
     model_name: &str,
     model_version: &str,
     api_key: Option<&ApiKey>,
 ) -> String {
     let mut doc = serde_json::to_value(doc).expect("the OpenAPI document serialises");
     doc["components"]["schemas"]["BatchForm"]["properties"]["files"]["maxItems"] = max_files.into();
+    doc["components"]["schemas"]["ExplainForm"]["properties"]["steps"]["maximum"] =
+        explain_max_steps.into();
+    doc["components"]["schemas"]["RequestParameters"]["properties"]["steps"]["maximum"] =
+        explain_max_steps.into();
     let version = &mut doc["components"]["schemas"]["ModelVersion"];
     version["pattern"] = model::RecordVersion::LABEL_PATTERN.into();
     version["example"] = model_version.into();
@@ -165,7 +171,7 @@ mod tests {
     use super::*;
 
     fn spec() -> Value {
-        serde_json::from_str(&spec_json(ApiDoc::openapi(), 64, "m", "v", None)).unwrap()
+        serde_json::from_str(&spec_json(ApiDoc::openapi(), 64, 128, "m", "v", None)).unwrap()
     }
 
     /// Without `--api-key` the document asks for no credentials.

@@ -120,8 +120,7 @@ pub struct RequestParameters {
     method: Option<String>,
     /// Explain requests only: the class to explain, by name or index (the predicted class by
     /// default).
-    #[schema(max_length = 64)]
-    target: Option<String>,
+    target: Option<crate::api::explain::ClassName>,
     /// Explain requests only: integrated gradients' steps (1 to `--explain-max-steps`).
     #[schema(minimum = 1)]
     steps: Option<u64>,
