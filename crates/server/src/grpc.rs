@@ -12,7 +12,7 @@
 //!
 //! It runs on a tokio runtime of its own (as many threads as HTTP workers), started by
 //! [`start`]; health follows readiness (so it turns `NOT_SERVING` when a drain starts), and
-//! [`Grpc::stop`] ends it with the HTTP server.
+//! [`GrpcStop::stop`] ends it with the HTTP server.
 
 use std::net::TcpListener;
 use std::pin::Pin;

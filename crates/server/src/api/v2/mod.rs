@@ -15,7 +15,7 @@
 //! element is the image file in base64.
 //!
 //! `POST /v2/models/{name}/explain` takes the same request and answers each image's
-//! explanation ([`explain`](self::explain): `attributions`, `target`).
+//! explanation (`explain.rs`: `attributions`, `target`).
 //!
 //! Every bound of the original API holds here too: the body is read and metered by
 //! [`body::read_whole`](crate::http::body::read_whole) (`--max-body`, `--body-memory`), a request takes one image permit per
