@@ -74,16 +74,24 @@ pub struct TrainConfig {
     /// Share of the training set held out for validation.
     #[config(default = 0.05)]
     pub valid_fraction: f64,
-    /// Seeds the weight initialisation, the validation hold-out, shuffling and augmentation,
-    /// so that a run can be repeated.
+    /// Seeds the weight initialisation, the validation hold-out (unless `valid_seed` is set),
+    /// shuffling and augmentation, so that a run can be repeated.
     #[config(default = 42)]
     pub seed: u64,
+    /// Seeds the validation hold-out instead of `seed`: runs of several seeds that hold out the
+    /// same images can be compared, and averaged as an ensemble, on one validation split.
+    pub valid_seed: Option<u64>,
     /// Data-loader threads preparing batches beside the model.
     #[config(default = 1)]
     pub workers: usize,
 }
 
 impl TrainConfig {
+    /// The seed of the validation hold-out: `valid_seed`, else `seed`.
+    pub fn hold_out_seed(&self) -> u64 {
+        self.valid_seed.unwrap_or(self.seed)
+    }
+
     /// Reads a run folder's `config.json`. Settings added since the run was written take the
     /// values that reproduce what such a run did: a crop of ±4 pixels and no weight average
     /// (Burn's `Config` deserialiser has no defaults for missing fields); settings since
@@ -153,5 +161,8 @@ mod tests {
         assert_eq!(config.optimizer, OptimizerKind::Adamw);
         assert_eq!(config.crop_padding, 4);
         assert_eq!(config.ema_decay, 0.0);
+        assert_eq!(config.valid_seed, None);
+        assert_eq!(config.hold_out_seed(), 42);
+        assert_eq!(config.with_valid_seed(Some(7)).hold_out_seed(), 7);
     }
 }

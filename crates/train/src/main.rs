@@ -81,6 +81,10 @@ struct Args {
     valid_fraction: f64,
     #[arg(long, default_value_t = recipe().seed)]
     seed: u64,
+    /// Seed of the validation hold-out alone (default: --seed), so that runs of several seeds
+    /// hold out the same images.
+    #[arg(long)]
+    valid_seed: Option<u64>,
     /// Data-loader threads.
     #[arg(long, default_value_t = recipe().workers)]
     workers: usize,
@@ -174,6 +178,7 @@ fn run(args: &Args) -> Result<()> {
                 .with_ema_decay(args.ema_decay)
                 .with_valid_fraction(args.valid_fraction)
                 .with_seed(args.seed)
+                .with_valid_seed(args.valid_seed)
                 .with_workers(args.workers);
             (
                 config,

@@ -143,7 +143,11 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         train_split.skipped.len(),
         test_split.skipped.len()
     );
-    let (train, valid) = split_valid(train_split.samples, config.valid_fraction, config.seed)?;
+    let (train, valid) = split_valid(
+        train_split.samples,
+        config.valid_fraction,
+        config.hold_out_seed(),
+    )?;
     let calibration_set = quantize::spread(&train, quantize::CALIBRATION_IMAGES);
 
     let device = opts.backend.device();
