@@ -9,11 +9,10 @@
 use actix_web::{HttpRequest, HttpResponse, web};
 use model::{CLASSES, INPUT_SIZE};
 
-use super::infer::{append_binary, receive};
+use super::infer::{Output, receive, tensor};
 use super::request::{ExplainParams, Request};
 use super::types::{
-    InferProblems, InferRequest, InferResponse, ModelName, ModelVersion, OutputData, OutputTensor,
-    OutputTensorParameters,
+    InferProblems, InferRequest, InferResponse, ModelName, ModelVersion, OutputData,
 };
 use super::{HEADER_LENGTH, V2Error, quote};
 use crate::AppState;
@@ -118,24 +117,7 @@ async fn run(
     let mut binary = Vec::new();
     let tensors = outputs
         .iter()
-        .map(|&(name, in_binary)| {
-            let (datatype, shape, data) = tensor(name, &explained);
-            let (parameters, data) = if in_binary {
-                let start = binary.len();
-                append_binary(&data, &mut binary);
-                let binary_data_size = binary.len() - start;
-                (Some(OutputTensorParameters { binary_data_size }), None)
-            } else {
-                (None, Some(data))
-            };
-            OutputTensor {
-                name: name.into(),
-                datatype: datatype.into(),
-                shape,
-                parameters,
-                data,
-            }
-        })
+        .map(|&(name, in_binary)| tensor(output(name, &explained), in_binary, &mut binary))
         .collect();
     let mut body = serde_json::to_vec(&response(tensors))
         .map_err(|e| V2Error::BadRequest(format!("writing the answer: {e}")))?;
@@ -208,19 +190,20 @@ fn outputs(request: &Request) -> Result<Vec<(&'static str, bool)>, V2Error> {
     Ok(outputs)
 }
 
-/// An output's datatype, shape and elements.
-fn tensor(name: &str, explained: &[Explained]) -> (&'static str, Vec<usize>, OutputData) {
+/// The output `name` of the explanations.
+fn output(name: &'static str, explained: &[Explained]) -> Output {
     let n = explained.len();
     if name == ATTRIBUTIONS {
         let maps = explained
             .iter()
             .flat_map(|e| e.map.iter().copied())
             .collect();
-        (
-            "FP32",
-            vec![n, INPUT_SIZE, INPUT_SIZE],
-            OutputData::Numbers(maps),
-        )
+        Output {
+            name,
+            datatype: "FP32",
+            shape: vec![n, INPUT_SIZE, INPUT_SIZE],
+            data: OutputData::Numbers(maps),
+        }
     } else {
         let targets = explained
             .iter()
@@ -231,6 +214,11 @@ fn tensor(name: &str, explained: &[Explained]) -> (&'static str, Vec<usize>, Out
                 )
             })
             .collect();
-        ("BYTES", vec![n], OutputData::Strings(targets))
+        Output {
+            name,
+            datatype: "BYTES",
+            shape: vec![n],
+            data: OutputData::Strings(targets),
+        }
     }
 }

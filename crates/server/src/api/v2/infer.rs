@@ -705,29 +705,7 @@ fn respond(
     let mut binary = Vec::new();
     let outputs = wanted
         .iter()
-        .map(|w| {
-            let Output {
-                name,
-                datatype,
-                shape,
-                data,
-            } = output(w, scores, images);
-            let (parameters, data) = if w.binary {
-                let start = binary.len();
-                append_binary(&data, &mut binary);
-                let binary_data_size = binary.len() - start;
-                (Some(OutputTensorParameters { binary_data_size }), None)
-            } else {
-                (None, Some(data))
-            };
-            OutputTensor {
-                name: name.into(),
-                datatype: datatype.into(),
-                shape,
-                parameters,
-                data,
-            }
-        })
+        .map(|w| tensor(output(w, scores, images), w.binary, &mut binary))
         .collect();
     let response = InferResponse {
         model_name,
@@ -784,6 +762,32 @@ pub(super) fn output(w: &Wanted, scores: &Scores, images: usize) -> Output {
         name,
         datatype,
         shape,
+        data,
+    }
+}
+
+/// `out` as an answer's output tensor over HTTP: its elements in the JSON, or with `in_binary`
+/// appended to `binary` (the answer's binary part) and their size in its parameters.
+pub(super) fn tensor(out: Output, in_binary: bool, binary: &mut Vec<u8>) -> OutputTensor {
+    let Output {
+        name,
+        datatype,
+        shape,
+        data,
+    } = out;
+    let (parameters, data) = if in_binary {
+        let start = binary.len();
+        append_binary(&data, binary);
+        let binary_data_size = binary.len() - start;
+        (Some(OutputTensorParameters { binary_data_size }), None)
+    } else {
+        (None, Some(data))
+    };
+    OutputTensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape,
+        parameters,
         data,
     }
 }
