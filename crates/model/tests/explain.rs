@@ -4,7 +4,7 @@
 //! occlusion finds an object pasted on a flat background; integrated gradients add up to the
 //! logit's rise from the grey image.
 //!
-//! `cargo test -p model --test explain -- --nocapture` prints the figures the docs quote.
+//! `cargo test -p model --test integration explain:: -- --nocapture` prints the figures the docs quote.
 
 use burn::module::Module;
 use burn::prelude::*;

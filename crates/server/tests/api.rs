@@ -1,10 +1,8 @@
 //! The HTTP API end to end: a real server on 127.0.0.1, real CIFAR JPEGs, a real client.
 
-mod common;
-
 use std::io::Cursor;
 
-use common::*;
+use crate::common::*;
 use image::{DynamicImage, ImageFormat};
 use model::preprocess::to_tensor;
 use model::{Backend, Preprocessor, predict, testdata};

@@ -2,13 +2,11 @@
 //! graceful stop on SIGTERM, and test-time augmentation and int8 switched on by flag or
 //! environment.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Process;
+use crate::common::Process;
 use model::{
     Backend, Inference, Precision, Preprocessor, RecordMeta, load_model, save_model, testdata,
 };

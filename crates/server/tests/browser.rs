@@ -2,13 +2,11 @@
 //! pick real CIFAR images, read each one's top 3 and explanation from the page, compare with
 //! the API's answers; the docs page renders offline.
 
-mod common;
-
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use fantoccini::{ClientBuilder, Locator};
 use model::testdata;
 use server::ServerConfig;

@@ -2,11 +2,9 @@
 //! `POST /explain` (JSON and PNG) and the `/v2` explain form agreeing with the model crate's
 //! own explanations of the same images, and every bad input refused with its problem.
 
-mod common;
-
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::*;
 use model::explain::{self, Explainer, Method};
 use model::{Backend, Inference, Preprocessor, testdata};
 use serde_json::{Value, json};

@@ -3,11 +3,9 @@
 //! files in one batch. Each is refused with the right status, memory stays bounded, and the
 //! server answers normally afterwards.
 
-mod common;
-
 use std::io::Cursor;
 
-use common::*;
+use crate::common::*;
 use image::{DynamicImage, ImageFormat};
 use model::testdata;
 use server::ServerConfig;

@@ -2,16 +2,14 @@
 //! refused while the old one keeps serving, and SIGTERM drops readiness before the drain.
 //! Against the real `server` binary, with real CIFAR-10 images and records written here.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{self, Process};
 use burn::module::Param;
 use burn::tensor::Tensor;
-use common::Process;
 use model::{Backend, Cnn, Inference, Preprocessor, RecordMeta, RecordVersion, testdata};
 use serde_json::Value;
 

@@ -4,13 +4,11 @@
 //! with its documented status while `/health` keeps answering, and the server process's own
 //! peak RSS (`VmHWM` of its `/proc/<pid>/status`) stays under the bound.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Process, SMALL_ARGS, check_peak, check_peak_at};
+use crate::common::{self, Process, SMALL_ARGS, check_peak, check_peak_at};
 
 fn start() -> Process {
     Process::start(&SMALL_ARGS)

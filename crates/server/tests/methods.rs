@@ -3,14 +3,12 @@
 //! `Allow` with or without CORS. The routes come from the server's own OpenAPI document, so
 //! a route added later is checked too.
 
-mod common;
-
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{TestServer, get, start};
+use crate::common::{TestServer, get, start};
 use server::ServerConfig;
 
 /// A raw HTTP/1.1 exchange, so that what HEAD sends after its headers can be seen.

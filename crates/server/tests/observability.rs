@@ -3,12 +3,10 @@
 //! messages and the start and stop included; `/metrics` parses as Prometheus text, shows the
 //! requests just made and the process metrics, and every histogram's buckets rise to `+Inf`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::Process;
+use crate::common::Process;
 use prometheus_parse::{LineInfo, Scrape, Value};
 use serde_json::Value as Json;
 

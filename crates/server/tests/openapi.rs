@@ -1,12 +1,10 @@
 //! The OpenAPI document the server serves is the copy saved in `tests/fixtures/openapi.json`,
 //! up to the order of object keys and of lists of names (the order utoipa happens to give):
 //! moving the server's code (issue #27) must not change its API. After an intended change to
-//! the API, `UPDATE_OPENAPI=1 cargo test -p server --test openapi` saves the new document, and
+//! the API, `UPDATE_OPENAPI=1 cargo test -p server --test integration openapi::` saves the new document, and
 //! its diff is the change to review.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use server::ServerConfig;
 

@@ -6,14 +6,12 @@
 //! Python client (`tritonclient[http]`, in a virtual environment `scripts/v2-client-test` makes
 //! under `target/` when it is missing).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::common::{self, Process, TestServer, agent, get, get_reply, start};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use common::{Process, TestServer, agent, get, get_reply, start};
 use model::{Backend, CLASSES, Inference, Preprocessor, softmax, testdata};
 use serde_json::{Value, json};
 use server::ServerConfig;
