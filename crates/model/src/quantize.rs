@@ -19,7 +19,7 @@ pub const CALIBRATION_IMAGES: usize = 500;
 
 /// `n` of `samples`, evenly spread, so that every class is measured (splits are ordered class
 /// by class).
-pub fn spread(samples: &[Sample], n: usize) -> Vec<Sample> {
+pub fn spread<T: Clone>(samples: &[T], n: usize) -> Vec<T> {
     let step = (samples.len() / n.max(1)).max(1);
     samples.iter().step_by(step).take(n).cloned().collect()
 }

@@ -75,6 +75,7 @@ fn train_step(c: &mut Criterion) {
                     CifarBatch {
                         images: x.clone(),
                         targets: y.clone(),
+                        teacher: None,
                     },
                 );
                 black_box(&out.item.loss);

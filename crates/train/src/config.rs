@@ -84,6 +84,16 @@ pub struct TrainConfig {
     /// Data-loader threads preparing batches beside the model.
     #[config(default = 1)]
     pub workers: usize,
+    /// A teacher's stored answers for every training view (`train teach`) to distil from;
+    /// none: the labels' cross-entropy alone.
+    pub teacher_logits: Option<std::path::PathBuf>,
+    /// Temperature of the distillation term.
+    #[config(default = 4.0)]
+    pub distill_temperature: f64,
+    /// Share of the loss that is the distillation term when there is a teacher (the rest is
+    /// the labels' cross-entropy).
+    #[config(default = 0.9)]
+    pub distill_weight: f64,
 }
 
 impl TrainConfig {
@@ -115,7 +125,7 @@ impl TrainConfig {
     pub fn recipe(&self) -> String {
         format!(
             "{:?} lr {} ({:?}, warm-up {} epoch(s), min {}), weight decay {}, batch {}, {} epochs, \
-             label smoothing {}, augmentation {}, weight average {}, seed {}",
+             label smoothing {}, augmentation {}, weight average {}, seed {}{}",
             self.optimizer,
             self.learning_rate,
             self.schedule,
@@ -135,7 +145,16 @@ impl TrainConfig {
             } else {
                 "off".to_string()
             },
-            self.seed
+            self.seed,
+            match &self.teacher_logits {
+                Some(file) => format!(
+                    ", distilled from {} (temperature {}, weight {})",
+                    file.display(),
+                    self.distill_temperature,
+                    self.distill_weight
+                ),
+                None => String::new(),
+            }
         )
     }
 }
@@ -162,6 +181,7 @@ mod tests {
         assert_eq!(config.crop_padding, 4);
         assert_eq!(config.ema_decay, 0.0);
         assert_eq!(config.valid_seed, None);
+        assert_eq!(config.teacher_logits, None);
         assert_eq!(config.hold_out_seed(), 42);
         assert_eq!(config.with_valid_seed(Some(7)).hold_out_seed(), 7);
     }

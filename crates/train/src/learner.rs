@@ -1,5 +1,6 @@
-//! The network wrapped for Burn's `Learner`: loss, train step, validation step, and the
-//! exponential moving average of the weights.
+//! The network wrapped for Burn's `Learner`: loss (cross-entropy, and distillation from a
+//! teacher's stored answers), train step, validation step, and the exponential moving average
+//! of the weights.
 
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -7,6 +8,7 @@ use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::GradientsParams;
 use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use model::Cnn;
 
@@ -27,6 +29,11 @@ pub struct Classifier {
     loss: CrossEntropyLoss,
     /// Weight of the old average at each step (0.999: about the last thousand steps count).
     ema_decay: f64,
+    /// Temperature of the distillation term.
+    distill_temperature: f64,
+    /// Share of the loss that is the distillation term, on batches that carry a teacher's
+    /// answers (the rest is cross-entropy with the labels); 0 on runs without a teacher.
+    distill_weight: f64,
 }
 
 impl Classifier {
@@ -42,7 +49,18 @@ impl Classifier {
             ema,
             loss,
             ema_decay,
+            distill_temperature: 1.0,
+            distill_weight: 0.0,
         }
+    }
+
+    /// Trains on `weight · distillation + (1 − weight) · cross-entropy` where batches carry the
+    /// teacher's answers ([`distillation_loss`] at `temperature`).
+    #[must_use]
+    pub fn with_distillation(mut self, temperature: f64, weight: f64) -> Self {
+        self.distill_temperature = temperature;
+        self.distill_weight = weight;
+        self
     }
 
     /// The network to evaluate and serve: the average when kept, else the trained weights.
@@ -57,9 +75,27 @@ impl Classifier {
 
     fn classify(&self, net: &Cnn, batch: CifarBatch) -> ClassificationOutput {
         let output = net.forward(batch.images);
-        let loss = self.loss.forward(output.clone(), batch.targets.clone());
+        let mut loss = self.loss.forward(output.clone(), batch.targets.clone());
+        // Validation batches carry no teacher: their loss stays the labels' cross-entropy, the
+        // same figure with and without distillation.
+        if let Some(teacher) = batch.teacher
+            && self.distill_weight > 0.0
+        {
+            let distill = distillation_loss(output.clone(), teacher, self.distill_temperature);
+            loss = loss * (1.0 - self.distill_weight) + distill * self.distill_weight;
+        }
         ClassificationOutput::new(loss, output, batch.targets)
     }
+}
+
+/// Hinton's distillation term, `T² · KL(softmax(teacher / T) ‖ softmax(student / T))`, averaged
+/// over the batch. `teacher` holds log-probabilities (or logits: the softmax is the same). The
+/// `T²` keeps the term's gradient on the scale of the cross-entropy's whatever the temperature.
+pub fn distillation_loss(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
+    let log_q = log_softmax(teacher / temperature, 1);
+    let log_p = log_softmax(student / temperature, 1);
+    let kl = (log_q.clone().exp() * (log_q - log_p)).sum_dim(1);
+    kl.mean() * (temperature * temperature)
 }
 
 impl TrainStep for Classifier {
@@ -170,5 +206,40 @@ mod tests {
         for ((m, x), y) in mixed.iter().zip(&va).zip(&vb) {
             assert!((m - (0.75 * x + 0.25 * y)).abs() < 1e-6, "{m} vs {x}, {y}");
         }
+    }
+
+    #[test]
+    fn distillation_loss_is_the_tempered_kl_divergence() {
+        let device = model::Backend::default().device();
+        let student = [[1.0f32, 2.0, 0.5], [0.0, -1.0, 3.0]];
+        let teacher = [[0.5f32, 2.5, 0.0], [0.2, 0.1, 2.0]];
+        let t = 2.0f64;
+        let softmax = |row: &[f32; 3]| {
+            let e: Vec<f64> = row.iter().map(|v| (f64::from(*v) / t).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / sum).collect::<Vec<_>>()
+        };
+        let expected: f64 = student
+            .iter()
+            .zip(&teacher)
+            .map(|(s, q)| {
+                let (p, q) = (softmax(s), softmax(q));
+                q.iter().zip(&p).map(|(q, p)| q * (q / p).ln()).sum::<f64>()
+            })
+            .sum::<f64>()
+            / 2.0
+            * t
+            * t;
+        let tensor = |rows: [[f32; 3]; 2]| {
+            Tensor::<2>::from_data(TensorData::new(rows.concat(), [2, 3]), &device)
+        };
+        let got = distillation_loss(tensor(student), tensor(teacher), t).into_scalar::<f32>();
+        assert!(
+            (f64::from(got) - expected).abs() < 1e-5,
+            "{got} vs {expected}"
+        );
+        // The same answers teach nothing.
+        let same = distillation_loss(tensor(teacher), tensor(teacher), t).into_scalar::<f32>();
+        assert!(same.abs() < 1e-6, "{same}");
     }
 }

@@ -16,6 +16,7 @@ pub mod metrics_log;
 pub mod plots;
 pub mod renderer;
 pub mod run;
+pub mod teacher;
 pub mod time;
 
 pub use config::TrainConfig;

@@ -61,8 +61,10 @@ struct Args {
     schedule: ScheduleKind,
     #[arg(long, default_value_t = recipe().warmup_epochs)]
     warmup_epochs: usize,
-    #[arg(long, default_value_t = recipe().label_smoothing)]
-    label_smoothing: f32,
+    /// Label smoothing of the cross-entropy [default: 0.1, or 0 when distilling: smoothed
+    /// teachers and students distil worse (Müller et al., arXiv 1906.02629)].
+    #[arg(long)]
+    label_smoothing: Option<f32>,
     /// Turn off random crop and flip.
     #[arg(long)]
     no_augment: bool,
@@ -88,6 +90,17 @@ struct Args {
     /// Data-loader threads.
     #[arg(long, default_value_t = recipe().workers)]
     workers: usize,
+    /// Distil from a teacher's stored answers (a file `train teach` wrote for this data set and
+    /// crop padding): the loss reads the teacher's answer for exactly the view each image is
+    /// shown in.
+    #[arg(long, value_name = "FILE")]
+    teacher_logits: Option<PathBuf>,
+    /// Temperature of the distillation term.
+    #[arg(long, default_value_t = recipe().distill_temperature)]
+    distill_temperature: f64,
+    /// Share of the loss that is the distillation term (the rest: the labels' cross-entropy).
+    #[arg(long, default_value_t = recipe().distill_weight)]
+    distill_weight: f64,
     /// Compute backend (flex, ndarray, wgpu: those compiled in; not the inference-only `fast`).
     #[arg(long, default_value_t = Backend::default())]
     backend: Backend,
@@ -109,6 +122,23 @@ fn recipe() -> TrainConfig {
 enum Command {
     /// Redraw a run folder's PNG plots from its metrics.jsonl and test.json.
     Plot { run: PathBuf },
+    /// Compute a teacher's answers for every augmented view of every training image, for
+    /// `--teacher-logits`: the records' mean probabilities (an ensemble), stored as fp16
+    /// log-probabilities.
+    Teach {
+        /// The teacher's records: model.safetensors files or run folders.
+        #[arg(required = true)]
+        records: Vec<PathBuf>,
+        /// CIFAR-10 directory (as train's --data).
+        #[arg(long)]
+        data: PathBuf,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// The crop padding of the student runs it will teach.
+        #[arg(long, default_value_t = recipe().crop_padding)]
+        crop_padding: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -144,6 +174,15 @@ fn run(args: &Args) -> Result<()> {
         println!("plots written to {}", run.display());
         return Ok(());
     }
+    if let Some(Command::Teach {
+        records,
+        data,
+        out,
+        crop_padding,
+    }) = &args.command
+    {
+        return train::teacher::teach(records, data, *crop_padding, out, args.on_corrupt);
+    }
     // Read here rather than through clap's `env`, so that an explicit --data (never
     // second-guessed) stays distinguishable from the environment (one place to look among others).
     let env_data = std::env::var_os("CIFAR10_DATA")
@@ -172,14 +211,23 @@ fn run(args: &Args) -> Result<()> {
                 .with_weight_decay(args.weight_decay)
                 .with_schedule(args.schedule)
                 .with_warmup_epochs(args.warmup_epochs)
-                .with_label_smoothing(args.label_smoothing)
+                .with_label_smoothing(args.label_smoothing.unwrap_or(
+                    if args.teacher_logits.is_some() {
+                        0.0
+                    } else {
+                        recipe().label_smoothing
+                    },
+                ))
                 .with_augment(!args.no_augment)
                 .with_crop_padding(args.crop_padding)
                 .with_ema_decay(args.ema_decay)
                 .with_valid_fraction(args.valid_fraction)
                 .with_seed(args.seed)
                 .with_valid_seed(args.valid_seed)
-                .with_workers(args.workers);
+                .with_workers(args.workers)
+                .with_teacher_logits(args.teacher_logits.clone())
+                .with_distill_temperature(args.distill_temperature)
+                .with_distill_weight(args.distill_weight);
             (
                 config,
                 args.out.clone().unwrap_or_else(default_run_dir),

@@ -1,6 +1,7 @@
 //! One training run: data, Learner, checkpoints, final test evaluation and the record.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use burn::data::dataloader::DataLoaderBuilder;
@@ -26,11 +27,12 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::batcher::CifarBatcher;
+use crate::batcher::{CifarBatcher, numbered};
 use crate::checkpoint::{AtomicCheckpointer, latest_complete, remove_partial, write_atomic};
 use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
 use crate::learner::Classifier;
 use crate::renderer::RunRenderer;
+use crate::teacher::TeacherLogits;
 
 // File names inside a run folder.
 
@@ -143,12 +145,31 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         train_split.skipped.len(),
         test_split.skipped.len()
     );
+    // The teacher's answers are keyed by position in the whole training split: checked and
+    // numbered before the hold-out is drawn.
+    let teacher = match &config.teacher_logits {
+        Some(path) => {
+            let teacher = TeacherLogits::load(path)?;
+            teacher.check(path, &train_split.samples, config.crop_padding)?;
+            println!(
+                "distilling from {} ({} images)",
+                path.display(),
+                teacher.images()
+            );
+            Some(Arc::new(teacher))
+        }
+        None => None,
+    };
     let (train, valid) = split_valid(
-        train_split.samples,
+        numbered(train_split.samples),
         config.valid_fraction,
         config.hold_out_seed(),
     )?;
-    let calibration_set = quantize::spread(&train, quantize::CALIBRATION_IMAGES);
+    let valid: Vec<Sample> = valid.into_iter().map(|item| item.sample).collect();
+    let calibration_set: Vec<Sample> = quantize::spread(&train, quantize::CALIBRATION_IMAGES)
+        .into_iter()
+        .map(|item| item.sample)
+        .collect();
 
     let device = opts.backend.device();
     device.seed(config.seed);
@@ -156,7 +177,11 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
     let augment = config.augment.then_some(config.crop_padding);
-    let loader_train = DataLoaderBuilder::new(CifarBatcher::new(augment, config.seed))
+    let mut batcher = CifarBatcher::new(augment, config.seed);
+    if let Some(teacher) = teacher {
+        batcher = batcher.with_teacher(teacher);
+    }
+    let loader_train = DataLoaderBuilder::new(batcher)
         .batch_size(config.batch_size)
         .shuffle(config.seed)
         .num_workers(config.workers)
@@ -164,7 +189,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let loader_valid = DataLoaderBuilder::new(CifarBatcher::new(None, config.seed))
         .batch_size(config.batch_size.max(256))
         .num_workers(config.workers)
-        .build(InMemDataset::new(valid.clone()));
+        .build(InMemDataset::new(numbered(valid.clone())));
 
     let mut training = SupervisedTraining::new(&opts.out, loader_train, loader_valid)
         // Burn would install a global subscriber of its own writing to experiment.log; the
@@ -193,7 +218,8 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
 
     let net = initial_weights(config.seed, &autodiff)?;
-    let classifier = Classifier::new(net, config.label_smoothing, config.ema_decay, &autodiff);
+    let classifier = Classifier::new(net, config.label_smoothing, config.ema_decay, &autodiff)
+        .with_distillation(config.distill_temperature, config.distill_weight);
     let learner = Learner::new(
         classifier,
         optimizer(config),
@@ -315,12 +341,9 @@ pub fn plot(run: &Path) -> Result<()> {
     crate::plots::write_all(run, &epochs, evaluation.as_ref())
 }
 
-/// Holds out a seeded random `fraction` of `samples` for validation.
-pub fn split_valid(
-    mut samples: Vec<Sample>,
-    fraction: f64,
-    seed: u64,
-) -> Result<(Vec<Sample>, Vec<Sample>)> {
+/// Holds out a seeded random `fraction` of `samples` for validation (the same images for any
+/// item type: the draw depends on the count alone).
+pub fn split_valid<T>(mut samples: Vec<T>, fraction: f64, seed: u64) -> Result<(Vec<T>, Vec<T>)> {
     if !(0.0..1.0).contains(&fraction) {
         bail!("validation fraction must be in [0, 1), got {fraction}");
     }

@@ -2,6 +2,7 @@
 //! images. One test binary, one module per part (one link of the dependency tree instead of one
 //! per file).
 
+mod distill;
 mod download;
 mod fused_steps;
 mod train;

@@ -11,7 +11,7 @@ use train::metrics_log::read_metrics;
 
 /// 20 training and 5 test images per class, as image folders under `cifar10/` in a fresh
 /// temporary folder (removed when the returned guard drops).
-fn small_folders() -> TempDir {
+pub(crate) fn small_folders() -> TempDir {
     let dir = tempfile::tempdir().unwrap();
     let mut images = testdata::images("train", 20);
     images.extend(testdata::images("test", 5));
@@ -19,7 +19,7 @@ fn small_folders() -> TempDir {
     dir
 }
 
-fn train(args: &[&str]) -> Command {
+pub(crate) fn train(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
     cmd.args([
         "--plain",
@@ -34,7 +34,7 @@ fn train(args: &[&str]) -> Command {
     cmd
 }
 
-fn ok(out: &Output) -> String {
+pub(crate) fn ok(out: &Output) -> String {
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
