@@ -11,7 +11,7 @@ use model::dataset::{self, OnCorrupt};
 use model::eval::evaluate;
 use model::explain::Method;
 use model::{
-    Backend, CLASSES, Cnn, Inference, PARAMETER_COUNT, Precision, Preprocessor, RecordMeta,
+    Backend, CLASSES, Cnn, Inference, PARAMETER_COUNT, Precision, Preprocessor, RecordMeta, Tta,
 };
 use serde_json::json;
 
@@ -53,10 +53,18 @@ enum Command {
         /// Images per model batch.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
-        /// Test-time augmentation: average each image's class probabilities with its
-        /// horizontal mirror's (twice the compute).
-        #[arg(long)]
-        tta: bool,
+        /// Test-time augmentation: `flip` (or `--tta` alone) averages each image's class
+        /// probabilities with its horizontal mirror's (twice the compute); `--tta=crops` also with
+        /// both shifted 4 px left, right, up and down (ten times).
+        #[arg(
+            long,
+            value_name = "off|flip|crops",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "flip",
+            default_value = "off"
+        )]
+        tta: Tta,
     },
     /// Accuracy on a labelled CIFAR-10 set: a folder of `<class>/` image folders (e.g.
     /// cifar10/test), or the test split of a data set (train/ + test/ folders, or the official
@@ -68,10 +76,18 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
-        /// Test-time augmentation: average each image's class probabilities with its
-        /// horizontal mirror's (twice the compute).
-        #[arg(long)]
-        tta: bool,
+        /// Test-time augmentation: `flip` (or `--tta` alone) averages each image's class
+        /// probabilities with its horizontal mirror's (twice the compute); `--tta=crops` also with
+        /// both shifted 4 px left, right, up and down (ten times).
+        #[arg(
+            long,
+            value_name = "off|flip|crops",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "flip",
+            default_value = "off"
+        )]
+        tta: Tta,
     },
     /// Calibrate the int8 path: measure the activation ranges on training images, score int8
     /// and FP32 on the test set, and write the record with the ranges and int8's accuracy.
@@ -345,7 +361,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     "{}",
                     serde_json::to_string_pretty(&json!({
                         "record": source, "recorded_accuracy": meta.test_accuracy,
-                        "tta": tta, "precision": net.precision().name(),
+                        "tta": tta.name(), "precision": net.precision().name(),
                         "skipped": split.skipped, "evaluation": e,
                     }))?
                 )?;
@@ -355,10 +371,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     "{} images ({} skipped) with {source}{}",
                     e.images,
                     split.skipped.len(),
-                    if *tta {
-                        ", test-time augmentation (mirror)"
-                    } else {
-                        ""
+                    match tta {
+                        Tta::Off => "",
+                        Tta::Flip => ", test-time augmentation (mirror)",
+                        Tta::Crops => ", test-time augmentation (mirror and shifted crops)",
                     }
                 )?;
                 writeln!(

@@ -150,8 +150,9 @@ fn eval_on_both_layouts_agrees() {
     );
 }
 
-/// `--tta` on classify and eval: the answers are the in-process model's with test-time
-/// augmentation, and eval says it was on.
+/// `--tta` on classify and eval: the answers are the in-process model's with the same test-time
+/// augmentation (`--tta` alone, before the files, is the mirror; `--tta=crops` the ten views),
+/// and eval says which was on.
 #[test]
 fn tta_on_classify_and_eval() {
     let tmp = tempfile::tempdir().unwrap();
@@ -181,7 +182,9 @@ fn tta_on_classify_and_eval() {
 
     let backend = Backend::default_inference();
     let (net, _) = load_model(&model, &backend.device()).unwrap();
-    let local = Inference::new(net, backend).unwrap().with_tta(true);
+    let local = Inference::new(net, backend)
+        .unwrap()
+        .with_tta(model::Tta::Flip);
     let pre = Preprocessor::default();
     for (r, img) in v["results"].as_array().unwrap().iter().zip(&images) {
         let want = &local.predict(&pre.preprocess(&img.bytes).unwrap(), 3)[0];
@@ -191,7 +194,7 @@ fn tta_on_classify_and_eval() {
     }
 
     let data = dir.join("data/test");
-    let eval = |tta: bool| {
+    let eval = |tta: Option<&str>| {
         let mut args = vec![
             "--model",
             m,
@@ -200,9 +203,7 @@ fn tta_on_classify_and_eval() {
             data.to_str().unwrap(),
             "--json",
         ];
-        if tta {
-            args.push("--tta");
-        }
+        args.extend(tta);
         let out = cnn(&args);
         assert!(
             out.status.success(),
@@ -211,10 +212,22 @@ fn tta_on_classify_and_eval() {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    let (plain, tta) = (eval(false), eval(true));
-    assert_eq!(plain["tta"], false);
-    assert_eq!(tta["tta"], true);
-    assert_eq!(tta["evaluation"]["images"], 10);
+    let split = model::dataset::labelled_set(&data, model::dataset::OnCorrupt::Fail).unwrap();
+    for (flag, tta, kind) in [
+        (None, "off", model::Tta::Off),
+        (Some("--tta"), "flip", model::Tta::Flip),
+        (Some("--tta=flip"), "flip", model::Tta::Flip),
+        (Some("--tta=crops"), "crops", model::Tta::Crops),
+    ] {
+        let got = eval(flag);
+        assert_eq!(got["tta"], tta, "{flag:?}");
+        assert_eq!(got["evaluation"]["images"], 10);
+        // The same accuracy as the in-process model with that augmentation.
+        let (net, _) = load_model(&model, &backend.device()).unwrap();
+        let local = Inference::new(net, backend).unwrap().with_tta(kind);
+        let want = model::eval::evaluate(&local, &split.samples, 64, |_| {});
+        assert_eq!(got["evaluation"]["accuracy"], want.accuracy, "{flag:?}");
+    }
     let table = cnn(&[
         "--model",
         m,

@@ -76,20 +76,25 @@ fn resize(c: &mut Criterion) {
 }
 
 /// `Inference::predict` (forward pass, softmax, top 3) on the default inference backend (the
-/// fast path), test-time augmentation off and on side by side, at batch 1 and 64 (random
+/// fast path), test-time augmentation off, flip and crops side by side, at batch 1 and 64 (random
 /// weights: speed does not depend on their values).
 fn predict(c: &mut Criterion) {
     let backend = Backend::default_inference();
     let net = model::Cnn::init(&backend.device());
     let plain = Inference::new(net.clone(), backend).unwrap();
-    let tta = Inference::new(net, backend).unwrap().with_tta(true);
+    let tta = Inference::new(net.clone(), backend)
+        .unwrap()
+        .with_tta(model::Tta::Flip);
+    let crops = Inference::new(net, backend)
+        .unwrap()
+        .with_tta(model::Tta::Crops);
     let mut group = c.benchmark_group("predict");
     for batch in [1usize, 64] {
         let pixels: Vec<f32> = (0..batch * IMAGE_FLOATS)
             .map(|i| ((i * 7919) % 255) as f32 / 127.5 - 1.0)
             .collect();
         group.throughput(Throughput::Elements(batch as u64));
-        for (name, net) in [("plain", &plain), ("tta", &tta)] {
+        for (name, net) in [("plain", &plain), ("tta", &tta), ("tta-crops", &crops)] {
             group.bench_with_input(BenchmarkId::new(name, batch), &pixels, |b, x| {
                 b.iter(|| black_box(net.predict(x, 3)));
             });

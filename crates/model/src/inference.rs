@@ -1,7 +1,8 @@
 //! Running the network for predictions: on a Burn backend, or on the CPU fast path built from
 //! the same module's weights. Callers hand over preprocessed pixels and get logits or ranked
 //! predictions back, whichever engine runs underneath; with test-time augmentation switched on
-//! ([`Inference::with_tta`]) the probabilities are the mean of each image's and its mirror's.
+//! ([`Inference::with_tta`], [`Tta`]) the probabilities are the mean over several views of each
+//! image: with its mirror, or with its mirror and shifted copies of both.
 //!
 //! [`Gathered`] is how a caller with a list of files, some of which failed before the model
 //! (unreadable, undecodable), sends the rest to the model in one call and matches the answers
@@ -26,7 +27,88 @@ pub struct Inference {
     device: Device,
     backend: Backend,
     fast: Option<FastCnn>,
-    tta: bool,
+    tta: Tta,
+}
+
+/// Test-time augmentation: the views of each image whose class probabilities are averaged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Tta {
+    /// The image alone.
+    #[default]
+    Off,
+    /// The image and its mirror: twice the compute.
+    Flip,
+    /// The image and its mirror, each also shifted by [`TTA_SHIFT`] pixels left, right, up and
+    /// down: ten times the compute. Chosen on the validation split (docs/distillation.md).
+    Crops,
+}
+
+/// How far [`Tta::Crops`] shifts, in pixels of the 64×64 input: 2 pixels of a 32×32 CIFAR-10
+/// image, the training augmentation's crop range.
+pub const TTA_SHIFT: isize = 4;
+
+impl Tta {
+    /// Every kind, in order of cost.
+    pub const ALL: [Tta; 3] = [Tta::Off, Tta::Flip, Tta::Crops];
+
+    /// The name flags and reports use: `off`, `flip`, `crops`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tta::Off => "off",
+            Tta::Flip => "flip",
+            Tta::Crops => "crops",
+        }
+    }
+
+    /// Whether more than the image itself is run.
+    pub fn is_on(self) -> bool {
+        self != Tta::Off
+    }
+
+    /// The views averaged, as (shift right, shift down, mirrored first): the image itself
+    /// first.
+    pub fn views(self) -> &'static [(isize, isize, bool)] {
+        const S: isize = TTA_SHIFT;
+        match self {
+            Tta::Off => &[(0, 0, false)],
+            Tta::Flip => &[(0, 0, false), (0, 0, true)],
+            Tta::Crops => &[
+                (0, 0, false),
+                (0, 0, true),
+                (S, 0, false),
+                (S, 0, true),
+                (-S, 0, false),
+                (-S, 0, true),
+                (0, S, false),
+                (0, S, true),
+                (0, -S, false),
+                (0, -S, true),
+            ],
+        }
+    }
+}
+
+impl std::fmt::Display for Tta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Tta {
+    type Err = String;
+
+    /// `off`, `flip`, `crops`; the yes/no words a boolean flag took before there were kinds
+    /// (`true`/`1`/`on`/`yes`: flip, `false`/`0`/`no`: off) still work.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "off" | "false" | "0" | "no" | "n" => Ok(Tta::Off),
+            "flip" | "on" | "true" | "1" | "yes" | "y" => Ok(Tta::Flip),
+            "crops" => Ok(Tta::Crops),
+            _ => Err(format!(
+                "unknown test-time augmentation '{s}' (expected off, flip or crops)"
+            )),
+        }
+    }
 }
 
 impl Inference {
@@ -42,16 +124,16 @@ impl Inference {
             device: backend.device(),
             backend,
             fast,
-            tta: false,
+            tta: Tta::Off,
         })
     }
 
-    /// Switches test-time augmentation on or off (off by default): when on, an image's class
-    /// probabilities are the mean of its own and its horizontal mirror's, at twice the
-    /// compute. [`Inference::logits`] is never augmented.
+    /// Sets test-time augmentation (off by default): an image's class probabilities become
+    /// the mean over `tta`'s views, at that many times the compute. [`Inference::logits`] is
+    /// never augmented.
     #[must_use]
-    pub fn with_tta(mut self, on: bool) -> Self {
-        self.tta = on;
+    pub fn with_tta(mut self, tta: Tta) -> Self {
+        self.tta = tta;
         self
     }
 
@@ -89,8 +171,8 @@ impl Inference {
             .map_or(Precision::Fp32, FastCnn::precision)
     }
 
-    /// Whether test-time augmentation is on.
-    pub fn tta(&self) -> bool {
+    /// The test-time augmentation in use.
+    pub fn tta(&self) -> Tta {
         self.tta
     }
 
@@ -121,23 +203,30 @@ impl Inference {
     }
 
     /// Class probabilities (`n × classes`, row-major) for `pixels`: the softmax of the logits,
-    /// or with test-time augmentation the mean of the image's and its mirror's (two passes
-    /// of `n` images, so that a batch never takes more than one batch's working memory).
+    /// or with test-time augmentation the mean over its views (one pass of `n` images per
+    /// view, so that a batch never takes more than one batch's working memory).
     pub fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
         self.scores(pixels).probabilities
     }
 
     /// The logits and the class probabilities of `pixels` together, from one forward pass
-    /// (two with test-time augmentation): [`Inference::logits`] and
+    /// (one per view with test-time augmentation): [`Inference::logits`] and
     /// [`Inference::probabilities`] without computing the logits twice.
     pub fn scores(&self, pixels: &[f32]) -> Scores {
         let classes = self.classes();
         let logits = self.logits(pixels);
         let mut probabilities = softmax(&logits, classes);
-        if self.tta && !probabilities.is_empty() {
-            let mirrored = softmax(&self.logits(&mirror(pixels)), classes);
-            for (p, m) in probabilities.iter_mut().zip(mirrored) {
-                *p = (*p + m) * 0.5;
+        let views = self.tta.views();
+        if views.len() > 1 && !probabilities.is_empty() {
+            for &(dx, dy, flip) in &views[1..] {
+                let view = softmax(&self.logits(&shifted(pixels, dx, dy, flip)), classes);
+                for (p, v) in probabilities.iter_mut().zip(view) {
+                    *p += v;
+                }
+            }
+            let share = 1.0 / views.len() as f32;
+            for p in &mut probabilities {
+                *p *= share;
             }
         }
         Scores {
@@ -175,7 +264,7 @@ pub struct Scores {
     /// The last layer's outputs (never test-time augmented).
     pub logits: Vec<f32>,
     /// Class probabilities: the softmax of the logits, or with test-time augmentation the mean
-    /// of the image's and its mirror's.
+    /// over the image's views.
     pub probabilities: Vec<f32>,
 }
 
@@ -184,6 +273,36 @@ pub struct Scores {
 pub fn mirror(pixels: &[f32]) -> Vec<f32> {
     let mut out = pixels.to_vec();
     out.chunks_exact_mut(INPUT_SIZE).for_each(<[f32]>::reverse);
+    out
+}
+
+/// A view of `pixels` (preprocessed CHW images back to back): mirrored left to right when
+/// `flip`, then shifted so that the output's pixel `(x, y)` is the input's `(x + dx, y + dy)`,
+/// black (the normalised -1) where that falls outside, as the training crop pads with black.
+pub fn shifted(pixels: &[f32], dx: isize, dy: isize, flip: bool) -> Vec<f32> {
+    if dx == 0 && dy == 0 {
+        return if flip {
+            mirror(pixels)
+        } else {
+            pixels.to_vec()
+        };
+    }
+    // One copy, the output, so that the memory bound's one view per image holds.
+    let side = INPUT_SIZE as isize;
+    let mut out = vec![-1.0f32; pixels.len()];
+    for (src, dst) in pixels
+        .chunks_exact(INPUT_SIZE * INPUT_SIZE)
+        .zip(out.chunks_exact_mut(INPUT_SIZE * INPUT_SIZE))
+    {
+        // The rows and columns that land inside: y + dy and x + dx in 0..side.
+        for y in 0.max(-dy)..side.min(side - dy) {
+            let (to, from) = ((y * side) as usize, ((y + dy) * side) as usize);
+            for x in 0.max(-dx)..side.min(side - dx) {
+                let column = if flip { side - 1 - (x + dx) } else { x + dx };
+                dst[to + x as usize] = src[from + column as usize];
+            }
+        }
+    }
     out
 }
 
@@ -306,8 +425,8 @@ mod tests {
         {
             let net = Cnn::init(&backend.device());
             let plain = Inference::new(net.clone(), backend).unwrap();
-            let tta = Inference::new(net, backend).unwrap().with_tta(true);
-            assert!(!plain.tta() && tta.tta());
+            let tta = Inference::new(net, backend).unwrap().with_tta(Tta::Flip);
+            assert!(!plain.tta().is_on() && tta.tta() == Tta::Flip);
             let x = pixels(3);
             let classes = plain.classes();
             let a = softmax(&plain.logits(&x), classes);
@@ -332,6 +451,82 @@ mod tests {
             }
             assert!(tta.predict(&[], 3).is_empty());
         }
+    }
+
+    #[test]
+    fn shifted_moves_every_channel_and_fills_with_black() {
+        let x = pixels(2);
+        let at = |img: usize, c: usize, y: isize, x: isize| {
+            img * IMAGE_FLOATS + (c * INPUT_SIZE + y as usize) * INPUT_SIZE + x as usize
+        };
+        let side = INPUT_SIZE as isize;
+        for (dx, dy, flip) in [(4, 0, false), (-4, 0, true), (0, 4, true), (3, -5, false)] {
+            let got = shifted(&x, dx, dy, flip);
+            let source = if flip { mirror(&x) } else { x.clone() };
+            for img in 0..2 {
+                for c in 0..3 {
+                    for y in 0..side {
+                        for col in 0..side {
+                            let (sx, sy) = (col + dx, y + dy);
+                            let expected = if (0..side).contains(&sx) && (0..side).contains(&sy) {
+                                source[at(img, c, sy, sx)]
+                            } else {
+                                -1.0
+                            };
+                            assert_eq!(got[at(img, c, y, col)], expected, "{dx} {dy} {flip}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(shifted(&x, 0, 0, false), x);
+        assert_eq!(shifted(&x, 0, 0, true), mirror(&x));
+    }
+
+    /// `crops`: the mean of the ten views' softmax, each computed on its own.
+    #[test]
+    fn crops_tta_is_the_mean_over_its_ten_views() {
+        let backend = Backend::default();
+        let net = Cnn::init(&backend.device());
+        let plain = Inference::new(net.clone(), backend).unwrap();
+        let crops = Inference::new(net, backend).unwrap().with_tta(Tta::Crops);
+        let x = pixels(2);
+        let classes = plain.classes();
+        let mut mean = vec![0.0f32; 2 * classes];
+        for &(dx, dy, flip) in Tta::Crops.views() {
+            for (m, p) in mean
+                .iter_mut()
+                .zip(plain.probabilities(&shifted(&x, dx, dy, flip)))
+            {
+                *m += p / 10.0;
+            }
+        }
+        for (g, m) in crops.probabilities(&x).iter().zip(&mean) {
+            assert!((g - m).abs() < 1e-6, "{g} vs {m}");
+        }
+        assert_eq!(Tta::Crops.views().len(), 10);
+    }
+
+    #[test]
+    fn tta_kinds_parse_from_names_and_the_old_yes_no_words() {
+        for tta in Tta::ALL {
+            assert_eq!(tta.name().parse::<Tta>(), Ok(tta));
+        }
+        for (word, tta) in [
+            ("true", Tta::Flip),
+            ("1", Tta::Flip),
+            ("ON", Tta::Flip),
+            ("0", Tta::Off),
+            ("false", Tta::Off),
+        ] {
+            assert_eq!(word.parse::<Tta>(), Ok(tta), "{word}");
+        }
+        assert!(
+            "sideways"
+                .parse::<Tta>()
+                .unwrap_err()
+                .contains("off, flip or crops")
+        );
     }
 
     #[test]

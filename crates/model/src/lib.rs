@@ -29,7 +29,7 @@ pub mod testdata;
 pub use backend::Backend;
 pub use classes::{CLASSES, NUM_CLASSES};
 pub use error::{ImageError, RecordError};
-pub use inference::{Gathered, Inference};
+pub use inference::{Gathered, Inference, Tta};
 pub use net::{Cnn, INPUT_SIZE, PARAMETER_COUNT, arch};
 pub use predict::{Prediction, Ranked, predict, rank_logits, rank_probabilities, softmax};
 pub use preprocess::{DEFAULT_MAX_PIXELS, Header, IMAGE_BYTES, IMAGE_FLOATS, Preprocessor};

@@ -61,9 +61,9 @@ pub struct ServerConfig {
     /// Handle the process's signals ([`lifecycle`](crate::ops::lifecycle)): on for a server that is the process (the
     /// binary), off for one embedded in another program (tests), whose signals are its own.
     pub signals: bool,
-    /// Test-time augmentation: each image's probabilities are the mean of its own and its
-    /// horizontal mirror's ([`Inference::with_tta`](model::Inference::with_tta)). Off by default.
-    pub tta: bool,
+    /// Test-time augmentation: each image's probabilities are the mean over its views (with its
+    /// mirror, or also shifted copies: [`model::Tta`], [`Inference::with_tta`](model::Inference::with_tta)). Off by default.
+    pub tta: model::Tta,
     /// The fast backend's arithmetic ([`Inference::with_precision`](model::Inference::with_precision)): FP32 by default; int8
     /// needs the record's calibration, and a reload to a record without one is refused.
     pub precision: model::Precision,
@@ -104,7 +104,7 @@ impl Default for ServerConfig {
             drain: Duration::ZERO,
             watch_model: false,
             signals: true,
-            tta: false,
+            tta: model::Tta::Off,
             precision: model::Precision::Fp32,
             api_key: None,
             model_name: DEFAULT_MODEL_NAME.to_string(),

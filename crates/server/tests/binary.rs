@@ -134,7 +134,8 @@ fn sigterm_drains_an_in_flight_request() {
 
 /// `--tta` (or `CNN_TTA`) switches test-time augmentation on: the server says so as it starts,
 /// and answers `/classify` and `/classify/batch` with each image's and its mirror's mean
-/// probabilities, as the model crate computes them in-process, failed files in their places.
+/// probabilities, as the model crate computes them in-process, failed files in their places;
+/// `CNN_TTA=crops` (or `--tta=crops`) with the mean over the ten views.
 #[test]
 fn tta_by_flag_or_environment_answers_with_the_mirrored_mean() {
     let tmp = tempfile::tempdir().unwrap();
@@ -147,7 +148,7 @@ fn tta_by_flag_or_environment_answers_with_the_mirrored_mean() {
         &["--model", path],
         &[("CNN_TTA", "true")],
     ));
-    assert!(by_env.contains("test-time augmentation on"), "{by_env}");
+    assert!(by_env.contains("test-time augmentation flip"), "{by_env}");
     let env_off = banner(Process::spawn_with_env(
         &["--model", path],
         &[("CNN_TTA", "0")],
@@ -156,13 +157,15 @@ fn tta_by_flag_or_environment_answers_with_the_mirrored_mean() {
 
     let server = Process::start(&["--model", path, "--tta"]);
     assert!(
-        server.banner.contains("test-time augmentation on"),
+        server.banner.contains("test-time augmentation flip"),
         "{}",
         server.banner
     );
     let backend = Backend::default_inference();
     let (net, _) = load_model(&record, &backend.device()).unwrap();
-    let local = Inference::new(net, backend).unwrap().with_tta(true);
+    let local = Inference::new(net, backend)
+        .unwrap()
+        .with_tta(model::Tta::Flip);
     let pre = Preprocessor::default();
     let images: Vec<_> = testdata::images("test", 1).into_iter().take(4).collect();
     let expected = |bytes: &[u8]| local.predict(&pre.preprocess(bytes).unwrap(), 3).remove(0);
@@ -207,6 +210,38 @@ fn tta_by_flag_or_environment_answers_with_the_mirrored_mean() {
         assert_eq!(answer["filename"], *name);
         agrees(answer, bytes);
     }
+
+    let crops = Process::start_with_env(&["--model", path], &[("CNN_TTA", "crops")]);
+    assert!(
+        crops.banner.contains("test-time augmentation crops"),
+        "{}",
+        crops.banner
+    );
+    let (net, _) = load_model(&record, &backend.device()).unwrap();
+    let local = Inference::new(net, backend)
+        .unwrap()
+        .with_tta(model::Tta::Crops);
+    for image in &images {
+        let answer = crops.post_multipart("/classify", &[("file", "a.jpg", &image.bytes)]);
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let want = local
+            .predict(&pre.preprocess(&image.bytes).unwrap(), 1)
+            .remove(0);
+        let got = answer.json()["prediction"]["confidence"].as_f64().unwrap();
+        assert!(
+            (got - f64::from(want.best.confidence)).abs() < 1e-5,
+            "{got} vs {want:?}"
+        );
+    }
+    let refused = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--model", path, "--tta=sideways"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("off, flip or crops"),
+        "{err}"
+    );
 }
 
 /// `--precision int8` (or `CNN_PRECISION`) serves the int8 path from the calibration the record

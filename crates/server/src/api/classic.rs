@@ -169,7 +169,8 @@ pub struct ModelInfo {
     backend: &'static str,
     /// The forward pass's arithmetic: `fp32` or `int8` (`--precision`).
     precision: &'static str,
-    /// Whether predictions average each image's and its mirror's probabilities (`--tta`).
+    /// Whether predictions average the probabilities of several views of each image (`--tta`:
+    /// the image and its mirror, or also shifted copies).
     test_time_augmentation: bool,
 }
 
@@ -197,7 +198,7 @@ async fn model_info(state: web::Data<AppState>) -> HttpResponse {
         last_reload: state.models.last_reload(),
         backend: state.backend.name(),
         precision: served.inference.precision().name(),
-        test_time_augmentation: state.config.tta,
+        test_time_augmentation: state.config.tta.is_on(),
     })
 }
 

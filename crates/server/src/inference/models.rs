@@ -121,7 +121,7 @@ pub struct Models {
     backend: Backend,
     /// Reloads run in the precision the first record was served in.
     precision: model::Precision,
-    tta: bool,
+    tta: model::Tta,
     last: Mutex<Option<ReloadReport>>,
     /// One reload at a time (a signal and a file change may arrive together).
     reloading: Mutex<()>,
@@ -137,7 +137,7 @@ impl Models {
     pub fn new(
         first: Served,
         path: Option<PathBuf>,
-        tta: bool,
+        tta: model::Tta,
         retire_wait: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {

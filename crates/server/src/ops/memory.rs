@@ -214,8 +214,8 @@ impl MemoryBound {
         let workers = n(config.workers.max(1));
         let mut per_image =
             n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 8) + FAST_PATH_BYTES_PER_IMAGE;
-        if config.tta {
-            // The mirrored copy and the first pass's probabilities live through the second
+        if config.tta.is_on() {
+            // One view's copy and the probabilities summed so far live through each further
             // pass (model::Inference::probabilities), which runs the batch's size again.
             per_image += n(IMAGE_FLOATS * 4 + model::NUM_CLASSES * 4);
         }
@@ -323,7 +323,7 @@ mod tests {
     fn tta_adds_one_batch_of_mirrored_floats() {
         let plain = ServerConfig::default();
         let tta = ServerConfig {
-            tta: true,
+            tta: model::Tta::Flip,
             ..ServerConfig::default()
         };
         let extra = MemoryBound::of(&tta).images - MemoryBound::of(&plain).images;
