@@ -170,27 +170,33 @@ fn tta_on_classify_and_eval() {
         .collect();
     let model = record(dir);
     let m = model.to_str().unwrap();
-    let mut args = vec!["--model", m, "classify", "--json", "--tta"];
-    args.extend(files.iter().map(|p| p.to_str().unwrap()));
-    let out = cnn(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-
     let backend = Backend::default_inference();
-    let (net, _) = load_model(&model, &backend.device()).unwrap();
-    let local = Inference::new(net, backend)
-        .unwrap()
-        .with_tta(model::Tta::Flip);
     let pre = Preprocessor::default();
-    for (r, img) in v["results"].as_array().unwrap().iter().zip(&images) {
-        let want = &local.predict(&pre.preprocess(&img.bytes).unwrap(), 3)[0];
-        assert_eq!(r["prediction"]["class_index"], want.best.class_index);
-        let got = r["prediction"]["confidence"].as_f64().unwrap();
-        assert!((got - f64::from(want.best.confidence)).abs() < 1e-5, "{r}");
+    for (flag, kind) in [
+        ("--tta", model::Tta::Flip),
+        ("--tta=crops", model::Tta::Crops),
+    ] {
+        let mut args = vec!["--model", m, "classify", "--json", flag];
+        args.extend(files.iter().map(|p| p.to_str().unwrap()));
+        let out = cnn(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["results"].as_array().unwrap().len(), 3, "{flag}: {v}");
+        let (net, _) = load_model(&model, &backend.device()).unwrap();
+        let local = Inference::new(net, backend).unwrap().with_tta(kind);
+        for (r, img) in v["results"].as_array().unwrap().iter().zip(&images) {
+            let want = &local.predict(&pre.preprocess(&img.bytes).unwrap(), 3)[0];
+            assert_eq!(r["prediction"]["class_index"], want.best.class_index);
+            let got = r["prediction"]["confidence"].as_f64().unwrap();
+            assert!(
+                (got - f64::from(want.best.confidence)).abs() < 1e-5,
+                "{flag}: {r}"
+            );
+        }
     }
 
     let data = dir.join("data/test");

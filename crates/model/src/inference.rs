@@ -65,8 +65,7 @@ impl Tta {
         self != Tta::Off
     }
 
-    /// The views averaged, as (shift right, shift down, mirrored first): the image itself
-    /// first.
+    /// The views averaged, as [`shifted`]'s `(dx, dy, flip)`: the image itself first.
     pub fn views(self) -> &'static [(isize, isize, bool)] {
         const S: isize = TTA_SHIFT;
         match self {
@@ -101,8 +100,8 @@ impl std::str::FromStr for Tta {
     /// (`true`/`1`/`on`/`yes`: flip, `false`/`0`/`no`: off) still work.
     fn from_str(s: &str) -> Result<Self, String> {
         match s.to_ascii_lowercase().as_str() {
-            "off" | "false" | "0" | "no" | "n" => Ok(Tta::Off),
-            "flip" | "on" | "true" | "1" | "yes" | "y" => Ok(Tta::Flip),
+            "off" | "false" | "f" | "0" | "no" | "n" => Ok(Tta::Off),
+            "flip" | "on" | "true" | "t" | "1" | "yes" | "y" => Ok(Tta::Flip),
             "crops" => Ok(Tta::Crops),
             _ => Err(format!(
                 "unknown test-time augmentation '{s}' (expected off, flip or crops)"

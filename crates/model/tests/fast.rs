@@ -27,7 +27,7 @@ fn fast_path_logits_match_the_reference_backend() {
     let shipped = model::record::load_shipped(&device)
         .expect("shipped record")
         .0;
-    let random = model::Cnn::init(&device);
+    let random = crate::fresh_net(&device);
     for (name, net) in [("shipped", shipped), ("random init", random)] {
         let burn = Inference::new(net.clone(), reference).unwrap();
         let fast = Inference::new(net, Backend::Fast).unwrap();
@@ -56,7 +56,7 @@ fn fast_path_logits_match_the_reference_backend() {
 
 #[test]
 fn empty_input_gives_no_predictions() {
-    let inference = Inference::new(model::Cnn::init(&Backend::Fast.device()), Backend::Fast)
+    let inference = Inference::new(crate::fresh_net(&Backend::Fast.device()), Backend::Fast)
         .expect("fast path");
     assert!(inference.predict(&[], 3).is_empty());
 }

@@ -54,15 +54,9 @@ fn ties(n: usize) -> Vec<f32> {
         .collect()
 }
 
-/// Random weights, the same every run: Burn's generator is seeded per device and shared by the
-/// tests of this file, so seeding and drawing happen under one lock.
+/// Random weights, the same every run.
 fn random_net(device: &Device) -> Cnn {
-    static DRAW: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = DRAW
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    device.seed(7);
-    model::Cnn::init(device)
+    crate::seeded_net(device, 7)
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {

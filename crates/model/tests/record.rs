@@ -16,7 +16,7 @@ fn input(device: &Device) -> Tensor<4> {
 #[test]
 fn round_trip_keeps_logits_and_metadata() {
     let device = Backend::default().device();
-    let net = model::Cnn::init(&device);
+    let net = crate::fresh_net(&device);
     let meta = RecordMeta {
         test_accuracy: Some(0.7312),
         epochs: Some(3),
@@ -46,7 +46,7 @@ fn saved_tensor_names_and_shapes_are_the_documented_ones() {
     let device = Backend::default().device();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("names.safetensors");
-    save_model(&model::Cnn::init(&device), &path, &RecordMeta::default()).unwrap();
+    save_model(&crate::fresh_net(&device), &path, &RecordMeta::default()).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<_> = st.names().into_iter().map(String::from).collect();
@@ -63,7 +63,7 @@ fn valid_bytes() -> Vec<u8> {
     let device = Backend::default().device();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("valid.safetensors");
-    save_model(&model::Cnn::init(&device), &path, &RecordMeta::default()).unwrap();
+    save_model(&crate::fresh_net(&device), &path, &RecordMeta::default()).unwrap();
     std::fs::read(path).unwrap()
 }
 
@@ -100,7 +100,7 @@ fn foreign_safetensors_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("foreign.safetensors");
     let mut store = SafetensorsStore::from_file(&path).overwrite(true);
-    model::Cnn::init(&device).save_into(&mut store).unwrap();
+    crate::fresh_net(&device).save_into(&mut store).unwrap();
     let err = load_model(&path, &device).unwrap_err();
     assert!(matches!(err, RecordError::Metadata(_)), "{err}");
 }
@@ -126,7 +126,7 @@ fn future_format_version_is_refused() {
         format_version: 99,
         ..RecordMeta::default()
     };
-    save_model(&model::Cnn::init(&device), &path, &meta).unwrap();
+    save_model(&crate::fresh_net(&device), &path, &meta).unwrap();
     let err = load_model(&path, &device).unwrap_err();
     assert!(err.to_string().contains("version 99"), "{err}");
 }

@@ -17,7 +17,7 @@ fn wgpu_logits_match_the_cpu_backend() {
     let cpu_device = cpu.device();
     let gpu_device = Backend::Wgpu.device();
 
-    let net = model::Cnn::init(&cpu_device);
+    let net = crate::fresh_net(&cpu_device);
     let p = Preprocessor::default();
     let images = testdata::images("test", 2);
     let pixels: Vec<f32> = images

@@ -74,7 +74,7 @@ fn problem_type(r: &Reply) -> String {
 #[test]
 fn decompression_bombs_are_refused_from_the_header() {
     // A server process of its own, so that its peak memory is its own (the tests of this
-    // file share one process).
+    // binary share one process).
     let s = Process::start(&[]);
     let before = s.status_bytes("VmHWM");
     for (name, bomb) in [

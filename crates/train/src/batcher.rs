@@ -137,11 +137,12 @@ impl Batcher<Item, CifarBatch> for CifarBatcher {
 /// One augmented view of a stored image: the crop's offset and whether it is mirrored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct View {
-    /// Horizontal shift of the crop, in pixels of the stored image.
+    /// Horizontal offset of the crop: the shifted image's pixel `(x, y)` is the stored one's
+    /// `(x + dx, y + dy)`, in pixels of the stored image.
     pub dx: i64,
-    /// Vertical shift of the crop.
+    /// Vertical offset of the crop.
     pub dy: i64,
-    /// Mirrored left to right (before the shift).
+    /// The shifted image mirrored left to right.
     pub flip: bool,
 }
 
@@ -183,7 +184,8 @@ impl View {
         })
     }
 
-    /// The view of `src`: shifted by the offsets (uncovered pixels black), mirrored if asked.
+    /// The view of `src`: cropped at the offsets (uncovered pixels black), then mirrored if
+    /// asked.
     pub fn apply(self, src: &RgbImage) -> RgbImage {
         let (w, h) = src.dimensions();
         RgbImage::from_fn(w, h, |x, y| {
@@ -274,9 +276,10 @@ mod tests {
             })
             .collect();
         let views = View::count(2);
-        let mut answers = vec![-100.0f32; samples.len() * views * NUM_CLASSES];
+        let mut answers = vec![-25.0f32; samples.len() * views * NUM_CLASSES];
         for code in 0..samples.len() * views {
-            answers[code * NUM_CLASSES] = -(code as f32);
+            // Exact in fp16 (steps of 1/16 below 32) and above the stored floor of -30.
+            answers[code * NUM_CLASSES] = -(code as f32) / 16.0;
         }
         let teacher = TeacherLogits::from_log_probs(&samples, 2, &answers);
         let batcher = CifarBatcher::new(Some(2), 7).with_teacher(Arc::new(teacher));
@@ -293,7 +296,7 @@ mod tests {
                 .try_to_vec::<f32>()
                 .unwrap();
             for (i, sample) in samples.iter().enumerate() {
-                let code = (-taught[i * NUM_CLASSES]) as usize;
+                let code = (-taught[i * NUM_CLASSES] * 16.0).round() as usize;
                 let (image, view) = (code / views, all[code % views]);
                 assert_eq!(image, i);
                 let expected = render(std::iter::once(&sample.image), &[view]);

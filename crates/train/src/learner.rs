@@ -76,8 +76,8 @@ impl Classifier {
     fn classify(&self, net: &Cnn, batch: CifarBatch) -> ClassificationOutput {
         let output = net.forward(batch.images);
         let mut loss = self.loss.forward(output.clone(), batch.targets.clone());
-        // Validation batches carry no teacher: their loss stays the labels' cross-entropy, the
-        // same figure with and without distillation.
+        // Validation batches carry no teacher: their loss is the labels' cross-entropy alone
+        // (smoothed as the run's recipe says).
         if let Some(teacher) = batch.teacher
             && self.distill_weight > 0.0
         {
@@ -89,7 +89,7 @@ impl Classifier {
 }
 
 /// Hinton's distillation term, `T² · KL(softmax(teacher / T) ‖ softmax(student / T))`, averaged
-/// over the batch. `teacher` holds log-probabilities (or logits: the softmax is the same). The
+/// over the batch. `teacher` holds the teacher's log-probabilities. The
 /// `T²` keeps the term's gradient on the scale of the cross-entropy's whatever the temperature.
 pub fn distillation_loss(student: Tensor<2>, teacher: Tensor<2>, temperature: f64) -> Tensor<1> {
     let log_q = log_softmax(teacher / temperature, 1);

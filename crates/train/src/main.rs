@@ -95,11 +95,12 @@ struct Args {
     /// shown in.
     #[arg(long, value_name = "FILE")]
     teacher_logits: Option<PathBuf>,
-    /// Temperature of the distillation term.
-    #[arg(long, default_value_t = recipe().distill_temperature)]
+    /// Temperature of the distillation term (above 0).
+    #[arg(long, default_value_t = recipe().distill_temperature, value_parser = positive)]
     distill_temperature: f64,
-    /// Share of the loss that is the distillation term (the rest: the labels' cross-entropy).
-    #[arg(long, default_value_t = recipe().distill_weight)]
+    /// Share of the loss that is the distillation term, 0 to 1 (the rest: the labels'
+    /// cross-entropy).
+    #[arg(long, default_value_t = recipe().distill_weight, value_parser = share)]
     distill_weight: f64,
     /// Compute backend (flex, ndarray, wgpu: those compiled in; not the inference-only `fast`).
     #[arg(long, default_value_t = Backend::default())]
@@ -110,6 +111,22 @@ struct Args {
     /// Plain progress lines even on a terminal (no dashboard, no download progress bar).
     #[arg(long)]
     plain: bool,
+}
+
+/// A finite number above 0.
+fn positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a number above 0, got '{s}'")),
+    }
+}
+
+/// A number from 0 to 1.
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number from 0 to 1, got '{s}'")),
+    }
 }
 
 /// The shipped recipe, [`TrainConfig`]'s defaults: the flags' defaults come from it, so that
@@ -136,8 +153,13 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
         /// The crop padding of the student runs it will teach.
-        #[arg(long, default_value_t = recipe().crop_padding)]
+        #[arg(long, default_value_t = recipe().crop_padding,
+              value_parser = clap::value_parser!(u32).range(0..=16))]
         crop_padding: u32,
+        /// What to do with an unreadable image (as train's --on-corrupt; the student must
+        /// choose the same, or its images differ from the teacher's and the file is refused).
+        #[arg(long, default_value = "fail")]
+        on_corrupt: OnCorrupt,
     },
 }
 
@@ -179,9 +201,10 @@ fn run(args: &Args) -> Result<()> {
         data,
         out,
         crop_padding,
+        on_corrupt,
     }) = &args.command
     {
-        return train::teacher::teach(records, data, *crop_padding, out, args.on_corrupt);
+        return train::teacher::teach(records, data, *crop_padding, out, *on_corrupt);
     }
     // Read here rather than through clap's `env`, so that an explicit --data (never
     // second-guessed) stays distinguishable from the environment (one place to look among others).
@@ -225,7 +248,12 @@ fn run(args: &Args) -> Result<()> {
                 .with_seed(args.seed)
                 .with_valid_seed(args.valid_seed)
                 .with_workers(args.workers)
-                .with_teacher_logits(args.teacher_logits.clone())
+                // Absolute, so that `--resume` finds it from any directory.
+                .with_teacher_logits(
+                    args.teacher_logits
+                        .as_ref()
+                        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
+                )
                 .with_distill_temperature(args.distill_temperature)
                 .with_distill_weight(args.distill_weight);
             (

@@ -104,35 +104,9 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 .join(", ")
         );
     }
-    // Find the data before touching the run folder: a wrong --data leaves nothing behind.
+    // Read the data and the teacher before touching the run folder: a wrong --data or teacher
+    // file leaves nothing behind.
     let layout = dataset::detect(&opts.data)?;
-    std::fs::create_dir_all(&opts.out)
-        .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
-    let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
-    let resume_epoch = if opts.resume {
-        let partial = remove_partial(&ckpt_dir);
-        if partial > 0 {
-            tracing::warn!("removed {partial} partly written checkpoint file(s)");
-        }
-        let epoch = latest_complete(&ckpt_dir);
-        match epoch {
-            Some(e) => println!("resuming after epoch {e} from {}", ckpt_dir.display()),
-            None => println!(
-                "no complete checkpoint in {}: starting over",
-                ckpt_dir.display()
-            ),
-        }
-        epoch
-    } else {
-        write_atomic(
-            &opts.out.join(CONFIG_FILE),
-            serde_json::to_string_pretty(config)?.as_bytes(),
-        )?;
-        // A fresh run starts a fresh metrics log.
-        std::fs::remove_file(opts.out.join(METRICS_FILE)).ok();
-        None
-    };
-
     let started = std::time::Instant::now();
     let train_split = layout.train(opts.on_corrupt)?;
     let test_split = layout.test(opts.on_corrupt)?;
@@ -160,12 +134,40 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         None => None,
     };
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
+    let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
+    let resume_epoch = if opts.resume {
+        let partial = remove_partial(&ckpt_dir);
+        if partial > 0 {
+            tracing::warn!("removed {partial} partly written checkpoint file(s)");
+        }
+        let epoch = latest_complete(&ckpt_dir);
+        match epoch {
+            Some(e) => println!("resuming after epoch {e} from {}", ckpt_dir.display()),
+            None => println!(
+                "no complete checkpoint in {}: starting over",
+                ckpt_dir.display()
+            ),
+        }
+        epoch
+    } else {
+        write_atomic(
+            &opts.out.join(CONFIG_FILE),
+            serde_json::to_string_pretty(config)?.as_bytes(),
+        )?;
+        // A fresh run starts a fresh metrics log.
+        std::fs::remove_file(opts.out.join(METRICS_FILE)).ok();
+        None
+    };
+
     let (train, valid) = split_valid(
         numbered(train_split.samples),
         config.valid_fraction,
         config.hold_out_seed(),
     )?;
-    let valid: Vec<Sample> = valid.into_iter().map(|item| item.sample).collect();
+    let valid_items = valid;
+    let valid: Vec<Sample> = valid_items.iter().map(|item| item.sample.clone()).collect();
     let calibration_set: Vec<Sample> = quantize::spread(&train, quantize::CALIBRATION_IMAGES)
         .into_iter()
         .map(|item| item.sample)
@@ -189,7 +191,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let loader_valid = DataLoaderBuilder::new(CifarBatcher::new(None, config.seed))
         .batch_size(config.batch_size.max(256))
         .num_workers(config.workers)
-        .build(InMemDataset::new(numbered(valid.clone())));
+        .build(InMemDataset::new(valid_items));
 
     let mut training = SupervisedTraining::new(&opts.out, loader_train, loader_valid)
         // Burn would install a global subscriber of its own writing to experiment.log; the

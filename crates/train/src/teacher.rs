@@ -30,6 +30,10 @@ const MAGIC: &[u8; 8] = b"CNNTEACH";
 const VERSION: u32 = 1;
 /// Magic, version, images, views, crop padding, classes, fingerprint.
 const HEADER_BYTES: usize = 8 + 4 * 5 + 8;
+/// The least log-probability stored: the log of a probability that rounds to 0 would be -inf
+/// (and 0 · -inf is NaN in the loss); e^-30 is far below anything a softmax at a distillation
+/// temperature can see.
+const LOWEST: f32 = -30.0;
 /// Images per teacher forward pass (× the views of each).
 const IMAGES_PER_PASS: usize = 8;
 
@@ -115,11 +119,9 @@ impl TeacherLogits {
                 }
             }
             let scale = 1.0 / teachers.len() as f32;
-            // The log of a probability as small as f32 rounds to 0 would be -inf: floor it at
-            // e^-30, far below anything a softmax at the distillation temperature can see.
             values.extend(
                 mean.iter()
-                    .map(|m| f16::from_f32((m * scale).max(1e-13).ln())),
+                    .map(|m| f16::from_f32((m * scale).ln().max(LOWEST))),
             );
             progress((done * IMAGES_PER_PASS + chunk.len()).min(samples.len()));
         }
@@ -141,7 +143,10 @@ impl TeacherLogits {
         Self::new(
             samples,
             pad,
-            log_probs.iter().map(|&v| f16::from_f32(v)).collect(),
+            log_probs
+                .iter()
+                .map(|&v| f16::from_f32(v.max(LOWEST)))
+                .collect(),
         )
     }
 
@@ -266,7 +271,7 @@ impl TeacherLogits {
             .chunks_exact(2)
             .map(|b| f16::from_le_bytes([b[0], b[1]]))
             .collect();
-        if values.iter().any(|v| v.is_nan() || *v > f16::ZERO) {
+        if values.iter().any(|v| !v.is_finite() || *v > f16::ZERO) {
             return Err("values that are not log-probabilities".into());
         }
         Ok(Self {
@@ -415,10 +420,18 @@ mod tests {
             let err = TeacherLogits::from_bytes(damaged).unwrap_err();
             assert!(err.contains(why), "{err} (expected {why})");
         }
-        let mut positive = bytes.clone();
-        let last = positive.len() - 2;
-        positive[last..].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
-        assert!(TeacherLogits::from_bytes(&positive).is_err());
+        for wrong in [0.5, f32::NEG_INFINITY, f32::NAN] {
+            let mut damaged = bytes.clone();
+            let last = damaged.len() - 2;
+            damaged[last..].copy_from_slice(&f16::from_f32(wrong).to_le_bytes());
+            let err = TeacherLogits::from_bytes(&damaged).unwrap_err();
+            assert!(err.contains("not log-probabilities"), "{wrong}: {err}");
+        }
+        // Made-up answers are floored where fp16 (or the loss) would overflow.
+        let data = samples(1);
+        let tiny = vec![-1e9f32; View::count(0) * NUM_CLASSES];
+        let floored = TeacherLogits::from_log_probs(&data, 0, &tiny);
+        assert!(TeacherLogits::from_bytes(&floored.to_bytes()).is_ok());
     }
 
     #[test]

@@ -176,6 +176,16 @@ fn a_teacher_for_other_data_or_a_damaged_one_is_refused_before_training() {
         .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{why}: {err}");
-        assert!(!run.join("checkpoint").exists(), "nothing trained");
+        assert!(!run.exists(), "nothing written");
+    }
+    for (flag, value, why) in [
+        ("--distill-temperature", "0", "above 0"),
+        ("--distill-weight", "1.5", "from 0 to 1"),
+    ] {
+        let out = train(&["--teacher-logits", right.to_str().unwrap(), flag, value])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{flag}: {err}");
     }
 }

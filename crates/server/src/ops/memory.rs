@@ -137,7 +137,7 @@ pub struct MemoryBound {
     /// `decode_memory + workers × INLINE_DECODE_BYTES`.
     pub decoding: u64,
     /// `max_images × 12 KiB` waiting, plus one batch of floats, features and logits (and with
-    /// test-time augmentation the batch's mirrored floats and first pass's probabilities). A
+    /// test-time augmentation one view's floats and the probabilities summed so far). A
     /// batch holds up to `max(max_batch, max_files)` images: one request's job is never split.
     pub images: u64,
     /// `LOG_LINES × LOG_LINE_BYTES` queued, plus `REQUEST_SPAN_BYTES` per open connection.
@@ -318,9 +318,10 @@ mod tests {
         );
     }
 
-    /// Test-time augmentation holds a mirrored copy of the batch's floats besides the batch.
+    /// Test-time augmentation holds one view's copy of the batch's floats besides the batch,
+    /// however many views it averages (they run one after another).
     #[test]
-    fn tta_adds_one_batch_of_mirrored_floats() {
+    fn tta_adds_one_batch_of_view_floats() {
         let plain = ServerConfig::default();
         let tta = ServerConfig {
             tta: model::Tta::Flip,
@@ -331,6 +332,11 @@ mod tests {
             extra,
             64 * (IMAGE_FLOATS as u64 * 4 + model::NUM_CLASSES as u64 * 4)
         );
+        let crops = ServerConfig {
+            tta: model::Tta::Crops,
+            ..ServerConfig::default()
+        };
+        assert_eq!(MemoryBound::of(&crops).images, MemoryBound::of(&tta).images);
     }
 
     #[test]

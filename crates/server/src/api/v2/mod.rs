@@ -52,8 +52,8 @@ pub const IMAGE_INPUT: &str = "image";
 pub const TENSOR_INPUT: &str = "input";
 /// The output of logits (never test-time augmented).
 pub const LOGITS: &str = "logits";
-/// The output of class probabilities (with `--tta`, the mean of each image's and its
-/// mirror's, as `/classify` answers).
+/// The output of class probabilities (with `--tta`, the mean over each image's views, as
+/// `/classify` answers).
 pub const PROBABILITIES: &str = "probabilities";
 /// The protocol extensions served.
 pub const EXTENSIONS: [&str; 4] = [
