@@ -53,18 +53,8 @@ enum Command {
         /// Images per model batch.
         #[arg(long, default_value_t = 64)]
         batch_size: usize,
-        /// Test-time augmentation: `flip` (or `--tta` alone) averages each image's class
-        /// probabilities with its horizontal mirror's (twice the compute); `--tta=crops` also with
-        /// both shifted 4 px left, right, up and down (ten times).
-        #[arg(
-            long,
-            value_name = "off|flip|crops",
-            num_args = 0..=1,
-            require_equals = true,
-            default_missing_value = "flip",
-            default_value = "off"
-        )]
-        tta: Tta,
+        #[command(flatten)]
+        tta: TtaArg,
     },
     /// Accuracy on a labelled CIFAR-10 set: a folder of `<class>/` image folders (e.g.
     /// cifar10/test), or the test split of a data set (train/ + test/ folders, or the official
@@ -76,18 +66,8 @@ enum Command {
         json: bool,
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
-        /// Test-time augmentation: `flip` (or `--tta` alone) averages each image's class
-        /// probabilities with its horizontal mirror's (twice the compute); `--tta=crops` also with
-        /// both shifted 4 px left, right, up and down (ten times).
-        #[arg(
-            long,
-            value_name = "off|flip|crops",
-            num_args = 0..=1,
-            require_equals = true,
-            default_missing_value = "flip",
-            default_value = "off"
-        )]
-        tta: Tta,
+        #[command(flatten)]
+        tta: TtaArg,
     },
     /// Calibrate the int8 path: measure the activation ranges on training images, score int8
     /// and FP32 on the test set, and write the record with the ranges and int8's accuracy.
@@ -294,7 +274,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             json,
             jsonl,
             batch_size,
-            tta,
+            tta: TtaArg { tta },
         } => {
             let (net, meta, _) = load(cli, &device)?;
             let net = Inference::new(net, cli.backend)?
@@ -331,7 +311,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             data,
             json,
             batch_size,
-            tta,
+            tta: TtaArg { tta },
         } => {
             let (net, meta, source) = load(cli, &device)?;
             let net = Inference::new(net, cli.backend)?
@@ -451,6 +431,23 @@ fn calibrate(
         }))?
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--tta`, shared by `classify` and `eval`.
+#[derive(clap::Args, Debug)]
+struct TtaArg {
+    /// Test-time augmentation: `flip` (or `--tta` alone) averages each image's class
+    /// probabilities with its horizontal mirror's (twice the compute); `--tta=crops` also with
+    /// both shifted 4 px left, right, up and down (ten times).
+    #[arg(
+        long,
+        value_name = "off|flip|crops",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "flip",
+        default_value = "off"
+    )]
+    tta: Tta,
 }
 
 mod explain;

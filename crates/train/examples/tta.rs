@@ -6,13 +6,14 @@
 //!
 //!     cargo run --release -p train --example tta -- data/cifar10 42 RECORD...
 
-use anyhow::{Context, Result};
-use model::dataset::{self, OnCorrupt};
-use model::inference::shifted;
-use model::preprocess::{IMAGE_FLOATS, normalize_into, resize};
-use model::{Backend, Inference, NUM_CLASSES, Tta};
+mod common;
 
-/// A named set of views: (shift right, shift down, mirrored).
+use anyhow::Result;
+use common::{Validation, load, probabilities};
+use model::inference::shifted;
+use model::{NUM_CLASSES, Tta};
+
+/// A named set of views, each as [`shifted`]'s `(dx, dy, flip)`.
 type Views = (String, Vec<(isize, isize, bool)>);
 
 /// The image and its mirror at the centre and at `offsets`.
@@ -26,19 +27,8 @@ fn with_mirrors(name: &str, offsets: &[(isize, isize)]) -> Views {
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let data = args
-        .next()
-        .context("usage: tta DATA VALID_SEED RECORD...")?;
-    let seed: u64 = args.next().context("a validation seed")?.parse()?;
-    let records: Vec<String> = args.collect();
-    let layout = dataset::detect(std::path::Path::new(&data))?;
-    let train = layout.train(OnCorrupt::Skip)?;
-    let (_, valid) = train::run::split_valid(train.samples, 0.05, seed)?;
-    let mut pixels = vec![0.0f32; valid.len() * IMAGE_FLOATS];
-    for (s, out) in valid.iter().zip(pixels.chunks_exact_mut(IMAGE_FLOATS)) {
-        normalize_into(&resize(&s.image), out);
-    }
+    let v = Validation::from_args("tta")?;
+    println!("{} images held out with seed {}", v.valid.len(), v.seed);
     let mut sets: Vec<Views> = Tta::ALL
         .iter()
         .map(|t| (format!("{t}"), t.views().to_vec()))
@@ -50,30 +40,21 @@ fn main() -> Result<()> {
         "flip x diagonals 2 px",
         &[(2, 2), (-2, -2), (2, -2), (-2, 2)],
     ));
-    for record in &records {
-        let loaded = model::record::load_file(record.as_ref(), &Backend::Fast.device())?;
-        let net = Inference::new(loaded.model, Backend::Fast)?;
+    for record in &v.records {
+        let net = load(record)?;
         for (name, views) in &sets {
             let started = std::time::Instant::now();
-            let mut sum = vec![0.0f32; valid.len() * NUM_CLASSES];
+            let mut sum = vec![0.0f32; v.valid.len() * NUM_CLASSES];
             for &(dx, dy, flip) in views {
-                let view = shifted(&pixels, dx, dy, flip);
-                let probs = view
-                    .chunks(256 * IMAGE_FLOATS)
-                    .flat_map(|batch| net.probabilities(batch));
+                let probs = probabilities(&net, &shifted(&v.pixels, dx, dy, flip));
                 for (s, p) in sum.iter_mut().zip(probs) {
                     *s += p;
                 }
             }
-            let right = sum
-                .chunks_exact(NUM_CLASSES)
-                .zip(&valid)
-                .filter(|(p, s)| model::explain::target(None, p) == usize::from(s.label))
-                .count();
             println!(
                 "{record} {name:>22} ({:>2} views): validation {:.2}%, {:.2} s",
                 views.len(),
-                right as f64 * 100.0 / valid.len() as f64,
+                v.accuracy(&sum) * 100.0,
                 started.elapsed().as_secs_f64()
             );
         }

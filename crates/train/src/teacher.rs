@@ -314,22 +314,14 @@ pub fn teach(
     on_corrupt: OnCorrupt,
 ) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let engine = if Backend::available().contains(&Backend::Fast) {
-        Backend::Fast
-    } else {
-        Backend::default()
-    };
+    let engine = Backend::default_inference();
     let teachers = records
         .iter()
         .map(|path| {
-            let file = if path.is_dir() {
-                path.join(crate::run::RECORD_FILE)
-            } else {
-                path.clone()
-            };
-            let loaded = model::record::load_file(&file, &engine.device())
-                .with_context(|| format!("cannot load teacher record {}", file.display()))?;
-            Ok(Inference::new(loaded.model, engine)?)
+            // A run folder's record is its one `*.safetensors` file (`model::record::find`).
+            let (net, _) = model::load_model(path, &engine.device())
+                .with_context(|| format!("cannot load teacher record {}", path.display()))?;
+            Ok(Inference::new(net, engine)?)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let train = dataset::detect(data)?.train(on_corrupt)?;

@@ -12,6 +12,20 @@ use train::teacher::TeacherLogits;
 
 use crate::train::{ok, small_folders, train};
 
+/// `train --data DATA --out RUN --teacher-logits TEACHER MORE...` (with `train`'s test flags).
+fn student(data: &Path, run: &Path, teacher: &Path, more: &[&str]) -> Command {
+    let mut command = train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--teacher-logits",
+        teacher.to_str().unwrap(),
+    ]);
+    command.args(more);
+    command
+}
+
 fn training_split(data: &Path) -> Vec<model::dataset::Sample> {
     dataset::detect(data)
         .unwrap()
@@ -41,25 +55,24 @@ fn a_student_learns_what_its_teacher_says_not_the_labels() {
         .save(&file)
         .unwrap();
     let run = data.join("run");
-    let log = ok(&train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--teacher-logits",
-        file.to_str().unwrap(),
-        "--distill-weight",
-        "1",
-        "--epochs",
-        "20",
-        "--ema-decay",
-        "0",
-        "--optimizer",
-        "adamw",
-        "--lr",
-        "0.002",
-        "--no-test",
-    ])
+    let log = ok(&student(
+        data,
+        &run,
+        &file,
+        &[
+            "--distill-weight",
+            "1",
+            "--epochs",
+            "20",
+            "--ema-decay",
+            "0",
+            "--optimizer",
+            "adamw",
+            "--lr",
+            "0.002",
+            "--no-test",
+        ],
+    )
     .output()
     .unwrap());
     assert!(log.contains("distilling from"), "{log}");
@@ -162,18 +175,9 @@ fn a_teacher_for_other_data_or_a_damaged_one_is_refused_before_training() {
         (&data.join("missing.bin"), "No such file"),
     ] {
         let run = data.join("run");
-        let out = train(&[
-            "--data",
-            data.to_str().unwrap(),
-            "--out",
-            run.to_str().unwrap(),
-            "--teacher-logits",
-            file.to_str().unwrap(),
-            "--epochs",
-            "1",
-        ])
-        .output()
-        .unwrap();
+        let out = student(data, &run, file, &["--epochs", "1"])
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{why}: {err}");
         assert!(!run.exists(), "nothing written");
