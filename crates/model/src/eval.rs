@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::classes::{CLASSES, NUM_CLASSES};
 use crate::dataset::Sample;
 use crate::inference::Inference;
-use crate::predict::Prediction;
+use crate::predict::{Prediction, rank_probabilities};
 use crate::preprocess::{IMAGE_FLOATS, normalize_into, resize};
 
 /// The result of [`evaluate`].
@@ -29,11 +29,23 @@ pub fn evaluate(
     model: &Inference,
     samples: &[Sample],
     batch_size: usize,
+    progress: impl FnMut(usize),
+) -> Evaluation {
+    evaluate_probabilities(|x| model.probabilities(x), samples, batch_size, progress)
+}
+
+/// [`evaluate`] for any network that gives class probabilities (`n × classes`) for
+/// preprocessed images: the teachers `train` trains, which [`Inference`] does not run.
+pub fn evaluate_probabilities(
+    mut probabilities: impl FnMut(&[f32]) -> Vec<f32>,
+    samples: &[Sample],
+    batch_size: usize,
     mut progress: impl FnMut(usize),
 ) -> Evaluation {
     let mut tally = Tally::new();
     for chunk in samples.chunks(batch_size.max(1)) {
-        tally.add(chunk, &model.predict(&pixels(chunk), 3));
+        let probs = probabilities(&pixels(chunk));
+        tally.add(chunk, &rank_probabilities(&probs, NUM_CLASSES, 3));
         progress(tally.images);
     }
     tally.summarise()

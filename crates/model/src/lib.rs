@@ -5,7 +5,8 @@
 //! the `fastcnn` CPU fast path built from the same weights; the ten class names ([`CLASSES`]);
 //! the single preprocessing path from encoded image bytes to a normalised tensor
 //! ([`preprocess`]); the record format the trained weights are saved in ([`record`]) and the
-//! helpers that turn logits into predictions ([`predict`](mod@predict)). Training, the HTTP
+//! helpers that turn logits into predictions ([`predict`](mod@predict)); and the wider networks
+//! trained only to teach it ([`teacher`]). Training, the HTTP
 //! server and the CLI all go through here, so they see the same pixels and the same weights.
 
 pub mod backend;
@@ -23,6 +24,7 @@ pub mod predict;
 pub mod preprocess;
 pub mod quantize;
 pub mod record;
+pub mod teacher;
 #[cfg(feature = "testdata")]
 pub mod testdata;
 
@@ -30,7 +32,7 @@ pub use backend::Backend;
 pub use classes::{CLASSES, NUM_CLASSES};
 pub use error::{ImageError, RecordError};
 pub use inference::{Gathered, Inference, Tta};
-pub use net::{Cnn, INPUT_SIZE, PARAMETER_COUNT, arch};
+pub use net::{Cnn, INPUT_SIZE, Network, PARAMETER_COUNT, arch};
 pub use predict::{Prediction, Ranked, predict, rank_logits, rank_probabilities, softmax};
 pub use preprocess::{DEFAULT_MAX_PIXELS, Header, IMAGE_BYTES, IMAGE_FLOATS, Preprocessor};
 pub use quantize::Precision;

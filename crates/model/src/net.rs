@@ -84,20 +84,43 @@ impl Cnn {
     }
 
     fn features_with(&self, images: Tensor<4>, fused: bool) -> Tensor<4> {
-        let x = self.conv_block(&self.conv1, images, fused);
-        self.conv_block(&self.conv2, x, fused)
+        let x = conv_block(&self.conv1, &self.pool, &self.relu, images, fused);
+        conv_block(&self.conv2, &self.pool, &self.relu, x, fused)
     }
+}
 
-    /// conv → ReLU → 2×2 max-pool.
-    fn conv_block(&self, conv: &Conv2d, x: Tensor<4>, fused: bool) -> Tensor<4> {
-        #[cfg(feature = "flex")]
-        if fused && let Some(y) = crate::fused::conv_relu_pool(conv, &self.pool, &x) {
-            return y;
-        }
-        #[cfg(not(feature = "flex"))]
-        let _ = fused;
-        self.pool.forward(self.relu.forward(conv.forward(x)))
+impl Network for Cnn {
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        Cnn::forward(self, images)
     }
+}
+
+/// What training needs of a network: logits `[batch, 10]` for normalised images
+/// `[batch, 3, 64, 64]`. The served [`Cnn`] and the teachers ([`crate::teacher`]) both train
+/// through it.
+pub trait Network:
+    Module + burn::module::ModuleDisplay + Clone + core::fmt::Debug + Send + 'static
+{
+    /// Logits for a batch of images.
+    fn forward(&self, images: Tensor<4>) -> Tensor<2>;
+}
+
+/// conv → ReLU → 2×2 max-pool: one fused op where [`crate::fused`] applies and `fused` asks for
+/// it, Burn's generic ops otherwise.
+pub(crate) fn conv_block(
+    conv: &Conv2d,
+    pool: &MaxPool2d,
+    relu: &Relu,
+    x: Tensor<4>,
+    fused: bool,
+) -> Tensor<4> {
+    #[cfg(feature = "flex")]
+    if fused && let Some(y) = crate::fused::conv_relu_pool(conv, pool, &x) {
+        return y;
+    }
+    #[cfg(not(feature = "flex"))]
+    let _ = fused;
+    pool.forward(relu.forward(conv.forward(x)))
 }
 
 /// The layers in one line, `→` between them (for `cnn info`).

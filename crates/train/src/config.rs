@@ -32,6 +32,10 @@ pub enum ScheduleKind {
 /// model"), chosen on the validation split (issue #15).
 #[derive(Config, Debug)]
 pub struct TrainConfig {
+    /// What to train: `cnn`, the served network, or a teacher to distil it from
+    /// ([`model::teacher::TeacherConfig::named`]: `teacher-s`, `teacher-m`).
+    #[config(default = "String::from(\"cnn\")")]
+    pub arch: String,
     /// Passes over the training split.
     #[config(default = 60)]
     pub epochs: usize,
@@ -97,6 +101,11 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
+    /// The teacher's shape when the run trains a teacher rather than the served network.
+    pub fn teacher(&self) -> Option<model::teacher::TeacherConfig> {
+        model::teacher::TeacherConfig::named(&self.arch)
+    }
+
     /// The seed of the validation hold-out: `valid_seed`, else `seed`.
     pub fn hold_out_seed(&self) -> u64 {
         self.valid_seed.unwrap_or(self.seed)
@@ -124,8 +133,9 @@ impl TrainConfig {
     /// One line describing the recipe, stored in the record's metadata.
     pub fn recipe(&self) -> String {
         format!(
-            "{:?} lr {} ({:?}, warm-up {} epoch(s), min {}), weight decay {}, batch {}, {} epochs, \
+            "{}: {:?} lr {} ({:?}, warm-up {} epoch(s), min {}), weight decay {}, batch {}, {} epochs, \
              label smoothing {}, augmentation {}, weight average {}, seed {}{}",
+            self.arch,
             self.optimizer,
             self.learning_rate,
             self.schedule,
@@ -182,6 +192,8 @@ mod tests {
         assert_eq!(config.ema_decay, 0.0);
         assert_eq!(config.valid_seed, None);
         assert_eq!(config.teacher_logits, None);
+        assert_eq!(config.arch, "cnn");
+        assert!(config.teacher().is_none());
         assert_eq!(config.hold_out_seed(), 42);
         assert_eq!(config.with_valid_seed(Some(7)).hold_out_seed(), 7);
     }

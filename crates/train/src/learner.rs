@@ -10,22 +10,23 @@ use burn::optim::ModuleOptimizer;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
-use model::Cnn;
+use model::Network;
 
 use crate::batcher::CifarBatch;
 
-/// The CNN plus its training loss and, when asked, the moving average of its weights. The
-/// record saved for serving holds one `Cnn`: the average where there is one.
+/// A network (the served CNN, or a teacher) plus its training loss and, when asked, the
+/// moving average of its weights. The record saved holds one network: the average where there
+/// is one.
 ///
 /// The average is a module field rather than state beside the Learner so that Burn's
 /// checkpoints carry it (a resumed run continues the same average) and validation, which runs
 /// [`InferenceStep`] on this struct, measures the network that will be served.
 #[derive(Module, Debug)]
-pub struct Classifier {
+pub struct Classifier<N: Network> {
     /// The network the optimiser trains.
-    pub net: Cnn,
+    pub net: N,
     /// Moving average of `net`'s weights; never receives gradients, so optimisers pass it by.
-    pub ema: Option<Cnn>,
+    pub ema: Option<N>,
     loss: CrossEntropyLoss,
     /// Weight of the old average at each step (0.999: about the last thousand steps count).
     ema_decay: f64,
@@ -36,9 +37,9 @@ pub struct Classifier {
     distill_weight: f64,
 }
 
-impl Classifier {
+impl<N: Network> Classifier<N> {
     /// `ema_decay` in (0, 1) keeps an average; 0 keeps none.
-    pub fn new(net: Cnn, label_smoothing: f32, ema_decay: f64, device: &Device) -> Self {
+    pub fn new(net: N, label_smoothing: f32, ema_decay: f64, device: &Device) -> Self {
         let smoothing = (label_smoothing > 0.0).then_some(label_smoothing);
         let loss = CrossEntropyLossConfig::new()
             .with_smoothing(smoothing)
@@ -64,16 +65,16 @@ impl Classifier {
     }
 
     /// The network to evaluate and serve: the average when kept, else the trained weights.
-    pub fn served(&self) -> &Cnn {
+    pub fn served(&self) -> &N {
         self.ema.as_ref().unwrap_or(&self.net)
     }
 
     /// Consumes the classifier, returning [`Classifier::served`].
-    pub fn into_served(self) -> Cnn {
+    pub fn into_served(self) -> N {
         self.ema.unwrap_or(self.net)
     }
 
-    fn classify(&self, net: &Cnn, batch: CifarBatch) -> ClassificationOutput {
+    fn classify(&self, net: &N, batch: CifarBatch) -> ClassificationOutput {
         let output = net.forward(batch.images);
         let mut loss = self.loss.forward(output.clone(), batch.targets.clone());
         // Validation batches carry no teacher: their loss is the labels' cross-entropy alone
@@ -98,7 +99,7 @@ pub fn distillation_loss(student: Tensor<2>, teacher: Tensor<2>, temperature: f6
     kl.mean() * (temperature * temperature)
 }
 
-impl TrainStep for Classifier {
+impl<N: Network> TrainStep for Classifier<N> {
     type Input = CifarBatch;
     type Output = ClassificationOutput;
 
@@ -122,7 +123,7 @@ impl TrainStep for Classifier {
     }
 }
 
-impl InferenceStep for Classifier {
+impl<N: Network> InferenceStep for Classifier<N> {
     type Input = CifarBatch;
     type Output = ClassificationOutput;
 
@@ -133,7 +134,7 @@ impl InferenceStep for Classifier {
 
 /// A copy of `net` with parameters of its own: new ids (an optimiser keys its state and the
 /// gradients by id, so a plain clone would be trained as the network itself) and no gradients.
-pub fn detached_copy(net: &Cnn) -> Cnn {
+pub fn detached_copy<N: Network>(net: &N) -> N {
     struct Fresh;
     impl ModuleMapper for Fresh {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
@@ -145,7 +146,7 @@ pub fn detached_copy(net: &Cnn) -> Cnn {
 
 /// `average · decay + current · (1 − decay)`, parameter by parameter, outside the autodiff
 /// graph. Both modules are the same architecture, so their parameters visit in the same order.
-pub fn blend(average: Cnn, current: &Cnn, decay: f64) -> Cnn {
+pub fn blend<N: Network>(average: N, current: &N, decay: f64) -> N {
     struct Collect(Vec<Tensor<1>>);
     impl ModuleVisitor for Collect {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
@@ -181,7 +182,7 @@ pub fn blend(average: Cnn, current: &Cnn, decay: f64) -> Cnn {
 mod tests {
     use super::*;
 
-    fn values(net: &Cnn) -> Vec<f32> {
+    fn values(net: &model::Cnn) -> Vec<f32> {
         struct All(Vec<f32>);
         impl ModuleVisitor for All {
             fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

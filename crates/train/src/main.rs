@@ -46,6 +46,10 @@ struct Args {
     /// Continue the run in this folder from its last complete checkpoint, with its recipe.
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
+    /// What to train: cnn (the served network) or a teacher to distil it from (teacher-s:
+    /// 32, 64, 128 channels; teacher-m: 64, 128, 256; both at 32×32, never served).
+    #[arg(long, default_value_t = recipe().arch, value_parser = arch)]
+    arch: String,
     #[arg(long, default_value_t = recipe().epochs)]
     epochs: usize,
     #[arg(long, default_value_t = recipe().batch_size)]
@@ -118,6 +122,18 @@ fn positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("expected a number above 0, got '{s}'")),
+    }
+}
+
+/// `cnn` or a teacher's name.
+fn arch(s: &str) -> Result<String, String> {
+    if s == "cnn" || model::teacher::TeacherConfig::named(s).is_some() {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "expected cnn or one of {}, got '{s}'",
+            model::teacher::TEACHERS.join(", ")
+        ))
     }
 }
 
@@ -227,6 +243,7 @@ fn run(args: &Args) -> Result<()> {
         }
         None => {
             let config = TrainConfig::new()
+                .with_arch(args.arch.clone())
                 .with_epochs(args.epochs)
                 .with_batch_size(args.batch_size)
                 .with_learning_rate(args.lr)

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
 use burn::lr_scheduler::LrSchedulerConfig;
 use burn::lr_scheduler::constant::ConstantLr;
@@ -21,18 +21,18 @@ use burn::train::{Learner, SupervisedTraining};
 use model::dataset::{self, OnCorrupt, Sample};
 use model::eval::{Evaluation, evaluate};
 use model::quantize;
-use model::{Backend, Inference, RecordMeta, save_model};
+use model::{Backend, Inference, Network, RecordMeta, save_model};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use serde::Serialize;
 
-use crate::batcher::{CifarBatcher, numbered};
+use crate::batcher::{CifarBatch, CifarBatcher, numbered};
 use crate::checkpoint::{AtomicCheckpointer, latest_complete, remove_partial, write_atomic};
 use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
 use crate::learner::Classifier;
 use crate::renderer::RunRenderer;
-use crate::teacher::TeacherLogits;
+use crate::teacher::{Answers as _, TeacherLogits};
 
 // File names inside a run folder.
 
@@ -43,6 +43,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// The trained network's record, ready for the server and the CLI.
 pub const RECORD_FILE: &str = "model.safetensors";
+/// A teacher run's record (`--arch teacher-…`), for `train teach`; never served.
+pub const TEACHER_RECORD_FILE: &str = "teacher.safetensors";
 /// The test-set evaluation ([`TestReport`]), when the run evaluated one.
 pub const TEST_FILE: &str = "test.json";
 /// Burn's per-epoch checkpoints (model, optimiser, scheduler), what `--resume` continues from.
@@ -193,45 +195,15 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         .num_workers(config.workers)
         .build(InMemDataset::new(valid_items));
 
-    let mut training = SupervisedTraining::new(&opts.out, loader_train, loader_valid)
-        // Burn would install a global subscriber of its own writing to experiment.log; the
-        // binary's (stderr, RUST_LOG) has them, and a library leaves the choice to its caller.
-        .with_application_logger(None)
-        .metrics((AccuracyMetric::new(), LossMetric::new()))
-        .metric_train_numeric(LearningRateMetric::new())
-        .with_custom_checkpointers(
-            AtomicCheckpointer::new(&ckpt_dir, "model"),
-            AtomicCheckpointer::new(&ckpt_dir, "optim"),
-            AtomicCheckpointer::new(&ckpt_dir, "scheduler"),
-        )
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
-        .num_epochs(config.epochs)
-        .summary();
-    let renderer = RunRenderer::new(
-        &opts.out.join(METRICS_FILE),
-        training.interrupter(),
-        resume_epoch,
-        opts.plain,
-    )?;
-    let metrics_failure = renderer.failure();
-    training = training.renderer(Box::new(renderer));
-    if let Some(epoch) = resume_epoch {
-        training = training.checkpoint(epoch);
+    let loaders = (loader_train, loader_valid);
+    if let Some(shape) = config.teacher() {
+        device.seed(config.seed);
+        let net = shape.init(&autodiff);
+        let net = fit(net, config, opts, loaders, resume_epoch, steps_per_epoch)?;
+        return finish_teacher(&net, &shape, &valid, opts);
     }
-
     let net = initial_weights(config.seed, &autodiff)?;
-    let classifier = Classifier::new(net, config.label_smoothing, config.ema_decay, &autodiff)
-        .with_distillation(config.distill_temperature, config.distill_weight);
-    let learner = Learner::new(
-        classifier,
-        optimizer(config),
-        scheduler(config, steps_per_epoch)?,
-    );
-    let result = training.launch(learner);
-    if let Some(why) = metrics_failure.take() {
-        bail!("{why}; the run stopped (resume it with --resume once the log can be written)");
-    }
-    let net = result.model.into_served();
+    let net = fit(net, config, opts, loaders, resume_epoch, steps_per_epoch)?;
 
     // Evaluate with the CPU fast path where built: same weights, several times faster.
     let engine = if Backend::available().contains(&Backend::Fast) {
@@ -303,6 +275,94 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     Ok(RunSummary {
         valid,
         test: Some(evaluation),
+    })
+}
+
+/// The training and validation batches of a run.
+type Loaders = (
+    Arc<dyn DataLoader<CifarBatch>>,
+    Arc<dyn DataLoader<CifarBatch>>,
+);
+
+/// Trains `net` with Burn's Learner (checkpoints, metrics log, progress) by `config`'s recipe,
+/// from the checkpoint of `resume_epoch` when given, and returns the network to keep: the
+/// weight average where the recipe keeps one.
+fn fit<N: Network>(
+    net: N,
+    config: &TrainConfig,
+    opts: &RunOptions,
+    (loader_train, loader_valid): Loaders,
+    resume_epoch: Option<usize>,
+    steps_per_epoch: usize,
+) -> Result<N> {
+    let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
+    let mut training = SupervisedTraining::new(&opts.out, loader_train, loader_valid)
+        // Burn would install a global subscriber of its own writing to experiment.log; the
+        // binary's (stderr, RUST_LOG) has them, and a library leaves the choice to its caller.
+        .with_application_logger(None)
+        .metrics((AccuracyMetric::new(), LossMetric::new()))
+        .metric_train_numeric(LearningRateMetric::new())
+        .with_custom_checkpointers(
+            AtomicCheckpointer::new(&ckpt_dir, "model"),
+            AtomicCheckpointer::new(&ckpt_dir, "optim"),
+            AtomicCheckpointer::new(&ckpt_dir, "scheduler"),
+        )
+        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        .num_epochs(config.epochs)
+        .summary();
+    let renderer = RunRenderer::new(
+        &opts.out.join(METRICS_FILE),
+        training.interrupter(),
+        resume_epoch,
+        opts.plain,
+    )?;
+    let metrics_failure = renderer.failure();
+    training = training.renderer(Box::new(renderer));
+    if let Some(epoch) = resume_epoch {
+        training = training.checkpoint(epoch);
+    }
+
+    let device = net
+        .devices()
+        .into_iter()
+        .next()
+        .context("the network has no device")?;
+    let classifier = Classifier::new(net, config.label_smoothing, config.ema_decay, &device)
+        .with_distillation(config.distill_temperature, config.distill_weight);
+    let learner = Learner::new(
+        classifier,
+        optimizer(config),
+        scheduler(config, steps_per_epoch)?,
+    );
+    let result = training.launch(learner);
+    if let Some(why) = metrics_failure.take() {
+        bail!("{why}; the run stopped (resume it with --resume once the log can be written)");
+    }
+    Ok(result.model.into_served())
+}
+
+/// A trained teacher's end: its validation accuracy (Burn's forward on the CPU backend, the
+/// fused blocks), its record `teacher.safetensors` and the plots. A teacher never meets the
+/// test set: it is chosen on validation and never ships.
+fn finish_teacher(
+    net: &model::teacher::TeacherNet,
+    shape: &model::teacher::TeacherConfig,
+    valid: &[Sample],
+    opts: &RunOptions,
+) -> Result<RunSummary> {
+    let answers = crate::teacher::WideTeacher::new(net);
+    let evaluation =
+        model::eval::evaluate_probabilities(|x| answers.probabilities(x), valid, 256, |_| {});
+    println!(
+        "validation accuracy {:.2}% on {} images",
+        evaluation.accuracy * 100.0,
+        evaluation.images
+    );
+    model::teacher::save_teacher(answers.net(), shape, &opts.out.join(TEACHER_RECORD_FILE))?;
+    plot(&opts.out)?;
+    Ok(RunSummary {
+        valid: evaluation,
+        test: None,
     })
 }
 

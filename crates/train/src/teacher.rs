@@ -5,9 +5,10 @@
 //! crop padding of 2 px), so instead of running a teacher beside every student step, its
 //! answers are computed once and the student's loss reads the answer for exactly the view it
 //! was given ("consistent" distillation: Beyer et al., arXiv 2106.05237, find that a student
-//! must see the teacher's answer for its own view). The teacher is an ensemble of records,
-//! averaged in probability; what is stored is the log of that mean, in fp16: 50,000 images ×
-//! 50 views × 10 classes × 2 bytes = 50 MB.
+//! must see the teacher's answer for its own view). The teacher is an ensemble of records (the
+//! served network's, or wider teachers' from `train --arch teacher-…`), averaged in
+//! probability; what is stored is the log of that mean, in fp16: 50,000 images × 50 views × 10
+//! classes × 2 bytes = 50 MB.
 //!
 //! The file is keyed by the image's position in the data set's training split as
 //! [`model::dataset`] reads it, and carries a fingerprint of those images and labels, so a
@@ -18,9 +19,12 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::prelude::*;
+use burn::tensor::activation::softmax;
 use half::f16;
 use model::dataset::{self, OnCorrupt, Sample};
-use model::{Backend, Inference, NUM_CLASSES};
+use model::teacher::{TeacherNet, load_teacher, teacher_config};
+use model::{Backend, IMAGE_FLOATS, INPUT_SIZE, Inference, NUM_CLASSES, Network};
 
 use crate::batcher::{View, render};
 
@@ -74,6 +78,74 @@ pub enum TeacherError {
     Empty,
 }
 
+/// A network that can teach: class probabilities (`n × classes`, row-major) for preprocessed
+/// images (`n × 3 × 64 × 64` floats).
+pub trait Answers {
+    /// The probabilities of every class for each image of `pixels`.
+    fn probabilities(&self, pixels: &[f32]) -> Vec<f32>;
+}
+
+/// A served network's record, on the engine that runs it (the fast path where built).
+impl Answers for Inference {
+    fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
+        Inference::probabilities(self, pixels)
+    }
+}
+
+/// A wider teacher ([`model::teacher`]), run by Burn on the CPU backend (its fused blocks):
+/// the fast path runs the served network's shape only.
+pub struct WideTeacher {
+    net: TeacherNet,
+    device: burn::tensor::Device,
+}
+
+/// Images per forward pass of a wide teacher: bounds its working memory (a 64-channel map of
+/// 32×32 floats is 256 KiB an image, several of them alive at once).
+const WIDE_BATCH: usize = 256;
+
+impl WideTeacher {
+    /// A copy of `net` without gradients, on the CPU backend's device.
+    pub fn new(net: &TeacherNet) -> Self {
+        let device = Backend::default().device();
+        let net = net.valid().to_device(&device);
+        Self { net, device }
+    }
+
+    /// The teacher record at `path`.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        Ok(Self::new(&load_teacher(
+            path,
+            &Backend::default().device(),
+        )?))
+    }
+
+    /// The network.
+    pub fn net(&self) -> &TeacherNet {
+        &self.net
+    }
+}
+
+impl Answers for WideTeacher {
+    fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
+        let mut out = Vec::with_capacity(pixels.len() / IMAGE_FLOATS * NUM_CLASSES);
+        for chunk in pixels.chunks(WIDE_BATCH * IMAGE_FLOATS) {
+            let n = chunk.len() / IMAGE_FLOATS;
+            let x = Tensor::<4>::from_data(
+                TensorData::new(chunk.to_vec(), [n, 3, INPUT_SIZE, INPUT_SIZE]),
+                &self.device,
+            );
+            let probs = softmax(self.net.forward(x), 1);
+            out.extend(
+                probs
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .expect("a float tensor's data are floats"),
+            );
+        }
+        out
+    }
+}
+
 /// The teacher's log-probabilities for every view of every training image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TeacherLogits {
@@ -89,7 +161,7 @@ impl TeacherLogits {
     /// in the data set's order) and keeps the log of their mean probabilities. `progress` is
     /// told how many images are done.
     pub fn compute(
-        teachers: &[Inference],
+        teachers: &[Box<dyn Answers>],
         samples: &[Sample],
         pad: u32,
         mut progress: impl FnMut(usize),
@@ -317,11 +389,18 @@ pub fn teach(
     let engine = Backend::default_inference();
     let teachers = records
         .iter()
-        .map(|path| {
-            // A run folder's record is its one `*.safetensors` file (`model::record::find`).
-            let (net, _) = model::load_model(path, &engine.device())
-                .with_context(|| format!("cannot load teacher record {}", path.display()))?;
-            Ok(Inference::new(net, engine)?)
+        .map(|path| -> anyhow::Result<Box<dyn Answers>> {
+            let load = || -> anyhow::Result<Box<dyn Answers>> {
+                // A run folder's record is its one `*.safetensors` file (`model::record::find`):
+                // a teacher run's `teacher.safetensors`, a served network's `model.safetensors`.
+                let file = model::record::find(path)?;
+                if teacher_config(&file)?.is_some() {
+                    return Ok(Box::new(WideTeacher::load(&file)?));
+                }
+                let (net, _) = model::load_model(&file, &engine.device())?;
+                Ok(Box::new(Inference::new(net, engine)?))
+            };
+            load().with_context(|| format!("cannot load teacher record {}", path.display()))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let train = dataset::detect(data)?.train(on_corrupt)?;
@@ -455,9 +534,11 @@ mod tests {
                 model::Cnn::init(&device)
             })
             .collect();
-        let teachers: Vec<Inference> = nets
+        let teachers: Vec<Box<dyn Answers>> = nets
             .iter()
-            .map(|n| Inference::new(n.clone(), Backend::default()).unwrap())
+            .map(|n| -> Box<dyn Answers> {
+                Box::new(Inference::new(n.clone(), Backend::default()).unwrap())
+            })
             .collect();
         let logits = TeacherLogits::compute(&teachers, &data, 1, |_| {}).unwrap();
         assert_eq!(logits.images(), 3);

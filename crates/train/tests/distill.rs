@@ -1,14 +1,17 @@
 //! Distillation end to end: `train teach` writes a teacher's answers for every view of every
 //! training image, `train --teacher-logits` learns from them, and a teacher file made for other
-//! data, or damaged, is refused before any training.
+//! data, or damaged, is refused before any training; a wider teacher (`--arch teacher-s`)
+//! trains, resumes and teaches.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use model::dataset::{self, OnCorrupt};
 use model::{Backend, Inference, NUM_CLASSES};
 use train::batcher::View;
-use train::teacher::TeacherLogits;
+use train::metrics_log::read_metrics;
+use train::teacher::{Answers, TeacherLogits, WideTeacher};
 
 use crate::train::{ok, small_folders, train};
 
@@ -191,5 +194,99 @@ fn a_teacher_for_other_data_or_a_damaged_one_is_refused_before_training() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(why), "{flag}: {err}");
+    }
+}
+
+/// A wider teacher trains with the same binary (`--arch teacher-s`), survives being killed and
+/// resumed, keeps a teacher's record that the served network's loader refuses, and `train
+/// teach` averages it with a served network's record.
+#[test]
+fn a_wider_teacher_trains_resumes_and_teaches() {
+    let tmp = small_folders();
+    let data = tmp.path();
+    let run = data.join("teacher");
+    let args = [
+        "--arch",
+        "teacher-s",
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--epochs",
+        "4",
+        "--no-test",
+    ];
+    let mut child = train(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = run.join("checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while train::checkpoint::latest_complete(&ckpt).is_none() {
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = train::checkpoint::latest_complete(&ckpt).unwrap();
+    let log = ok(&Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--plain", "--no-test", "--data", data.to_str().unwrap()])
+        .args(["--resume", run.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(
+        log.contains(&format!("resuming after epoch {done}")),
+        "{log}"
+    );
+    assert!(log.contains("validation accuracy"), "{log}");
+    let epochs: Vec<usize> = read_metrics(&run.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| m.epoch)
+        .collect();
+    assert_eq!(epochs, [1, 2, 3, 4]);
+    let record = run.join("teacher.safetensors");
+    assert!(!run.join("model.safetensors").exists());
+    let shape = model::teacher::teacher_config(&record).unwrap().unwrap();
+    assert_eq!(
+        Some(shape),
+        model::teacher::TeacherConfig::named("teacher-s")
+    );
+    let refused = model::load_model(&record, &Backend::default().device()).unwrap_err();
+    assert!(refused.to_string().contains("cifar_cnn"), "{refused}");
+
+    // An ensemble of the teacher run (a folder) and the shipped record.
+    let file = data.join("answers.bin");
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/model.safetensors");
+    let log = ok(&Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["teach", run.to_str().unwrap(), shipped.to_str().unwrap()])
+        .args(["--crop-padding", "1", "--data", data.to_str().unwrap()])
+        .args(["--out", file.to_str().unwrap()])
+        .output()
+        .unwrap());
+    assert!(log.contains("teaching with 2 record(s)"), "{log}");
+    let samples = training_split(data);
+    let answers = TeacherLogits::load(&file).unwrap();
+    answers.check(&file, &samples, 1).unwrap();
+    let wide = WideTeacher::load(&record).unwrap();
+    let (net, _) = model::load_model(&shipped, &Backend::default().device()).unwrap();
+    let served = Inference::new(net, Backend::default()).unwrap();
+    let pixels = train::batcher::CifarBatcher::new(None, 0).pixels(&samples[..20]);
+    let (a, b) = (wide.probabilities(&pixels), served.probabilities(&pixels));
+    let mut answer = [0.0f32; NUM_CLASSES];
+    for i in 0..20 {
+        answers.read(i, View::PLAIN, &mut answer);
+        for c in 0..NUM_CLASSES {
+            let mean = f32::midpoint(a[i * NUM_CLASSES + c], b[i * NUM_CLASSES + c]);
+            assert!(
+                (answer[c].exp() - mean).abs() < 3e-3,
+                "image {i}: {answer:?} vs the mean {mean} of class {c}"
+            );
+        }
     }
 }
