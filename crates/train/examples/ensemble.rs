@@ -13,7 +13,7 @@ fn main() -> Result<()> {
     let v = Validation::from_args("ensemble")?;
     let mut sum = vec![0.0f32; v.valid.len() * model::NUM_CLASSES];
     for (k, record) in v.records.iter().enumerate() {
-        let probs = probabilities(&load(record)?, &v.pixels);
+        let probs = probabilities(&*load(record)?, &v.pixels);
         for (s, p) in sum.iter_mut().zip(&probs) {
             *s += p;
         }

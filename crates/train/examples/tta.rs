@@ -46,7 +46,7 @@ fn main() -> Result<()> {
             let started = std::time::Instant::now();
             let mut sum = vec![0.0f32; v.valid.len() * NUM_CLASSES];
             for &(dx, dy, flip) in views {
-                let probs = probabilities(&net, &shifted(&v.pixels, dx, dy, flip));
+                let probs = probabilities(&*net, &shifted(&v.pixels, dx, dy, flip));
                 for (s, p) in sum.iter_mut().zip(probs) {
                     *s += p;
                 }

@@ -26,6 +26,9 @@ pub enum ScheduleKind {
     Constant,
 }
 
+/// `--arch` of the served network (the other values name teachers).
+pub const CNN: &str = "cnn";
+
 /// Everything that decides what a run learns. Saved in the run folder so that `--resume`
 /// continues with the same recipe and a record can say how it was made. The defaults are the
 /// shipped model's recipe (`cargo run -p train` with no flags trains it; README, "The shipped
@@ -34,7 +37,7 @@ pub enum ScheduleKind {
 pub struct TrainConfig {
     /// What to train: `cnn`, the served network, or a teacher to distil it from
     /// ([`model::teacher::TeacherConfig::named`]: `teacher-s`, `teacher-m`).
-    #[config(default = "String::from(\"cnn\")")]
+    #[config(default = "String::from(CNN)")]
     pub arch: String,
     /// Passes over the training split.
     #[config(default = 60)]
@@ -192,7 +195,7 @@ mod tests {
         assert_eq!(config.ema_decay, 0.0);
         assert_eq!(config.valid_seed, None);
         assert_eq!(config.teacher_logits, None);
-        assert_eq!(config.arch, "cnn");
+        assert_eq!(config.arch, CNN);
         assert!(config.teacher().is_none());
         assert_eq!(config.hold_out_seed(), 42);
         assert_eq!(config.with_valid_seed(Some(7)).hold_out_seed(), 7);

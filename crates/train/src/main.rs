@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use model::Backend;
 use model::dataset::OnCorrupt;
-use train::config::{OptimizerKind, ScheduleKind};
+use train::config::{CNN, OptimizerKind, ScheduleKind};
 use train::download::{self, Checksum, DownloadOptions};
 use train::run::{CONFIG_FILE, default_run_dir};
 use train::{RunOptions, TrainConfig};
@@ -65,8 +65,8 @@ struct Args {
     schedule: ScheduleKind,
     #[arg(long, default_value_t = recipe().warmup_epochs)]
     warmup_epochs: usize,
-    /// Label smoothing of the cross-entropy [default: 0.1, or 0 when distilling: smoothed
-    /// teachers and students distil worse (Müller et al., arXiv 1906.02629)].
+    /// Label smoothing of the cross-entropy [default: 0.1, or 0 when distilling or training a
+    /// teacher: smoothed teachers and students distil worse (Müller et al., arXiv 1906.02629)].
     #[arg(long)]
     label_smoothing: Option<f32>,
     /// Turn off random crop and flip.
@@ -127,11 +127,11 @@ fn positive(s: &str) -> Result<f64, String> {
 
 /// `cnn` or a teacher's name.
 fn arch(s: &str) -> Result<String, String> {
-    if s == "cnn" || model::teacher::TeacherConfig::named(s).is_some() {
+    if s == CNN || model::teacher::TeacherConfig::named(s).is_some() {
         Ok(s.to_string())
     } else {
         Err(format!(
-            "expected cnn or one of {}, got '{s}'",
+            "expected {CNN} or one of {}, got '{s}'",
             model::teacher::TEACHERS.join(", ")
         ))
     }
@@ -252,7 +252,7 @@ fn run(args: &Args) -> Result<()> {
                 .with_schedule(args.schedule)
                 .with_warmup_epochs(args.warmup_epochs)
                 .with_label_smoothing(args.label_smoothing.unwrap_or(
-                    if args.teacher_logits.is_some() {
+                    if args.teacher_logits.is_some() || args.arch != CNN {
                         0.0
                     } else {
                         recipe().label_smoothing
@@ -304,6 +304,11 @@ fn run(args: &Args) -> Result<()> {
             eval.images,
         );
     }
-    println!("record {}", out.join(train::run::RECORD_FILE).display());
+    let record = if config.teacher().is_some() {
+        train::run::TEACHER_RECORD_FILE
+    } else {
+        train::run::RECORD_FILE
+    };
+    println!("record {}", out.join(record).display());
     Ok(())
 }

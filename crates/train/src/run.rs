@@ -197,7 +197,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     let loaders = (loader_train, loader_valid);
     if let Some(shape) = config.teacher() {
-        device.seed(config.seed);
+        // Drawn from the generator seeded above, as the served network's are from its own.
         let net = shape.init(&autodiff);
         let net = fit(net, config, opts, loaders, resume_epoch, steps_per_epoch)?;
         return finish_teacher(&net, &shape, &valid, opts);
@@ -359,6 +359,9 @@ fn finish_teacher(
         evaluation.images
     );
     model::teacher::save_teacher(answers.net(), shape, &opts.out.join(TEACHER_RECORD_FILE))?;
+    if opts.test {
+        println!("a teacher is not evaluated on the test set: it is chosen on validation");
+    }
     plot(&opts.out)?;
     Ok(RunSummary {
         valid: evaluation,

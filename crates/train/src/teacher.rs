@@ -376,6 +376,22 @@ pub fn fingerprint(samples: &[Sample]) -> u64 {
     hash
 }
 
+/// A record that can teach, from a file or a run folder holding one (`model::record::find`):
+/// a teacher run's `teacher.safetensors` ([`WideTeacher`]), or a served network's record on
+/// `engine` (the fast path where built).
+pub fn load_answers(path: &Path, engine: Backend) -> anyhow::Result<Box<dyn Answers>> {
+    use anyhow::Context as _;
+    let load = || -> anyhow::Result<Box<dyn Answers>> {
+        let file = model::record::find(path)?;
+        if teacher_config(&file)?.is_some() {
+            return Ok(Box::new(WideTeacher::load(&file)?));
+        }
+        let (net, _) = model::load_model(&file, &engine.device())?;
+        Ok(Box::new(Inference::new(net, engine)?))
+    };
+    load().with_context(|| format!("cannot load teacher record {}", path.display()))
+}
+
 /// `train teach`: averages `records` (files, or run folders holding one) over every view of
 /// every training image of `data` and writes the answers to `out`.
 pub fn teach(
@@ -385,23 +401,10 @@ pub fn teach(
     out: &Path,
     on_corrupt: OnCorrupt,
 ) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let engine = Backend::default_inference();
     let teachers = records
         .iter()
-        .map(|path| -> anyhow::Result<Box<dyn Answers>> {
-            let load = || -> anyhow::Result<Box<dyn Answers>> {
-                // A run folder's record is its one `*.safetensors` file (`model::record::find`):
-                // a teacher run's `teacher.safetensors`, a served network's `model.safetensors`.
-                let file = model::record::find(path)?;
-                if teacher_config(&file)?.is_some() {
-                    return Ok(Box::new(WideTeacher::load(&file)?));
-                }
-                let (net, _) = model::load_model(&file, &engine.device())?;
-                Ok(Box::new(Inference::new(net, engine)?))
-            };
-            load().with_context(|| format!("cannot load teacher record {}", path.display()))
-        })
+        .map(|path| load_answers(path, engine))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let train = dataset::detect(data)?.train(on_corrupt)?;
     let started = Instant::now();

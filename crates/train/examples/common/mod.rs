@@ -1,11 +1,12 @@
 //! What the validation examples share: their command line (`DATA VALID_SEED RECORD...`), the
-//! hold-out `train` makes with that seed, preprocessed as training validates it, the records on
-//! the fast path, and the accuracy of (summed) probabilities. Never the test set.
+//! hold-out `train` makes with that seed, preprocessed as training validates it, the records (on
+//! the fast path, or wide teachers), and the accuracy of (summed) probabilities. Never the test set.
 
 use anyhow::{Context, Result};
 use model::dataset::{self, OnCorrupt, Sample};
-use model::{Backend, IMAGE_FLOATS, Inference, NUM_CLASSES};
+use model::{Backend, IMAGE_FLOATS, NUM_CLASSES};
 use train::batcher::CifarBatcher;
+use train::teacher::Answers;
 
 /// The validation hold-out of the command line's data and seed, and the records to measure.
 pub struct Validation {
@@ -51,14 +52,13 @@ impl Validation {
     }
 }
 
-/// A record (file or folder) on the fast path.
-pub fn load(record: &str) -> Result<Inference> {
-    let (net, _) = model::load_model(record.as_ref(), &Backend::Fast.device())?;
-    Ok(Inference::new(net, Backend::Fast)?)
+/// A record (file or folder): a served network's on the fast path, or a wide teacher's.
+pub fn load(record: &str) -> Result<Box<dyn Answers>> {
+    train::teacher::load_answers(record.as_ref(), Backend::Fast)
 }
 
 /// `net`'s probabilities for `pixels`, 256 images at a time.
-pub fn probabilities(net: &Inference, pixels: &[f32]) -> Vec<f32> {
+pub fn probabilities(net: &dyn Answers, pixels: &[f32]) -> Vec<f32> {
     pixels
         .chunks(256 * IMAGE_FLOATS)
         .flat_map(|batch| net.probabilities(batch))
