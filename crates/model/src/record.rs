@@ -222,6 +222,17 @@ pub fn inspect(bytes: &[u8]) -> Result<RecordMeta, RecordError> {
     let tensors =
         SafeTensors::deserialize(bytes).map_err(|e| RecordError::Format(e.to_string()))?;
 
+    if header
+        .metadata()
+        .as_ref()
+        .is_some_and(|m| m.contains_key(crate::teacher::TEACHER_META_KEY))
+    {
+        return Err(RecordError::Metadata(
+            "this is a teacher's record (`train --arch teacher-…`), trained only to distil the \
+             served network from; it is never served"
+                .to_string(),
+        ));
+    }
     let meta_json = header
         .metadata()
         .as_ref()

@@ -38,35 +38,46 @@ pub struct TeacherConfig {
     pub side: usize,
 }
 
-/// The names [`TeacherConfig::named`] knows.
-pub const TEACHERS: [&str; 2] = ["teacher-s", "teacher-m"];
+/// The named teachers `train --arch` offers, with each block's channels; both see 32×32 and
+/// have 256 hidden units.
+const NAMED: [(&str, [usize; 3]); 2] =
+    [("teacher-s", [32, 64, 128]), ("teacher-m", [64, 128, 256])];
+
+/// The largest width or hidden layer a record may ask for: far above any teacher worth
+/// training here, and low enough that no layer's size overflows.
+const MAX_WIDTH: usize = 4096;
+
+/// The largest safetensors header read to tell a teacher's record (its JSON; a record's is a
+/// few kilobytes).
+const MAX_HEADER_BYTES: u64 = 1 << 20;
 
 impl TeacherConfig {
-    /// The named teachers `train --arch` offers: `teacher-s` (32, 64, 128 channels) and
-    /// `teacher-m` (64, 128, 256), both at 32×32 with 256 hidden units.
+    /// The teacher `train --arch NAME` trains ([`teachers`] lists the names).
     pub fn named(name: &str) -> Option<Self> {
-        match name {
-            "teacher-s" => Some(Self::new(vec![32, 64, 128])),
-            "teacher-m" => Some(Self::new(vec![64, 128, 256])),
-            _ => None,
-        }
+        NAMED
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, widths)| Self::new(widths.to_vec()))
     }
 
-    /// Checks that the shape can be built: at least one block, every width positive, and a
-    /// side that divides 64 and stays even through every block.
+    /// Checks that the shape can be built: at least one block, every width positive and at
+    /// most 4096, and a side that divides 64 and stays even through every block.
     pub fn check(&self) -> Result<(), String> {
-        let halvings = self.widths.len() as u32;
-        if self.widths.is_empty() || self.widths.contains(&0) || self.hidden == 0 {
-            return Err(format!(
-                "{self:?}: needs at least one block and positive widths"
-            ));
-        }
-        if self.side == 0
-            || !INPUT_SIZE.is_multiple_of(self.side)
-            || !self.side.is_multiple_of(1 << halvings)
+        let sizes_ok = |v: usize| (1..=MAX_WIDTH).contains(&v);
+        if self.widths.is_empty()
+            || !self.widths.iter().all(|w| sizes_ok(*w))
+            || !sizes_ok(self.hidden)
         {
             return Err(format!(
-                "{self:?}: the side must divide {INPUT_SIZE} and halve {halvings} times"
+                "{self:?}: needs at least one block, and widths from 1 to {MAX_WIDTH}"
+            ));
+        }
+        // Each block halves the side: it must stay even as often as there are blocks.
+        let halvings = self.side.trailing_zeros() as usize;
+        if self.side == 0 || !INPUT_SIZE.is_multiple_of(self.side) || halvings < self.widths.len() {
+            return Err(format!(
+                "{self:?}: the side must divide {INPUT_SIZE} and halve {} times",
+                self.widths.len()
             ));
         }
         Ok(())
@@ -122,16 +133,28 @@ pub struct TeacherNet {
 
 impl Network for TeacherNet {
     fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward_with(images, true)
+    }
+}
+
+impl TeacherNet {
+    /// Logits, the blocks fused where they can be (`fused`) or as Burn's generic ops.
+    fn forward_with(&self, images: Tensor<4>, fused: bool) -> Tensor<2> {
         let mut x = match &self.shrink {
             Some(shrink) => shrink.forward(images),
             None => images,
         };
         for conv in &self.blocks {
-            x = conv_block(conv, &self.pool, &self.relu, x, true);
+            x = conv_block(conv, &self.pool, &self.relu, x, fused);
         }
         let x: Tensor<2> = x.flatten(1, 3);
         self.fc2.forward(self.relu.forward(self.fc1.forward(x)))
     }
+}
+
+/// The names [`TeacherConfig::named`] knows.
+pub fn teachers() -> impl Iterator<Item = &'static str> {
+    NAMED.iter().map(|(name, _)| *name)
 }
 
 /// Writes a teacher and its shape to `path` (safetensors, the shape under
@@ -149,18 +172,32 @@ pub fn save_teacher(
 }
 
 /// The teacher's shape when the safetensors file at `path` is a teacher's record; `None` for
-/// any other record (a served network's).
+/// any other record (a served network's). Reads the header alone: a wrong path (a data set)
+/// is never read whole.
 pub fn teacher_config(path: &Path) -> Result<Option<TeacherConfig>, RecordError> {
-    let bytes = std::fs::read(path).map_err(|source| RecordError::Io {
+    use std::io::Read as _;
+    let io = |source| RecordError::Io {
         path: path.display().to_string(),
         source,
-    })?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| RecordError::Format(e.to_string()))?;
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_HEADER_BYTES {
+        return Err(RecordError::Format(format!(
+            "{}: a header of {len} bytes is not a record's",
+            path.display()
+        )));
+    }
+    let mut header = Vec::new();
+    file.take(len).read_to_end(&mut header).map_err(io)?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| RecordError::Format(format!("{}: {e}", path.display())))?;
     let Some(json) = header
-        .metadata()
-        .as_ref()
+        .get("__metadata__")
         .and_then(|m| m.get(TEACHER_META_KEY))
+        .and_then(|v| v.as_str())
     else {
         return Ok(None);
     };
@@ -173,10 +210,13 @@ pub fn teacher_config(path: &Path) -> Result<Option<TeacherConfig>, RecordError>
 /// Reads the teacher record at `path` onto `device`.
 pub fn load_teacher(path: &Path, device: &Device) -> Result<TeacherNet, RecordError> {
     let config = teacher_config(path)?.ok_or_else(|| {
-        RecordError::Format(format!("{} is not a teacher's record", path.display()))
+        RecordError::Metadata(format!(
+            "{}: no '{TEACHER_META_KEY}' entry, so not a teacher's record",
+            path.display()
+        ))
     })?;
     let mut net = config.init(device);
-    let mut store = SafetensorsStore::from_file(path).validate(true);
+    let mut store = SafetensorsStore::from_file(path);
     let result = net
         .load_from(&mut store)
         .map_err(|e| RecordError::Format(e.to_string()))?;
@@ -197,7 +237,7 @@ mod tests {
     #[test]
     fn teachers_give_one_logit_per_class_and_round_trip_through_their_record() {
         let device = crate::Backend::default().device();
-        for name in TEACHERS {
+        for name in teachers() {
             let config = TeacherConfig::named(name).unwrap();
             device.seed(1);
             let net = config.init(&device);
@@ -218,7 +258,7 @@ mod tests {
                 .assert_approx_eq::<f32>(&logits.into_data(), burn::tensor::Tolerance::default());
         }
         assert_eq!(TeacherConfig::named("teacher-xl"), None);
-        assert!(TEACHERS.iter().all(|n| TeacherConfig::named(n).is_some()));
+        assert_eq!(teachers().count(), 2);
     }
 
     #[test]
@@ -227,10 +267,58 @@ mod tests {
             TeacherConfig::new(vec![]),
             TeacherConfig::new(vec![8, 0]),
             TeacherConfig::new(vec![8; 6]),
+            TeacherConfig::new(vec![8; 64]),
+            TeacherConfig::new(vec![usize::MAX]),
+            TeacherConfig::new(vec![8]).with_hidden(usize::MAX),
             TeacherConfig::new(vec![8]).with_side(24),
+            TeacherConfig::new(vec![8]).with_side(0),
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }
         assert!(TeacherConfig::new(vec![8; 5]).check().is_ok());
+    }
+
+    /// A record whose stated shape is not its tensors', and a served network's record, are
+    /// not taken for a teacher.
+    #[test]
+    fn records_that_are_not_this_teacher_are_refused() {
+        let device = crate::Backend::default().device();
+        let dir = tempfile::tempdir().unwrap();
+        let small = TeacherConfig::named("teacher-s").unwrap();
+        let path = dir.path().join("lying.safetensors");
+        save_teacher(
+            &small.init(&device),
+            &TeacherConfig::named("teacher-m").unwrap(),
+            &path,
+        )
+        .unwrap();
+        assert!(load_teacher(&path, &device).is_err());
+        let served =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/model.safetensors");
+        assert_eq!(teacher_config(&served).unwrap(), None);
+        let err = load_teacher(&served, &device).unwrap_err();
+        assert!(err.to_string().contains("not a teacher"), "{err}");
+        let text = dir.path().join("notes.txt");
+        std::fs::write(&text, b"not a record at all").unwrap();
+        assert!(teacher_config(&text).is_err());
+    }
+
+    /// The fused blocks (the CPU path teachers train on) give the generic ops' logits at
+    /// every teacher's channel counts, which the fused kernels' own tests do not cover.
+    #[test]
+    fn fused_and_generic_blocks_agree_at_teacher_widths() {
+        let device = crate::Backend::default().device();
+        let net = TeacherConfig::named("teacher-m").unwrap().init(&device);
+        let x = Tensor::<4>::random(
+            [3, 3, INPUT_SIZE, INPUT_SIZE],
+            burn::tensor::Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        net.forward_with(x.clone(), true)
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &net.forward_with(x, false).into_data(),
+                burn::tensor::Tolerance::absolute(1e-4),
+            );
     }
 }

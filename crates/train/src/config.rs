@@ -29,6 +29,11 @@ pub enum ScheduleKind {
 /// `--arch` of the served network (the other values name teachers).
 pub const CNN: &str = "cnn";
 
+/// An `arch` that names neither the served network nor a teacher.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown arch '{0}': expected {CNN} or one of {names}", names = model::teacher::teachers().collect::<Vec<_>>().join(", "))]
+pub struct UnknownArch(pub String);
+
 /// Everything that decides what a run learns. Saved in the run folder so that `--resume`
 /// continues with the same recipe and a record can say how it was made. The defaults are the
 /// shipped model's recipe (`cargo run -p train` with no flags trains it; README, "The shipped
@@ -104,9 +109,16 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The teacher's shape when the run trains a teacher rather than the served network.
-    pub fn teacher(&self) -> Option<model::teacher::TeacherConfig> {
+    /// The teacher's shape when the run trains a teacher, `None` when it trains the served
+    /// network; an error for any other name (a hand-edited `config.json`, a caller's typo),
+    /// which must not quietly train the served network instead.
+    pub fn teacher(&self) -> Result<Option<model::teacher::TeacherConfig>, UnknownArch> {
+        if self.arch == CNN {
+            return Ok(None);
+        }
         model::teacher::TeacherConfig::named(&self.arch)
+            .map(Some)
+            .ok_or_else(|| UnknownArch(self.arch.clone()))
     }
 
     /// The seed of the validation hold-out: `valid_seed`, else `seed`.
@@ -115,7 +127,7 @@ impl TrainConfig {
     }
 
     /// Reads a run folder's `config.json`. Settings added since the run was written take the
-    /// values that reproduce what such a run did: a crop of ±4 pixels and no weight average
+    /// values that reproduce what such a run did: the served network, a crop of ±4 pixels and no weight average
     /// (Burn's `Config` deserialiser has no defaults for missing fields); settings since
     /// removed (the fixed architecture's `model`) are ignored.
     pub fn from_run_json(json: &str) -> Result<Self, serde_json::Error> {
@@ -136,9 +148,13 @@ impl TrainConfig {
     /// One line describing the recipe, stored in the record's metadata.
     pub fn recipe(&self) -> String {
         format!(
-            "{}: {:?} lr {} ({:?}, warm-up {} epoch(s), min {}), weight decay {}, batch {}, {} epochs, \
+            "{}{:?} lr {} ({:?}, warm-up {} epoch(s), min {}), weight decay {}, batch {}, {} epochs, \
              label smoothing {}, augmentation {}, weight average {}, seed {}{}",
-            self.arch,
+            if self.arch == CNN {
+                String::new()
+            } else {
+                format!("{}: ", self.arch)
+            },
             self.optimizer,
             self.learning_rate,
             self.schedule,
@@ -196,7 +212,13 @@ mod tests {
         assert_eq!(config.valid_seed, None);
         assert_eq!(config.teacher_logits, None);
         assert_eq!(config.arch, CNN);
-        assert!(config.teacher().is_none());
+        assert!(config.teacher().unwrap().is_none());
+        let typo = config
+            .clone()
+            .with_arch("teacher-xl".into())
+            .teacher()
+            .unwrap_err();
+        assert!(typo.to_string().contains("teacher-s, teacher-m"), "{typo}");
         assert_eq!(config.hold_out_seed(), 42);
         assert_eq!(config.with_valid_seed(Some(7)).hold_out_seed(), 7);
     }

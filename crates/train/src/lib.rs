@@ -6,6 +6,10 @@
 //! lands in one run folder: `config.json`, `metrics.jsonl`, `checkpoint/`,
 //! `model.safetensors`, `test.json` and PNG plots ([`plots`]). Without `--data`, [`download`]
 //! finds the data set in `$CIFAR10_DATA` or `./data`, or fetches the official release.
+//!
+//! The same runs train a wider teacher (`--arch`, [`model::teacher`]: validation only, its
+//! record `teacher.safetensors`), and [`teacher`] distils the served network from stored
+//! answers of an ensemble of records.
 
 pub mod batcher;
 pub mod checkpoint;

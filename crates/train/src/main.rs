@@ -46,9 +46,9 @@ struct Args {
     /// Continue the run in this folder from its last complete checkpoint, with its recipe.
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
-    /// What to train: cnn (the served network) or a teacher to distil it from (teacher-s:
-    /// 32, 64, 128 channels; teacher-m: 64, 128, 256; both at 32×32, never served).
-    #[arg(long, default_value_t = recipe().arch, value_parser = arch)]
+    /// What to train: cnn (the served network) or a wider teacher to distil it from,
+    /// teacher-s or teacher-m (never served; docs/distillation.md).
+    #[arg(long, default_value_t = recipe().arch, value_parser = arch, conflicts_with = "resume")]
     arch: String,
     #[arg(long, default_value_t = recipe().epochs)]
     epochs: usize,
@@ -127,14 +127,9 @@ fn positive(s: &str) -> Result<f64, String> {
 
 /// `cnn` or a teacher's name.
 fn arch(s: &str) -> Result<String, String> {
-    if s == CNN || model::teacher::TeacherConfig::named(s).is_some() {
-        Ok(s.to_string())
-    } else {
-        Err(format!(
-            "expected {CNN} or one of {}, got '{s}'",
-            model::teacher::TEACHERS.join(", ")
-        ))
-    }
+    let config = TrainConfig::new().with_arch(s.to_string());
+    config.teacher().map_err(|e| e.to_string())?;
+    Ok(config.arch)
 }
 
 /// A number from 0 to 1.
@@ -159,7 +154,8 @@ enum Command {
     /// `--teacher-logits`: the records' mean probabilities (an ensemble), stored as fp16
     /// log-probabilities.
     Teach {
-        /// The teacher's records: model.safetensors files or run folders.
+        /// The teacher's records: files or run folders, served networks' (model.safetensors)
+        /// or wide teachers' (teacher.safetensors).
         #[arg(required = true)]
         records: Vec<PathBuf>,
         /// CIFAR-10 directory (as train's --data).
@@ -304,11 +300,6 @@ fn run(args: &Args) -> Result<()> {
             eval.images,
         );
     }
-    let record = if config.teacher().is_some() {
-        train::run::TEACHER_RECORD_FILE
-    } else {
-        train::run::RECORD_FILE
-    };
-    println!("record {}", out.join(record).display());
+    println!("record {}", summary.record.display());
     Ok(())
 }

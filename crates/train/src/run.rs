@@ -73,8 +73,10 @@ pub struct RunOptions {
 /// What a finished run measured.
 #[derive(Debug)]
 pub struct RunSummary {
-    /// The served network on the held-out validation split.
+    /// The trained network (served or teacher) on the held-out validation split.
     pub valid: Evaluation,
+    /// The record written: `model.safetensors`, or a teacher's `teacher.safetensors`.
+    pub record: PathBuf,
     /// The served network on the test set, when asked for.
     pub test: Option<Evaluation>,
 }
@@ -106,8 +108,9 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 .join(", ")
         );
     }
-    // Read the data and the teacher before touching the run folder: a wrong --data or teacher
-    // file leaves nothing behind.
+    // Read the arch, the data and the teacher before touching the run folder: a wrong name,
+    // --data or teacher file leaves nothing behind.
+    let teacher_shape = config.teacher()?;
     let layout = dataset::detect(&opts.data)?;
     let started = std::time::Instant::now();
     let train_split = layout.train(opts.on_corrupt)?;
@@ -196,9 +199,8 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         .build(InMemDataset::new(valid_items));
 
     let loaders = (loader_train, loader_valid);
-    if let Some(shape) = config.teacher() {
-        // Drawn from the generator seeded above, as the served network's are from its own.
-        let net = shape.init(&autodiff);
+    if let Some(shape) = teacher_shape {
+        let net = initial_teacher(&shape, config.seed, &autodiff)?;
         let net = fit(net, config, opts, loaders, resume_epoch, steps_per_epoch)?;
         return finish_teacher(&net, &shape, &valid, opts);
     }
@@ -236,7 +238,11 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         };
         save_model(net, &opts.out.join(RECORD_FILE), &meta)?;
         plot(&opts.out)?;
-        return Ok(RunSummary { valid, test: None });
+        return Ok(RunSummary {
+            valid,
+            record: opts.out.join(RECORD_FILE),
+            test: None,
+        });
     }
     println!("evaluating on {} test images", test_split.samples.len());
     let evaluation = evaluate(&inference, &test_split.samples, 256, |_| {});
@@ -274,6 +280,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     plot(&opts.out)?;
     Ok(RunSummary {
         valid,
+        record: opts.out.join(RECORD_FILE),
         test: Some(evaluation),
     })
 }
@@ -358,13 +365,15 @@ fn finish_teacher(
         evaluation.accuracy * 100.0,
         evaluation.images
     );
-    model::teacher::save_teacher(answers.net(), shape, &opts.out.join(TEACHER_RECORD_FILE))?;
+    let record = opts.out.join(TEACHER_RECORD_FILE);
+    model::teacher::save_teacher(answers.net(), shape, &record)?;
     if opts.test {
         println!("a teacher is not evaluated on the test set: it is chosen on validation");
     }
     plot(&opts.out)?;
     Ok(RunSummary {
         valid: evaluation,
+        record,
         test: None,
     })
 }
@@ -382,6 +391,26 @@ fn initial_weights(seed: u64, device: &burn::tensor::Device) -> Result<model::Cn
     cpu.seed(seed);
     let net = model::Cnn::init(&cpu);
     Ok(model::record::copy_to(&net, device)?)
+}
+
+/// A teacher's starting weights, drawn on the CPU backend with `seed` and copied to `device`
+/// through an in-memory record, as [`initial_weights`] does for the served network: one seed,
+/// one starting point on every backend.
+fn initial_teacher(
+    shape: &model::teacher::TeacherConfig,
+    seed: u64,
+    device: &burn::tensor::Device,
+) -> Result<model::teacher::TeacherNet> {
+    use burn::store::{ModuleSnapshot, SafetensorsStore};
+    let cpu = Backend::default().device();
+    cpu.seed(seed);
+    let drawn = shape.init(&cpu);
+    let mut store = SafetensorsStore::from_bytes(None);
+    drawn.save_into(&mut store)?;
+    let mut net = shape.init(device);
+    let mut store = SafetensorsStore::from_bytes(Some(store.get_bytes()?));
+    net.load_from(&mut store)?;
+    Ok(net)
 }
 
 /// (Re)draws a run folder's plots from its `metrics.jsonl` and `test.json`.

@@ -24,7 +24,7 @@ use burn::tensor::activation::softmax;
 use half::f16;
 use model::dataset::{self, OnCorrupt, Sample};
 use model::teacher::{TeacherNet, load_teacher, teacher_config};
-use model::{Backend, IMAGE_FLOATS, INPUT_SIZE, Inference, NUM_CLASSES, Network};
+use model::{Backend, IMAGE_FLOATS, Inference, NUM_CLASSES, Network};
 
 use crate::batcher::{View, render};
 
@@ -112,7 +112,7 @@ impl WideTeacher {
     }
 
     /// The teacher record at `path`.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
+    pub fn load(path: &Path) -> Result<Self, model::RecordError> {
         Ok(Self::new(&load_teacher(
             path,
             &Backend::default().device(),
@@ -128,19 +128,15 @@ impl WideTeacher {
 impl Answers for WideTeacher {
     fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
         let mut out = Vec::with_capacity(pixels.len() / IMAGE_FLOATS * NUM_CLASSES);
-        for chunk in pixels.chunks(WIDE_BATCH * IMAGE_FLOATS) {
-            let n = chunk.len() / IMAGE_FLOATS;
-            let x = Tensor::<4>::from_data(
-                TensorData::new(chunk.to_vec(), [n, 3, INPUT_SIZE, INPUT_SIZE]),
-                &self.device,
-            );
-            let probs = softmax(self.net.forward(x), 1);
-            out.extend(
-                probs
-                    .into_data()
-                    .try_into_vec::<f32>()
-                    .expect("a float tensor's data are floats"),
-            );
+        // Whole images only, as `Inference` takes them.
+        for chunk in pixels
+            .chunks_exact(IMAGE_FLOATS)
+            .collect::<Vec<_>>()
+            .chunks(WIDE_BATCH)
+        {
+            let x = model::preprocess::to_tensor(chunk.concat(), chunk.len(), &self.device);
+            let probs = softmax(self.net.forward(x), 1).into_data().convert::<f32>();
+            out.extend(probs.try_into_vec::<f32>().expect("converted to f32 above"));
         }
         out
     }
@@ -410,9 +406,11 @@ pub fn teach(
     let started = Instant::now();
     let total = train.samples.len();
     println!(
-        "teaching with {} record(s) on {total} images × {} views (crop padding {pad}, {engine})",
+        "teaching with {} record(s) on {total} images × {} views (crop padding {pad}; served \
+         records on {engine}, wide teachers on {})",
         teachers.len(),
-        View::count(pad)
+        View::count(pad),
+        Backend::default()
     );
     let mut shown = 0;
     let logits = TeacherLogits::compute(&teachers, &train.samples, pad, |done| {

@@ -258,7 +258,10 @@ fn a_wider_teacher_trains_resumes_and_teaches() {
         model::teacher::TeacherConfig::named("teacher-s")
     );
     let refused = model::load_model(&record, &Backend::default().device()).unwrap_err();
-    assert!(refused.to_string().contains("cifar_cnn"), "{refused}");
+    assert!(
+        refused.to_string().contains("teacher's record"),
+        "{refused}"
+    );
 
     // An ensemble of the teacher run (a folder) and the shipped record.
     let file = data.join("answers.bin");
@@ -289,4 +292,24 @@ fn a_wider_teacher_trains_resumes_and_teaches() {
             );
         }
     }
+}
+
+/// A name that is neither the served network nor a teacher is refused with the names that
+/// exist, as is a new arch for a run that resumes with its own.
+#[test]
+fn an_unknown_arch_is_refused_with_the_known_ones() {
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--arch", "teacher-xl", "--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cnn or one of teacher-s, teacher-m"), "{err}");
+    let out = Command::new(env!("CARGO_BIN_EXE_train"))
+        .args(["--arch", "teacher-s", "--resume", "/nonexistent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot be used with"), "{err}");
 }
