@@ -4,8 +4,7 @@
 //! trains, resumes and teaches.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use model::dataset::{self, OnCorrupt};
 use model::{Backend, Inference, NUM_CLASSES};
@@ -13,7 +12,7 @@ use train::batcher::View;
 use train::metrics_log::read_metrics;
 use train::teacher::{Answers, TeacherLogits, WideTeacher};
 
-use crate::train::{ok, small_folders, train};
+use crate::train::{kill_after_a_checkpoint, ok, small_folders, train};
 
 /// `train --data DATA --out RUN --teacher-logits TEACHER MORE...` (with `train`'s test flags).
 fn student(data: &Path, run: &Path, teacher: &Path, more: &[&str]) -> Command {
@@ -216,24 +215,7 @@ fn a_wider_teacher_trains_resumes_and_teaches() {
         "4",
         "--no-test",
     ];
-    let mut child = train(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ckpt = run.join("checkpoint");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while train::checkpoint::latest_complete(&ckpt).is_none() {
-        assert!(Instant::now() < deadline, "no checkpoint written");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let done = train::checkpoint::latest_complete(&ckpt).unwrap();
+    let done = kill_after_a_checkpoint(&args, &run);
     let log = ok(&Command::new(env!("CARGO_BIN_EXE_train"))
         .args(["--plain", "--no-test", "--data", data.to_str().unwrap()])
         .args(["--resume", run.to_str().unwrap()])

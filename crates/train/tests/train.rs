@@ -44,6 +44,29 @@ pub(crate) fn ok(out: &Output) -> String {
     text
 }
 
+/// Starts `train ARGS` writing to `run`, kills it (SIGKILL) once a checkpoint is complete, and
+/// returns that checkpoint's epoch.
+pub(crate) fn kill_after_a_checkpoint(args: &[&str], run: &Path) -> usize {
+    let mut child = train(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ckpt = run.join("checkpoint");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while train::checkpoint::latest_complete(&ckpt).is_none() {
+        assert!(Instant::now() < deadline, "no checkpoint written");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "run ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    train::checkpoint::latest_complete(&ckpt).unwrap()
+}
+
 fn assert_complete_run(run: &Path, epochs: usize) {
     for f in [
         "config.json",
@@ -127,24 +150,8 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
         "--epochs",
         "4",
     ];
-    let mut child = train(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let done = kill_after_a_checkpoint(&args, &run);
     let ckpt = run.join("checkpoint");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while train::checkpoint::latest_complete(&ckpt).is_none() {
-        assert!(Instant::now() < deadline, "no checkpoint written");
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "run ended before it could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let done = train::checkpoint::latest_complete(&ckpt).unwrap();
     // What a kill in the middle of Burn's write strands: its scratch file, never a partial record.
     let scratch = ckpt.join(format!("optim-{}.bpk.1-0.tmp", done + 1));
     std::fs::write(&scratch, b"partial").unwrap();
