@@ -37,7 +37,7 @@ pub fn predict(model: &Cnn, images: Tensor<4>, k: usize) -> Vec<Prediction> {
 }
 
 /// A tensor's values as `f32`, row-major, whatever the backend's float type.
-pub(crate) fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()

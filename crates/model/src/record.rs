@@ -14,7 +14,7 @@ use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RecordError;
-use crate::net::Cnn;
+use crate::net::{Cnn, Network};
 use crate::preprocess::Preprocessing;
 
 /// Metadata key holding [`RecordMeta`] as JSON.
@@ -186,7 +186,11 @@ pub fn load_model_bytes(bytes: Vec<u8>, device: &Device) -> Result<(Cnn, RecordM
 /// A fresh network on `device` with the weights of the safetensors `bytes`, every tensor
 /// loaded.
 fn weights_into_new(bytes: Vec<u8>, device: &Device) -> Result<Cnn, RecordError> {
-    let mut model = Cnn::init(device);
+    weights_into(bytes, Cnn::init(device))
+}
+
+/// `model` with every tensor of the record `bytes` loaded into it.
+fn weights_into<N: Network>(bytes: Vec<u8>, mut model: N) -> Result<N, RecordError> {
     let result = model
         .load_from(&mut SafetensorsStore::from_bytes(Some(bytes)))
         .map_err(|e| RecordError::Architecture(e.to_string()))?;
@@ -204,13 +208,19 @@ fn weights_into_new(bytes: Vec<u8>, device: &Device) -> Result<Cnn, RecordError>
 /// moved to an autodiff device would not be trained; these are (`train` starts every backend
 /// from weights drawn on the CPU, so that one seed gives one starting point everywhere).
 pub fn copy_to(net: &Cnn, device: &Device) -> Result<Cnn, RecordError> {
+    copy_weights(net, Cnn::init(device))
+}
+
+/// [`copy_to`] for any network: `net`'s weights loaded into `into`, a fresh module of the same
+/// shape on the device wanted (a teacher's, for `train`).
+pub fn copy_weights<N: Network>(net: &N, into: N) -> Result<N, RecordError> {
     let mut store = SafetensorsStore::from_bytes(None);
     net.save_into(&mut store)
         .map_err(|e| RecordError::Save(e.to_string()))?;
     let bytes = store
         .get_bytes()
         .map_err(|e| RecordError::Save(e.to_string()))?;
-    weights_into_new(bytes, device)
+    weights_into(bytes, into)
 }
 
 /// Checks that `bytes` hold a record of this network and returns its metadata, without

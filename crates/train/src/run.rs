@@ -200,11 +200,11 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 
     let loaders = (loader_train, loader_valid);
     if let Some(shape) = teacher_shape {
-        let net = initial_teacher(&shape, config.seed, &autodiff)?;
+        let net = initial_weights(config.seed, &autodiff, |d| shape.init(d))?;
         let net = fit(net, config, opts, loaders, resume_epoch, steps_per_epoch)?;
         return finish_teacher(&net, &shape, &valid, opts);
     }
-    let net = initial_weights(config.seed, &autodiff)?;
+    let net = initial_weights(config.seed, &autodiff, model::Cnn::init)?;
     let net = fit(net, config, opts, loaders, resume_epoch, steps_per_epoch)?;
 
     // Evaluate with the CPU fast path where built: same weights, several times faster.
@@ -378,39 +378,23 @@ fn finish_teacher(
     })
 }
 
-/// The network's starting weights, drawn from the CPU backend's generator seeded with `seed`
-/// whatever backend trains, then copied to `device`: one seed is one starting point on every
-/// backend (`tests/wgpu.rs` trains on both from it). On the CPU this is the same draw as
-/// initialising on `device` directly.
-fn initial_weights(seed: u64, device: &burn::tensor::Device) -> Result<model::Cnn> {
+/// The network's starting weights (`init`: the served network's or a teacher's), drawn from the
+/// CPU backend's generator seeded with `seed` whatever backend trains, then copied to `device`:
+/// one seed is one starting point on every backend (`tests/wgpu.rs` trains on both from it). On
+/// the CPU this is the same draw as initialising on `device` directly.
+fn initial_weights<N: Network>(
+    seed: u64,
+    device: &burn::tensor::Device,
+    init: impl Fn(&burn::tensor::Device) -> N,
+) -> Result<N> {
     let cpu = if Backend::available().contains(&Backend::Fast) {
         Backend::Fast.device()
     } else {
         device.clone()
     };
     cpu.seed(seed);
-    let net = model::Cnn::init(&cpu);
-    Ok(model::record::copy_to(&net, device)?)
-}
-
-/// A teacher's starting weights, drawn on the CPU backend with `seed` and copied to `device`
-/// through an in-memory record, as [`initial_weights`] does for the served network: one seed,
-/// one starting point on every backend.
-fn initial_teacher(
-    shape: &model::teacher::TeacherConfig,
-    seed: u64,
-    device: &burn::tensor::Device,
-) -> Result<model::teacher::TeacherNet> {
-    use burn::store::{ModuleSnapshot, SafetensorsStore};
-    let cpu = Backend::default().device();
-    cpu.seed(seed);
-    let drawn = shape.init(&cpu);
-    let mut store = SafetensorsStore::from_bytes(None);
-    drawn.save_into(&mut store)?;
-    let mut net = shape.init(device);
-    let mut store = SafetensorsStore::from_bytes(Some(store.get_bytes()?));
-    net.load_from(&mut store)?;
-    Ok(net)
+    let net = init(&cpu);
+    Ok(model::record::copy_weights(&net, init(device))?)
 }
 
 /// (Re)draws a run folder's plots from its `metrics.jsonl` and `test.json`.

@@ -20,11 +20,12 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
 use half::f16;
 use model::dataset::{self, OnCorrupt, Sample};
+use model::predict::values;
+use model::preprocess::to_tensor;
 use model::teacher::{TeacherNet, load_teacher, teacher_config};
-use model::{Backend, IMAGE_FLOATS, Inference, NUM_CLASSES, Network};
+use model::{Backend, IMAGE_FLOATS, Inference, NUM_CLASSES, Network, softmax};
 
 use crate::batcher::{View, render};
 
@@ -127,16 +128,12 @@ impl WideTeacher {
 
 impl Answers for WideTeacher {
     fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
-        let mut out = Vec::with_capacity(pixels.len() / IMAGE_FLOATS * NUM_CLASSES);
         // Whole images only, as `Inference` takes them.
-        for chunk in pixels
-            .chunks_exact(IMAGE_FLOATS)
-            .collect::<Vec<_>>()
-            .chunks(WIDE_BATCH)
-        {
-            let x = model::preprocess::to_tensor(chunk.concat(), chunk.len(), &self.device);
-            let probs = softmax(self.net.forward(x), 1).into_data().convert::<f32>();
-            out.extend(probs.try_into_vec::<f32>().expect("converted to f32 above"));
+        let whole = pixels.len() / IMAGE_FLOATS * IMAGE_FLOATS;
+        let mut out = Vec::with_capacity(whole / IMAGE_FLOATS * NUM_CLASSES);
+        for chunk in pixels[..whole].chunks(WIDE_BATCH * IMAGE_FLOATS) {
+            let x = to_tensor(chunk.to_vec(), chunk.len() / IMAGE_FLOATS, &self.device);
+            out.extend(softmax(&values(self.net.forward(x)), NUM_CLASSES));
         }
         out
     }

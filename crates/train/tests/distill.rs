@@ -12,7 +12,7 @@ use train::batcher::View;
 use train::metrics_log::read_metrics;
 use train::teacher::{Answers, TeacherLogits, WideTeacher};
 
-use crate::train::{kill_after_a_checkpoint, ok, small_folders, train};
+use crate::train::{kill_after_a_checkpoint, ok, resume, small_folders, train};
 
 /// `train --data DATA --out RUN --teacher-logits TEACHER MORE...` (with `train`'s test flags).
 fn student(data: &Path, run: &Path, teacher: &Path, more: &[&str]) -> Command {
@@ -216,11 +216,7 @@ fn a_wider_teacher_trains_resumes_and_teaches() {
         "--no-test",
     ];
     let done = kill_after_a_checkpoint(&args, &run);
-    let log = ok(&Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--plain", "--no-test", "--data", data.to_str().unwrap()])
-        .args(["--resume", run.to_str().unwrap()])
-        .output()
-        .unwrap());
+    let log = ok(&resume(data, &run).arg("--no-test").output().unwrap());
     assert!(
         log.contains(&format!("resuming after epoch {done}")),
         "{log}"
@@ -280,18 +276,24 @@ fn a_wider_teacher_trains_resumes_and_teaches() {
 /// exist, as is a new arch for a run that resumes with its own.
 #[test]
 fn an_unknown_arch_is_refused_with_the_known_ones() {
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--arch", "teacher-xl", "--data", "/nonexistent"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("cnn or one of teacher-s, teacher-m"), "{err}");
-    let out = Command::new(env!("CARGO_BIN_EXE_train"))
-        .args(["--arch", "teacher-s", "--resume", "/nonexistent"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("cannot be used with"), "{err}");
+    for (args, why) in [
+        (
+            ["--arch", "teacher-xl", "--data", "/nonexistent"],
+            "cnn or one of teacher-s, teacher-m",
+        ),
+        (
+            ["--arch", "teacher-s", "--resume", "/nonexistent"],
+            "cannot be used with",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+    }
 }

@@ -67,6 +67,14 @@ pub(crate) fn kill_after_a_checkpoint(args: &[&str], run: &Path) -> usize {
     train::checkpoint::latest_complete(&ckpt).unwrap()
 }
 
+/// `train --plain --data DATA --resume RUN`: the run continues with its own recipe.
+pub(crate) fn resume(data: &Path, run: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train"));
+    cmd.args(["--plain", "--data", data.to_str().unwrap()])
+        .args(["--resume", run.to_str().unwrap()]);
+    cmd
+}
+
 fn assert_complete_run(run: &Path, epochs: usize) {
     for f in [
         "config.json",
@@ -156,16 +164,7 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
     let scratch = ckpt.join(format!("optim-{}.bpk.1-0.tmp", done + 1));
     std::fs::write(&scratch, b"partial").unwrap();
 
-    let log = ok(&Command::new(env!("CARGO_BIN_EXE_train"))
-        .args([
-            "--plain",
-            "--data",
-            data.to_str().unwrap(),
-            "--resume",
-            run.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap());
+    let log = ok(&resume(data, &run).output().unwrap());
     assert!(
         log.contains(&format!("resuming after epoch {done}")),
         "{log}"
