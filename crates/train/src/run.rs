@@ -161,8 +161,21 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             &opts.out.join(CONFIG_FILE),
             serde_json::to_string_pretty(config)?.as_bytes(),
         )?;
-        // A fresh run starts a fresh metrics log.
+        // A fresh run starts a fresh metrics log, and drops an earlier run's checkpoints: left
+        // beside this run's, a later --resume would continue from the newest of either.
         std::fs::remove_file(opts.out.join(METRICS_FILE)).ok();
+        match std::fs::remove_dir_all(&ckpt_dir) {
+            Ok(()) => println!(
+                "removed an earlier run's checkpoints from {}",
+                ckpt_dir.display()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot remove old checkpoints in {}", ckpt_dir.display())
+                });
+            }
+        }
         None
     };
 

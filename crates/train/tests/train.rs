@@ -175,6 +175,44 @@ fn kill_nine_then_resume_continues_from_the_last_checkpoint() {
 }
 
 #[test]
+fn a_fresh_run_into_an_old_run_folder_resumes_only_from_its_own_checkpoints() {
+    let tmp = small_folders();
+    let data = tmp.path();
+    let run = data.join("run");
+    let fresh = |epochs: &str| {
+        ok(&train(&[
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--epochs",
+            epochs,
+            "--no-test",
+        ])
+        .output()
+        .unwrap())
+    };
+    fresh("2");
+    let ckpt = run.join("checkpoint");
+    assert_eq!(train::checkpoint::latest_complete(&ckpt), Some(2));
+
+    let log = fresh("1");
+    assert!(
+        log.contains("removed an earlier run's checkpoints"),
+        "{log}"
+    );
+    assert_eq!(train::checkpoint::latest_complete(&ckpt), Some(1));
+    let log = ok(&resume(data, &run).output().unwrap());
+    assert!(log.contains("resuming after epoch 1"), "{log}");
+    let epochs: Vec<usize> = read_metrics(&run.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|m| m.epoch)
+        .collect();
+    assert_eq!(epochs, [1]);
+}
+
+#[test]
 fn official_binary_layout_trains() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
