@@ -3,8 +3,9 @@
 //! Augmentation (random crop with zero padding, horizontal flip) works on
 //! the stored low-resolution image; the batcher then applies the model crate's [`resize`] and
 //! [`normalize_into`], exactly what the server does to an upload. When the run distils, each
-//! batch also carries the teacher's stored answers for exactly the views drawn ([`View`],
-//! [`crate::teacher`]).
+//! batch also carries the teacher's answers for exactly the views drawn ([`View`],
+//! [`crate::teacher`]): read from its stored answers, or from a live teacher run on the batch's
+//! own pixels, which may then be mixed (mixup) first.
 
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 use model::dataset::Sample;
 
-use crate::teacher::TeacherLogits;
+use crate::teacher::{Answers, LOWEST, TeacherLogits};
 
 /// A training or validation image with its position in the data set's training split: the key
 /// of the teacher's stored answers.
@@ -56,9 +57,20 @@ pub struct CifarBatch {
 pub struct CifarBatcher {
     /// Crop padding in pixels when augmenting; `None`: images pass as they are.
     augment: Option<u32>,
-    /// The teacher's answers for every view, when the run distils.
-    teacher: Option<Arc<TeacherLogits>>,
+    /// Where the teacher's answers come from, when the run distils.
+    teacher: Option<Teacher>,
+    /// Blend each image with its partner in the batch (needs a live teacher to label them).
+    mixup: bool,
     rng: Arc<Mutex<StdRng>>,
+}
+
+/// Where a distilling batch's teacher answers come from.
+#[derive(Clone)]
+enum Teacher {
+    /// Stored answers for every view of every training image (`train teach`).
+    Stored(Arc<TeacherLogits>),
+    /// A network run on each batch's pixels: behind a lock, since loader workers share it.
+    Live(Arc<Mutex<Box<dyn Answers>>>),
 }
 
 impl CifarBatcher {
@@ -68,6 +80,7 @@ impl CifarBatcher {
         Self {
             augment,
             teacher: None,
+            mixup: false,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
         }
     }
@@ -76,8 +89,24 @@ impl CifarBatcher {
     /// crop padding this batcher augments with ([`TeacherLogits::check`]).
     #[must_use]
     pub fn with_teacher(mut self, teacher: Arc<TeacherLogits>) -> Self {
-        self.teacher = Some(teacher);
+        self.teacher = Some(Teacher::Stored(teacher));
         self
+    }
+
+    /// Batches also carry `teacher`'s answers for their own pixels, computed as each batch is
+    /// made; with `mixup`, those pixels are blends ([`mix`]) of the batch's images.
+    #[must_use]
+    pub fn with_live_teacher(mut self, teacher: Box<dyn Answers>, mixup: bool) -> Self {
+        self.teacher = Some(Teacher::Live(Arc::new(Mutex::new(teacher))));
+        self.mixup = mixup;
+        self
+    }
+
+    /// The generator, whatever a panicking holder left: its state is still a valid one.
+    fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.rng
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The view each image is shown in: a random one when augmenting, else the image itself.
@@ -85,10 +114,7 @@ impl CifarBatcher {
         let Some(pad) = self.augment else {
             return vec![View::PLAIN; n];
         };
-        let mut rng = self
-            .rng
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut rng = self.rng();
         (0..n).map(|_| View::random(pad, &mut *rng)).collect()
     }
 
@@ -111,16 +137,32 @@ impl Batcher<Item, CifarBatch> for CifarBatcher {
     fn batch(&self, items: Vec<Item>, device: &Device) -> CifarBatch {
         let n = items.len();
         let views = self.views(n);
-        let floats = render(items.iter().map(|i| &i.sample.image), &views);
+        let mut floats = render(items.iter().map(|i| &i.sample.image), &views);
+        if self.mixup {
+            let weight = self.rng().random::<f32>();
+            floats = mix(&floats, weight);
+        }
         let teacher = self.teacher.as_ref().map(|teacher| {
-            let mut answers = vec![0.0f32; n * NUM_CLASSES];
-            for ((item, view), out) in items
-                .iter()
-                .zip(&views)
-                .zip(answers.chunks_exact_mut(NUM_CLASSES))
-            {
-                teacher.read(item.index, *view, out);
-            }
+            let answers = match teacher {
+                Teacher::Stored(stored) => {
+                    let mut answers = vec![0.0f32; n * NUM_CLASSES];
+                    for ((item, view), out) in items
+                        .iter()
+                        .zip(&views)
+                        .zip(answers.chunks_exact_mut(NUM_CLASSES))
+                    {
+                        stored.read(item.index, *view, out);
+                    }
+                    answers
+                }
+                Teacher::Live(live) => live
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .probabilities(&floats)
+                    .into_iter()
+                    .map(|p| p.ln().max(LOWEST))
+                    .collect(),
+            };
             Tensor::<2>::from_data(TensorData::new(answers, [n, NUM_CLASSES]), device)
         });
         let images = to_tensor(floats, n, device);
@@ -132,6 +174,23 @@ impl Batcher<Item, CifarBatch> for CifarBatcher {
             teacher,
         }
     }
+}
+
+/// Mixup over a batch of preprocessed images: image `i` becomes `weight · image i + (1 − weight)
+/// · image n−1−i` (the batch reversed is the partner: no second draw, and every image is
+/// blended). Blending normalised floats is blending pixels: normalisation is affine and the
+/// weights sum to 1.
+pub(crate) fn mix(floats: &[f32], weight: f32) -> Vec<f32> {
+    let images: Vec<&[f32]> = floats.chunks_exact(IMAGE_FLOATS).collect();
+    images
+        .iter()
+        .zip(images.iter().rev())
+        .flat_map(|(a, b)| {
+            a.iter()
+                .zip(b.iter())
+                .map(move |(a, b)| weight * a + (1.0 - weight) * b)
+        })
+        .collect()
 }
 
 /// One augmented view of a stored image: the crop's offset and whether it is mirrored.
@@ -308,5 +367,81 @@ mod tests {
             }
         }
         assert!(seen.len() > 30, "the views vary: {} seen", seen.len());
+    }
+
+    /// A made-up teacher whose answer is a function of the pixels it is given: the
+    /// probabilities of a softmax over each image's first 10 floats.
+    struct PixelTeacher;
+
+    impl Answers for PixelTeacher {
+        fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
+            pixels
+                .chunks_exact(IMAGE_FLOATS)
+                .flat_map(|image| model::predict::softmax(&image[..NUM_CLASSES], NUM_CLASSES))
+                .collect()
+        }
+    }
+
+    /// With a live teacher and mixup, each batch holds blends of its own images' views by one
+    /// weight, and the teacher's answer for exactly the blended pixels the student is shown.
+    #[test]
+    fn a_live_teacher_answers_for_the_mixed_pixels_the_student_sees() {
+        let samples: Vec<Sample> = (0..5u32)
+            .map(|i| Sample {
+                image: RgbImage::from_fn(32, 32, |x, y| {
+                    let v = (x * 7 + y * 13 + i * 31).wrapping_mul(2_654_435_761) >> 24;
+                    image::Rgb([v as u8, (v >> 3) as u8, (i * 40) as u8])
+                }),
+                label: i as u8,
+            })
+            .collect();
+        let plain = CifarBatcher::new(None, 0).pixels(&samples);
+        let batcher = CifarBatcher::new(None, 5).with_live_teacher(Box::new(PixelTeacher), true);
+        let device = model::Backend::default().device();
+        let mut weights = Vec::new();
+        for _ in 0..4 {
+            let batch = batcher.batch(numbered(samples.clone()), &device);
+            let images = batch.images.into_data().try_to_vec::<f32>().unwrap();
+            // The one weight that blends image 0 with image 4 (their blue channels differ).
+            let blue = 2 * 64 * 64;
+            let (a, b) = (plain[blue], plain[4 * IMAGE_FLOATS + blue]);
+            let weight = (images[blue] - b) / (a - b);
+            assert!((0.0..=1.0).contains(&weight), "{weight}");
+            let expected = mix(&plain, weight);
+            for (got, want) in images.iter().zip(&expected) {
+                assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+            }
+            let taught = batch
+                .teacher
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap();
+            let answers = PixelTeacher.probabilities(&images);
+            for (t, p) in taught.iter().zip(&answers) {
+                assert!((t - p.ln().max(LOWEST)).abs() < 1e-5, "{t} vs {p}");
+            }
+            weights.push(weight);
+        }
+        assert!(
+            weights.windows(2).any(|w| (w[0] - w[1]).abs() > 1e-3),
+            "a weight is drawn for every batch: {weights:?}"
+        );
+    }
+
+    #[test]
+    fn mixup_blends_each_image_with_the_batch_reversed() {
+        let floats: Vec<f32> = (0..3 * IMAGE_FLOATS)
+            .map(|i| (i / IMAGE_FLOATS) as f32)
+            .collect();
+        let mixed = mix(&floats, 0.25);
+        // Images 0, 1, 2 hold 0, 1, 2 everywhere: 0 with 2, 1 with itself, 2 with 0.
+        assert!(mixed[..IMAGE_FLOATS].iter().all(|&v| v == 1.5));
+        assert!(
+            mixed[IMAGE_FLOATS..2 * IMAGE_FLOATS]
+                .iter()
+                .all(|&v| v == 1.0)
+        );
+        assert!(mixed[2 * IMAGE_FLOATS..].iter().all(|&v| v == 0.5));
     }
 }

@@ -34,6 +34,20 @@ pub const CNN: &str = "cnn";
 #[error("unknown arch '{0}': expected {CNN} or one of {names}", names = model::teacher::teachers().collect::<Vec<_>>().join(", "))]
 pub struct UnknownArch(pub String);
 
+/// A recipe whose distillation settings cannot go together.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DistillError {
+    /// Stored answers and a live teacher at once.
+    #[error("--teacher-logits and --teacher both name a teacher: give one")]
+    TwoTeachers,
+    /// Mixup with no teacher to label the blends.
+    #[error("--mixup needs a live teacher (--teacher RECORD) to label the blended images")]
+    MixupWithoutTeacher,
+    /// Mixup with part of the loss on labels that do not describe the blends.
+    #[error("--mixup needs --distill-weight 1: the labels do not describe a blended image")]
+    MixupWithLabels,
+}
+
 /// Everything that decides what a run learns. Saved in the run folder so that `--resume`
 /// continues with the same recipe and a record can say how it was made. The defaults are the
 /// shipped model's recipe (`cargo run -p train` with no flags trains it; README, "The shipped
@@ -99,6 +113,17 @@ pub struct TrainConfig {
     /// A teacher's stored answers for every training view (`train teach`) to distil from;
     /// none: the labels' cross-entropy alone.
     pub teacher_logits: Option<std::path::PathBuf>,
+    /// Teacher records (files or run folders, as `train teach` takes) run on every training
+    /// batch instead of stored answers: the teacher answers for exactly the pixels the student
+    /// is shown, mixed ones included (Beyer et al.'s function matching); their probabilities
+    /// are averaged. Empty: no live teacher.
+    #[config(default = "Vec::new()")]
+    pub live_teacher: Vec<std::path::PathBuf>,
+    /// Mixup on training batches: each image blended with its partner in the batch by one
+    /// weight drawn uniformly from 0 to 1 (Beta(1, 1)). Needs a live teacher, which labels the
+    /// blend, and distillation weight 1: the labels do not describe a blend.
+    #[config(default = false)]
+    pub mixup: bool,
     /// Temperature of the distillation term.
     #[config(default = 4.0)]
     pub distill_temperature: f64,
@@ -119,6 +144,21 @@ impl TrainConfig {
         model::teacher::TeacherConfig::named(&self.arch)
             .map(Some)
             .ok_or_else(|| UnknownArch(self.arch.clone()))
+    }
+
+    /// Refuses distillation settings that cannot go together ([`DistillError`]).
+    pub fn check_distillation(&self) -> Result<(), DistillError> {
+        let live = !self.live_teacher.is_empty();
+        if live && self.teacher_logits.is_some() {
+            return Err(DistillError::TwoTeachers);
+        }
+        if self.mixup && !live {
+            return Err(DistillError::MixupWithoutTeacher);
+        }
+        if self.mixup && self.distill_weight < 1.0 {
+            return Err(DistillError::MixupWithLabels);
+        }
+        Ok(())
     }
 
     /// The seed of the validation hold-out: `valid_seed`, else `seed`.
@@ -175,14 +215,25 @@ impl TrainConfig {
                 "off".to_string()
             },
             self.seed,
-            match &self.teacher_logits {
-                Some(file) => format!(
+            match (&self.teacher_logits, self.live_teacher.as_slice()) {
+                (Some(file), _) => format!(
                     ", distilled from {} (temperature {}, weight {})",
                     file.display(),
                     self.distill_temperature,
                     self.distill_weight
                 ),
-                None => String::new(),
+                (None, []) => String::new(),
+                (None, records) => format!(
+                    ", distilled from {} run on every batch{} (temperature {}, weight {})",
+                    records
+                        .iter()
+                        .map(|r| r.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" + "),
+                    if self.mixup { " with mixup" } else { "" },
+                    self.distill_temperature,
+                    self.distill_weight
+                ),
             }
         )
     }
@@ -211,6 +262,7 @@ mod tests {
         assert_eq!(config.ema_decay, 0.0);
         assert_eq!(config.valid_seed, None);
         assert_eq!(config.teacher_logits, None);
+        assert!(config.live_teacher.is_empty() && !config.mixup);
         assert_eq!(config.arch, CNN);
         assert!(config.teacher().unwrap().is_none());
         let typo = config
@@ -221,5 +273,27 @@ mod tests {
         assert!(typo.to_string().contains("teacher-s, teacher-m"), "{typo}");
         assert_eq!(config.hold_out_seed(), 42);
         assert_eq!(config.with_valid_seed(Some(7)).hold_out_seed(), 7);
+    }
+
+    #[test]
+    fn distillation_settings_that_cannot_go_together_are_refused() {
+        let live = TrainConfig::new().with_live_teacher(vec!["teacher.safetensors".into()]);
+        assert_eq!(live.check_distillation(), Ok(()));
+        assert_eq!(
+            live.clone()
+                .with_teacher_logits(Some("t.bin".into()))
+                .check_distillation(),
+            Err(DistillError::TwoTeachers)
+        );
+        assert_eq!(
+            live.clone().with_mixup(true).check_distillation(),
+            Err(DistillError::MixupWithLabels)
+        );
+        let matching = live.with_mixup(true).with_distill_weight(1.0);
+        assert_eq!(matching.check_distillation(), Ok(()));
+        assert_eq!(
+            matching.with_live_teacher(Vec::new()).check_distillation(),
+            Err(DistillError::MixupWithoutTeacher)
+        );
     }
 }

@@ -99,6 +99,15 @@ struct Args {
     /// shown in.
     #[arg(long, value_name = "FILE")]
     teacher_logits: Option<PathBuf>,
+    /// Distil from teacher records (files or run folders; several are averaged) run on every
+    /// training batch instead of stored answers: the teacher answers for exactly the pixels the
+    /// student is shown, mixed ones included.
+    #[arg(long = "teacher", value_name = "RECORD", num_args = 1.., conflicts_with = "teacher_logits")]
+    teacher: Vec<PathBuf>,
+    /// Mixup: blend each training image with another of its batch (weight uniform in 0..1); needs
+    /// --teacher, which labels the blends, and --distill-weight 1.
+    #[arg(long)]
+    mixup: bool,
     /// Temperature of the distillation term (above 0).
     #[arg(long, default_value_t = recipe().distill_temperature, value_parser = positive)]
     distill_temperature: f64,
@@ -248,7 +257,8 @@ fn run(args: &Args) -> Result<()> {
                 .with_schedule(args.schedule)
                 .with_warmup_epochs(args.warmup_epochs)
                 .with_label_smoothing(args.label_smoothing.unwrap_or(
-                    if args.teacher_logits.is_some() || args.arch != CNN {
+                    if args.teacher_logits.is_some() || !args.teacher.is_empty() || args.arch != CNN
+                    {
                         0.0
                     } else {
                         recipe().label_smoothing
@@ -267,6 +277,13 @@ fn run(args: &Args) -> Result<()> {
                         .as_ref()
                         .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
                 )
+                .with_live_teacher(
+                    args.teacher
+                        .iter()
+                        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+                        .collect(),
+                )
+                .with_mixup(args.mixup)
                 .with_distill_temperature(args.distill_temperature)
                 .with_distill_weight(args.distill_weight);
             (

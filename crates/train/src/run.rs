@@ -32,7 +32,7 @@ use crate::checkpoint::{AtomicCheckpointer, latest_complete, remove_partial, wri
 use crate::config::{OptimizerKind, ScheduleKind, TrainConfig};
 use crate::learner::Classifier;
 use crate::renderer::RunRenderer;
-use crate::teacher::{Answers as _, TeacherLogits};
+use crate::teacher::{Answers, Mean, TeacherLogits, load_answers};
 
 // File names inside a run folder.
 
@@ -111,6 +111,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     // Read the arch, the data and the teacher before touching the run folder: a wrong name,
     // --data or teacher file leaves nothing behind.
     let teacher_shape = config.teacher()?;
+    config.check_distillation()?;
     let layout = dataset::detect(&opts.data)?;
     let started = std::time::Instant::now();
     let train_split = layout.train(opts.on_corrupt)?;
@@ -138,6 +139,22 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             Some(Arc::new(teacher))
         }
         None => None,
+    };
+    let live_teacher = if config.live_teacher.is_empty() {
+        None
+    } else {
+        let engine = Backend::default_inference();
+        let members = config
+            .live_teacher
+            .iter()
+            .map(|record| load_answers(record, engine))
+            .collect::<Result<Vec<_>>>()?;
+        println!(
+            "distilling from {} record(s) run on every batch{}",
+            members.len(),
+            if config.mixup { ", mixup" } else { "" }
+        );
+        Some(Box::new(Mean(members)) as Box<dyn Answers>)
     };
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
@@ -200,6 +217,9 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut batcher = CifarBatcher::new(augment, config.seed);
     if let Some(teacher) = teacher {
         batcher = batcher.with_teacher(teacher);
+    }
+    if let Some(live) = live_teacher {
+        batcher = batcher.with_live_teacher(live, config.mixup);
     }
     let loader_train = DataLoaderBuilder::new(batcher)
         .batch_size(config.batch_size)

@@ -38,7 +38,7 @@ const HEADER_BYTES: usize = 8 + 4 * 5 + 8;
 /// The least log-probability stored: the log of a probability that rounds to 0 would be -inf
 /// (and 0 · -inf is NaN in the loss); e^-30 is far below anything a softmax at a distillation
 /// temperature can see.
-const LOWEST: f32 = -30.0;
+pub(crate) const LOWEST: f32 = -30.0;
 /// Images per teacher forward pass (× the views of each).
 const IMAGES_PER_PASS: usize = 8;
 
@@ -81,7 +81,7 @@ pub enum TeacherError {
 
 /// A network that can teach: class probabilities (`n × classes`, row-major) for preprocessed
 /// images (`n × 3 × 64 × 64` floats).
-pub trait Answers {
+pub trait Answers: Send {
     /// The probabilities of every class for each image of `pixels`.
     fn probabilities(&self, pixels: &[f32]) -> Vec<f32>;
 }
@@ -90,6 +90,26 @@ pub trait Answers {
 impl Answers for Inference {
     fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
         Inference::probabilities(self, pixels)
+    }
+}
+
+/// Several teachers as one: the mean of their probabilities (an ensemble).
+pub struct Mean(pub Vec<Box<dyn Answers>>);
+
+impl Answers for Mean {
+    fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
+        let mut mean: Vec<f32> = Vec::new();
+        for teacher in &self.0 {
+            let p = teacher.probabilities(pixels);
+            if mean.is_empty() {
+                mean = p;
+            } else {
+                mean.iter_mut().zip(p).for_each(|(m, p)| *m += p);
+            }
+        }
+        let scale = 1.0 / self.0.len().max(1) as f32;
+        mean.iter_mut().for_each(|m| *m *= scale);
+        mean
     }
 }
 
@@ -154,12 +174,12 @@ impl TeacherLogits {
     /// in the data set's order) and keeps the log of their mean probabilities. `progress` is
     /// told how many images are done.
     pub fn compute(
-        teachers: &[Box<dyn Answers>],
+        teachers: &Mean,
         samples: &[Sample],
         pad: u32,
         mut progress: impl FnMut(usize),
     ) -> Result<Self, TeacherError> {
-        if teachers.is_empty() || samples.is_empty() {
+        if teachers.0.is_empty() || samples.is_empty() {
             return Err(TeacherError::Empty);
         }
         let views: Vec<View> = View::all(pad).collect();
@@ -177,16 +197,11 @@ impl TeacherLogits {
                 .collect();
             let pixels = render(images, &chunk_views);
             let pixels = pixels.as_slice();
-            let mut mean = vec![0.0f32; chunk.len() * per_image];
-            for teacher in teachers {
-                for (m, p) in mean.iter_mut().zip(teacher.probabilities(pixels)) {
-                    *m += p;
-                }
-            }
-            let scale = 1.0 / teachers.len() as f32;
             values.extend(
-                mean.iter()
-                    .map(|m| f16::from_f32((m * scale).ln().max(LOWEST))),
+                teachers
+                    .probabilities(pixels)
+                    .iter()
+                    .map(|m| f16::from_f32(m.ln().max(LOWEST))),
             );
             progress((done * IMAGES_PER_PASS + chunk.len()).min(samples.len()));
         }
@@ -398,14 +413,15 @@ pub fn teach(
     let teachers = records
         .iter()
         .map(|path| load_answers(path, engine))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<anyhow::Result<Vec<_>>>()
+        .map(Mean)?;
     let train = dataset::detect(data)?.train(on_corrupt)?;
     let started = Instant::now();
     let total = train.samples.len();
     println!(
         "teaching with {} record(s) on {total} images × {} views (crop padding {pad}; served \
          records on {engine}, wide teachers on {})",
-        teachers.len(),
+        teachers.0.len(),
         View::count(pad),
         Backend::default()
     );
@@ -532,12 +548,13 @@ mod tests {
                 model::Cnn::init(&device)
             })
             .collect();
-        let teachers: Vec<Box<dyn Answers>> = nets
-            .iter()
-            .map(|n| -> Box<dyn Answers> {
-                Box::new(Inference::new(n.clone(), Backend::default()).unwrap())
-            })
-            .collect();
+        let teachers = Mean(
+            nets.iter()
+                .map(|n| -> Box<dyn Answers> {
+                    Box::new(Inference::new(n.clone(), Backend::default()).unwrap())
+                })
+                .collect(),
+        );
         let logits = TeacherLogits::compute(&teachers, &data, 1, |_| {}).unwrap();
         assert_eq!(logits.images(), 3);
         let view = View {
@@ -547,6 +564,7 @@ mod tests {
         };
         let pixels = render(std::iter::once(&data[1].image), &[view]);
         let mean: Vec<f32> = teachers
+            .0
             .iter()
             .map(|t| t.probabilities(&pixels))
             .fold(vec![0.0; NUM_CLASSES], |acc, p| {
@@ -558,7 +576,7 @@ mod tests {
             assert!((o.exp() - m).abs() < 2e-3, "{out:?} vs {mean:?}");
         }
         assert!(matches!(
-            TeacherLogits::compute(&[], &data, 1, |_| {}),
+            TeacherLogits::compute(&Mean(Vec::new()), &data, 1, |_| {}),
             Err(TeacherError::Empty)
         ));
     }

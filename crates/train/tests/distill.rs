@@ -1,11 +1,14 @@
 //! Distillation end to end: `train teach` writes a teacher's answers for every view of every
 //! training image, `train --teacher-logits` learns from them, and a teacher file made for other
 //! data, or damaged, is refused before any training; a wider teacher (`--arch teacher-s`)
-//! trains, resumes and teaches.
+//! trains, resumes and teaches; `train --teacher RECORD --mixup` learns from a teacher run on
+//! every (blended) batch.
 
 use std::path::Path;
 use std::process::Command;
 
+use burn::module::Param;
+use burn::tensor::Tensor;
 use model::dataset::{self, OnCorrupt};
 use model::{Backend, Inference, NUM_CLASSES};
 use train::batcher::View;
@@ -295,5 +298,137 @@ fn an_unknown_arch_is_refused_with_the_known_ones() {
             !out.status.success() && err.contains(why),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// The shipped record with its output layer rotated by one class: it answers the class after
+/// the one the shipped network sees, written as an ordinary served record.
+fn next_class_teacher(path: &Path) {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/model.safetensors");
+    let device = Backend::default().device();
+    let (mut net, meta) = model::load_model(&shipped, &device).unwrap();
+    let weight = net.fc2.weight.val();
+    let [hidden, classes] = weight.dims();
+    net.fc2.weight = Param::from_tensor(Tensor::cat(
+        vec![
+            weight.clone().slice([0..hidden, classes - 1..classes]),
+            weight.slice([0..hidden, 0..classes - 1]),
+        ],
+        1,
+    ));
+    let bias = net.fc2.bias.as_ref().unwrap().val();
+    net.fc2.bias = Some(Param::from_tensor(Tensor::cat(
+        vec![
+            bias.clone().slice([classes - 1..classes]),
+            bias.slice([0..classes - 1]),
+        ],
+        0,
+    )));
+    model::save_model(&net, path, &meta).unwrap();
+}
+
+/// Function matching end to end: a student taught only by a live teacher (run on every batch,
+/// on mixed images) that names the class after the one it sees learns that mapping, not the
+/// labels; the run folder keeps the teacher and the mixup for `--resume`.
+#[test]
+fn a_live_teacher_with_mixup_teaches_what_it_says() {
+    let tmp = small_folders();
+    let data = tmp.path();
+    let teacher = data.join("next-class.safetensors");
+    next_class_teacher(&teacher);
+    let run = data.join("run");
+    let log = ok(&train(&[
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+        "--teacher",
+        teacher.to_str().unwrap(),
+        "--mixup",
+        "--distill-weight",
+        "1",
+        "--epochs",
+        "20",
+        "--ema-decay",
+        "0",
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.002",
+        "--no-test",
+    ])
+    .output()
+    .unwrap());
+    assert!(log.contains("run on every batch, mixup"), "{log}");
+    let recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(recipe["live_teacher"][0], teacher.to_str().unwrap());
+    assert_eq!(recipe["mixup"], true);
+    assert_eq!(recipe["label_smoothing"], 0.0);
+
+    let samples = training_split(data);
+    let pixels = train::batcher::CifarBatcher::new(None, 0).pixels(&samples);
+    let answer = |record: &Path| {
+        let (net, _) = model::load_model(record, &Backend::default().device()).unwrap();
+        let probabilities = Inference::new(net, Backend::default())
+            .unwrap()
+            .probabilities(&pixels);
+        probabilities
+            .chunks_exact(NUM_CLASSES)
+            .map(|p| model::explain::target(None, p))
+            .collect::<Vec<_>>()
+    };
+    let (said, learned) = (answer(&teacher), answer(&run.join("model.safetensors")));
+    let agree = said.iter().zip(&learned).filter(|(a, b)| a == b).count();
+    let labelled = samples
+        .iter()
+        .zip(&learned)
+        .filter(|(s, l)| usize::from(s.label) == **l)
+        .count();
+    println!(
+        "{agree} of {} training images get the teacher's class, {labelled} their label",
+        samples.len()
+    );
+    assert!(
+        agree > 3 * labelled && agree * 3 > samples.len(),
+        "{agree} agree with the teacher, {labelled} with the label, of {}",
+        samples.len()
+    );
+}
+
+/// Distillation settings that cannot go together are refused before any training.
+#[test]
+fn impossible_distillation_settings_are_refused() {
+    let tmp = small_folders();
+    let data = tmp.path();
+    let teacher = data.join("next-class.safetensors");
+    next_class_teacher(&teacher);
+    let (data, teacher) = (data.to_str().unwrap(), teacher.to_str().unwrap());
+    for (args, why) in [
+        (vec!["--mixup"], "--mixup needs a live teacher"),
+        (
+            vec!["--teacher", teacher, "--mixup"],
+            "--mixup needs --distill-weight 1",
+        ),
+        (
+            vec!["--teacher", teacher, "--teacher-logits", teacher],
+            "cannot be used with",
+        ),
+        (
+            vec!["--teacher", "/nonexistent/teacher.safetensors"],
+            "cannot load teacher record",
+        ),
+    ] {
+        let run = tmp.path().join("refused");
+        let out = train(&["--data", data, "--out", run.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(why),
+            "{args:?}: {err}"
+        );
+        assert!(!run.exists(), "{args:?} left a run folder");
     }
 }
