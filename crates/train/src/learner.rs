@@ -1,5 +1,5 @@
 //! The network wrapped for Burn's `Learner`: loss (cross-entropy, and distillation from a
-//! teacher's stored answers), train step, validation step, and the exponential moving average
+//! teacher's answers, stored or live), train step, validation step, and the exponential moving average
 //! of the weights.
 
 use burn::lr_scheduler::module_lr_scheduler::ModuleLearningRate;

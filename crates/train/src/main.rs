@@ -102,7 +102,12 @@ struct Args {
     /// Distil from teacher records (files or run folders; several are averaged) run on every
     /// training batch instead of stored answers: the teacher answers for exactly the pixels the
     /// student is shown, mixed ones included.
-    #[arg(long = "teacher", value_name = "RECORD", num_args = 1.., conflicts_with = "teacher_logits")]
+    #[arg(
+        long = "teacher",
+        value_name = "RECORD",
+        num_args = 1..,
+        conflicts_with = "teacher_logits"
+    )]
     teacher: Vec<PathBuf>,
     /// Mixup: blend each training image with another of its batch (weight uniform in 0..1); needs
     /// --teacher, which labels the blends, and --distill-weight 1.

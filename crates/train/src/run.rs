@@ -50,6 +50,38 @@ pub const TEST_FILE: &str = "test.json";
 /// Burn's per-epoch checkpoints (model, optimiser, scheduler), what `--resume` continues from.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
+/// The training batches' maker by `config`'s recipe: its augmentation and seed, and the
+/// teacher's answers, stored or live (with mixup when asked).
+fn training_batcher(
+    config: &TrainConfig,
+    stored: Option<Arc<TeacherLogits>>,
+    live: Option<Box<dyn Answers>>,
+) -> CifarBatcher {
+    let augment = config.augment.then_some(config.crop_padding);
+    let mut batcher = CifarBatcher::new(augment, config.seed);
+    if let Some(teacher) = stored {
+        batcher = batcher.with_teacher(teacher);
+    }
+    if let Some(live) = live {
+        batcher = batcher.with_live_teacher(live, config.mixup);
+    }
+    batcher
+}
+
+/// Removes the file or folder `path`: true when it was there, false when it was not.
+fn remove_old(path: &Path) -> Result<bool> {
+    let removed = if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    };
+    match removed {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+    }
+}
+
 /// Everything a run needs besides the recipe.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -174,25 +206,29 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         epoch
     } else {
+        // A fresh run starts the folder over, before writing its recipe: an earlier run's
+        // checkpoints beside this run's would have a later --resume continue from the newest
+        // of either, and its records or test report would pass for this run's.
+        let mut removed = false;
+        for old in [
+            METRICS_FILE,
+            RECORD_FILE,
+            TEACHER_RECORD_FILE,
+            TEST_FILE,
+            CHECKPOINT_DIR,
+        ] {
+            removed |= remove_old(&opts.out.join(old))?;
+        }
+        if removed {
+            println!(
+                "removed an earlier run's checkpoints and results from {}",
+                opts.out.display()
+            );
+        }
         write_atomic(
             &opts.out.join(CONFIG_FILE),
             serde_json::to_string_pretty(config)?.as_bytes(),
         )?;
-        // A fresh run starts a fresh metrics log, and drops an earlier run's checkpoints: left
-        // beside this run's, a later --resume would continue from the newest of either.
-        std::fs::remove_file(opts.out.join(METRICS_FILE)).ok();
-        match std::fs::remove_dir_all(&ckpt_dir) {
-            Ok(()) => println!(
-                "removed an earlier run's checkpoints from {}",
-                ckpt_dir.display()
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot remove old checkpoints in {}", ckpt_dir.display())
-                });
-            }
-        }
         None
     };
 
@@ -213,14 +249,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let autodiff = device.clone().autodiff();
 
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
-    let augment = config.augment.then_some(config.crop_padding);
-    let mut batcher = CifarBatcher::new(augment, config.seed);
-    if let Some(teacher) = teacher {
-        batcher = batcher.with_teacher(teacher);
-    }
-    if let Some(live) = live_teacher {
-        batcher = batcher.with_live_teacher(live, config.mixup);
-    }
+    let batcher = training_batcher(config, teacher, live_teacher);
     let loader_train = DataLoaderBuilder::new(batcher)
         .batch_size(config.batch_size)
         .shuffle(config.seed)
@@ -514,4 +543,55 @@ fn scheduler(config: &TrainConfig, steps_per_epoch: usize) -> Result<ModuleLrSch
 /// The default run folder: `runs/<UTC timestamp>`.
 pub fn default_run_dir() -> PathBuf {
     Path::new("runs").join(crate::time::rfc3339_now().replace(':', "-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::data::dataloader::batcher::Batcher as _;
+    use image::RgbImage;
+
+    use super::*;
+
+    /// A teacher that answers the same for any image: only the wiring is under test.
+    struct Uniform;
+
+    impl Answers for Uniform {
+        fn probabilities(&self, pixels: &[f32]) -> Vec<f32> {
+            vec![0.1; pixels.len() / model::IMAGE_FLOATS * model::NUM_CLASSES]
+        }
+    }
+
+    /// The recipe's live teacher and mixup reach the training batches: a batch of a black and
+    /// a white image (no crop) holds them as they are without mixup, blends with it.
+    #[test]
+    fn the_recipes_teacher_and_mixup_reach_the_training_batches() {
+        let items = numbered(
+            [0u8, 255]
+                .into_iter()
+                .map(|v| Sample {
+                    image: RgbImage::from_pixel(32, 32, image::Rgb([v; 3])),
+                    label: 0,
+                })
+                .collect(),
+        );
+        let plain = CifarBatcher::new(None, 0).pixels(
+            &items
+                .iter()
+                .map(|item| item.sample.clone())
+                .collect::<Vec<_>>(),
+        );
+        let device = Backend::default().device();
+        let recipe = TrainConfig::new()
+            .with_augment(false)
+            .with_live_teacher(vec!["unused".into()])
+            .with_distill_weight(1.0);
+        for mixup in [false, true] {
+            let config = recipe.clone().with_mixup(mixup);
+            let batch = training_batcher(&config, None, Some(Box::new(Uniform)))
+                .batch(items.clone(), &device);
+            assert!(batch.teacher.is_some(), "the live teacher answers");
+            let images = batch.images.into_data().try_to_vec::<f32>().unwrap();
+            assert_eq!(images == plain, !mixup, "mixup {mixup}");
+        }
+    }
 }

@@ -329,7 +329,7 @@ fn next_class_teacher(path: &Path) {
 
 /// Function matching end to end: a student taught only by a live teacher (run on every batch,
 /// on mixed images) that names the class after the one it sees learns that mapping, not the
-/// labels; the run folder keeps the teacher and the mixup for `--resume`.
+/// labels; the run folder's recipe records the teacher and the mixup (what `--resume` reads).
 #[test]
 fn a_live_teacher_with_mixup_teaches_what_it_says() {
     let tmp = small_folders();

@@ -198,7 +198,7 @@ fn a_fresh_run_into_an_old_run_folder_resumes_only_from_its_own_checkpoints() {
 
     let log = fresh("1");
     assert!(
-        log.contains("removed an earlier run's checkpoints"),
+        log.contains("removed an earlier run's checkpoints and results"),
         "{log}"
     );
     assert_eq!(train::checkpoint::latest_complete(&ckpt), Some(1));
