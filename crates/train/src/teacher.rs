@@ -104,11 +104,15 @@ impl Answers for Mean {
             if mean.is_empty() {
                 mean = p;
             } else {
-                mean.iter_mut().zip(p).for_each(|(m, p)| *m += p);
+                for (m, p) in mean.iter_mut().zip(p) {
+                    *m += p;
+                }
             }
         }
         let scale = 1.0 / self.0.len().max(1) as f32;
-        mean.iter_mut().for_each(|m| *m *= scale);
+        for m in &mut mean {
+            *m *= scale;
+        }
         mean
     }
 }
