@@ -21,6 +21,8 @@ use train::{RunOptions, TrainConfig};
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
+// Each bool is a command-line switch of its own, not a state.
+#[allow(clippy::struct_excessive_bools)]
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,

@@ -308,19 +308,19 @@ fn next_class_teacher(path: &Path) {
     let device = Backend::default().device();
     let (mut net, meta) = model::load_model(&shipped, &device).unwrap();
     let weight = net.fc2.weight.val();
-    let [hidden, classes] = weight.dims();
+    let [_, classes] = weight.dims();
     net.fc2.weight = Param::from_tensor(Tensor::cat(
         vec![
-            weight.clone().slice([0..hidden, classes - 1..classes]),
-            weight.slice([0..hidden, 0..classes - 1]),
+            weight.clone().narrow(1, classes - 1, 1),
+            weight.narrow(1, 0, classes - 1),
         ],
         1,
     ));
     let bias = net.fc2.bias.as_ref().unwrap().val();
     net.fc2.bias = Some(Param::from_tensor(Tensor::cat(
         vec![
-            bias.clone().slice([classes - 1..classes]),
-            bias.slice([0..classes - 1]),
+            bias.clone().narrow(0, classes - 1, 1),
+            bias.narrow(0, 0, classes - 1),
         ],
         0,
     )));
