@@ -68,18 +68,19 @@ fn training_batcher(
     batcher
 }
 
-/// Removes the file or folder `path`: true when it was there, false when it was not.
-fn remove_old(path: &Path) -> Result<bool> {
-    let removed = if path.is_dir() {
-        std::fs::remove_dir_all(path)
-    } else {
-        std::fs::remove_file(path)
+/// Removes what an earlier run left at `path`, a folder when `folder`, else a file: true when
+/// it was there. Anything else there is left for the step that needs the path to report.
+fn remove_old(path: &Path, folder: bool) -> Result<bool> {
+    let removed = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() != folder => return Ok(false),
+        Ok(_) if folder => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => Err(e),
     };
-    match removed {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-    }
+    removed
+        .map(|()| true)
+        .with_context(|| format!("cannot remove {}", path.display()))
 }
 
 /// Everything a run needs besides the recipe.
@@ -210,15 +211,10 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         // checkpoints beside this run's would have a later --resume continue from the newest
         // of either, and its records or test report would pass for this run's.
         let mut removed = false;
-        for old in [
-            METRICS_FILE,
-            RECORD_FILE,
-            TEACHER_RECORD_FILE,
-            TEST_FILE,
-            CHECKPOINT_DIR,
-        ] {
-            removed |= remove_old(&opts.out.join(old))?;
+        for file in [METRICS_FILE, RECORD_FILE, TEACHER_RECORD_FILE, TEST_FILE] {
+            removed |= remove_old(&opts.out.join(file), false)?;
         }
+        removed |= remove_old(&ckpt_dir, true)?;
         if removed {
             println!(
                 "removed an earlier run's checkpoints and results from {}",
