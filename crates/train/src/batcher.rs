@@ -268,6 +268,20 @@ pub fn augment(src: &RgbImage, pad: u32, rng: &mut impl Rng) -> RgbImage {
 mod tests {
     use super::*;
 
+    /// `n` made-up images, each unlike the others and unlike its own shifted views (hashed
+    /// pixels), with a blue channel of 40 × its number and that number as its label.
+    fn samples(n: u32) -> Vec<Sample> {
+        (0..n)
+            .map(|i| Sample {
+                image: RgbImage::from_fn(32, 32, |x, y| {
+                    let v = (x * 7 + y * 13 + i * 31).wrapping_mul(2_654_435_761) >> 24;
+                    image::Rgb([v as u8, (v >> 3) as u8, (i * 40) as u8])
+                }),
+                label: i as u8,
+            })
+            .collect()
+    }
+
     #[test]
     fn augment_keeps_size_and_content() {
         let src = RgbImage::from_fn(32, 32, |x, y| image::Rgb([x as u8 * 8, y as u8 * 8, 100]));
@@ -325,15 +339,7 @@ mod tests {
     /// made-up teacher whose answer names its image and view, checked against the pixels.
     #[test]
     fn each_image_comes_with_the_teachers_answer_for_its_own_view() {
-        let samples: Vec<Sample> = (0..6u32)
-            .map(|i| Sample {
-                image: RgbImage::from_fn(32, 32, |x, y| {
-                    let v = (x * 7 + y * 13 + i * 31).wrapping_mul(2_654_435_761) >> 24;
-                    image::Rgb([v as u8, (v >> 1) as u8, i as u8])
-                }),
-                label: i as u8,
-            })
-            .collect();
+        let samples = samples(6);
         let views = View::count(2);
         let mut answers = vec![-25.0f32; samples.len() * views * NUM_CLASSES];
         for code in 0..samples.len() * views {
@@ -386,15 +392,7 @@ mod tests {
     /// weight, and the teacher's answer for exactly the blended pixels the student is shown.
     #[test]
     fn a_live_teacher_answers_for_the_mixed_pixels_the_student_sees() {
-        let samples: Vec<Sample> = (0..5u32)
-            .map(|i| Sample {
-                image: RgbImage::from_fn(32, 32, |x, y| {
-                    let v = (x * 7 + y * 13 + i * 31).wrapping_mul(2_654_435_761) >> 24;
-                    image::Rgb([v as u8, (v >> 3) as u8, (i * 40) as u8])
-                }),
-                label: i as u8,
-            })
-            .collect();
+        let samples = samples(5);
         let plain = CifarBatcher::new(None, 0).pixels(&samples);
         let batcher = CifarBatcher::new(None, 5).with_live_teacher(Box::new(PixelTeacher), true);
         let device = model::Backend::default().device();

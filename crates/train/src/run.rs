@@ -50,22 +50,56 @@ pub const TEST_FILE: &str = "test.json";
 /// Burn's per-epoch checkpoints (model, optimiser, scheduler), what `--resume` continues from.
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
+/// Where a distilling run's teacher answers come from: one or the other, never both
+/// ([`TrainConfig::check_distillation`]).
+enum Distiller {
+    /// Answers `train teach` stored for every view of every training image.
+    Stored(Arc<TeacherLogits>),
+    /// Records run on every training batch (averaged when several).
+    Live(Box<dyn Answers>),
+}
+
+/// The teacher `config` names, if any, loaded: stored answers checked against `train` (the
+/// whole training split, before the hold-out is drawn: the answers are keyed by position in
+/// it) and the recipe's crop padding; live records on the inference engine.
+fn load_teacher(config: &TrainConfig, train: &[Sample]) -> Result<Option<Distiller>> {
+    if let Some(path) = &config.teacher_logits {
+        let answers = TeacherLogits::load(path)?;
+        answers.check(path, train, config.crop_padding)?;
+        println!(
+            "distilling from {} ({} images)",
+            path.display(),
+            answers.images()
+        );
+        return Ok(Some(Distiller::Stored(Arc::new(answers))));
+    }
+    if config.live_teacher.is_empty() {
+        return Ok(None);
+    }
+    let engine = Backend::default_inference();
+    let members = config
+        .live_teacher
+        .iter()
+        .map(|record| load_answers(record, engine))
+        .collect::<Result<Vec<_>>>()?;
+    println!(
+        "distilling from {} record(s) run on every batch{}",
+        members.len(),
+        if config.mixup { ", mixup" } else { "" }
+    );
+    Ok(Some(Distiller::Live(Box::new(Mean(members)))))
+}
+
 /// The training batches' maker by `config`'s recipe: its augmentation and seed, and the
 /// teacher's answers, stored or live (with mixup when asked).
-fn training_batcher(
-    config: &TrainConfig,
-    stored: Option<Arc<TeacherLogits>>,
-    live: Option<Box<dyn Answers>>,
-) -> CifarBatcher {
+fn training_batcher(config: &TrainConfig, teacher: Option<Distiller>) -> CifarBatcher {
     let augment = config.augment.then_some(config.crop_padding);
-    let mut batcher = CifarBatcher::new(augment, config.seed);
-    if let Some(teacher) = stored {
-        batcher = batcher.with_teacher(teacher);
+    let batcher = CifarBatcher::new(augment, config.seed);
+    match teacher {
+        None => batcher,
+        Some(Distiller::Stored(answers)) => batcher.with_teacher(answers),
+        Some(Distiller::Live(network)) => batcher.with_live_teacher(network, config.mixup),
     }
-    if let Some(live) = live {
-        batcher = batcher.with_live_teacher(live, config.mixup);
-    }
-    batcher
 }
 
 /// Removes what an earlier run left at `path`, a folder when `folder`, else a file: true when
@@ -158,37 +192,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         train_split.skipped.len(),
         test_split.skipped.len()
     );
-    // The teacher's answers are keyed by position in the whole training split: checked and
-    // numbered before the hold-out is drawn.
-    let teacher = match &config.teacher_logits {
-        Some(path) => {
-            let teacher = TeacherLogits::load(path)?;
-            teacher.check(path, &train_split.samples, config.crop_padding)?;
-            println!(
-                "distilling from {} ({} images)",
-                path.display(),
-                teacher.images()
-            );
-            Some(Arc::new(teacher))
-        }
-        None => None,
-    };
-    let live_teacher = if config.live_teacher.is_empty() {
-        None
-    } else {
-        let engine = Backend::default_inference();
-        let members = config
-            .live_teacher
-            .iter()
-            .map(|record| load_answers(record, engine))
-            .collect::<Result<Vec<_>>>()?;
-        println!(
-            "distilling from {} record(s) run on every batch{}",
-            members.len(),
-            if config.mixup { ", mixup" } else { "" }
-        );
-        Some(Box::new(Mean(members)) as Box<dyn Answers>)
-    };
+    let teacher = load_teacher(config, &train_split.samples)?;
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create run folder {}", opts.out.display()))?;
     let ckpt_dir = opts.out.join(CHECKPOINT_DIR);
@@ -245,7 +249,7 @@ pub fn run(config: &TrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let autodiff = device.clone().autodiff();
 
     let steps_per_epoch = train.len().div_ceil(config.batch_size);
-    let batcher = training_batcher(config, teacher, live_teacher);
+    let batcher = training_batcher(config, teacher);
     let loader_train = DataLoaderBuilder::new(batcher)
         .batch_size(config.batch_size)
         .shuffle(config.seed)
@@ -583,7 +587,7 @@ mod tests {
             .with_distill_weight(1.0);
         for mixup in [false, true] {
             let config = recipe.clone().with_mixup(mixup);
-            let batch = training_batcher(&config, None, Some(Box::new(Uniform)))
+            let batch = training_batcher(&config, Some(Distiller::Live(Box::new(Uniform))))
                 .batch(items.clone(), &device);
             assert!(batch.teacher.is_some(), "the live teacher answers");
             let images = batch.images.into_data().try_to_vec::<f32>().unwrap();

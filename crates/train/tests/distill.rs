@@ -9,7 +9,7 @@ use std::process::Command;
 
 use burn::module::Param;
 use burn::tensor::Tensor;
-use model::dataset::{self, OnCorrupt};
+use model::dataset::{self, OnCorrupt, Sample};
 use model::{Backend, Inference, NUM_CLASSES};
 use train::batcher::View;
 use train::metrics_log::read_metrics;
@@ -31,7 +31,56 @@ fn student(data: &Path, run: &Path, teacher: &Path, more: &[&str]) -> Command {
     command
 }
 
-fn training_split(data: &Path) -> Vec<model::dataset::Sample> {
+/// A recipe on which a student taught by its teacher alone (distillation weight 1) learns that
+/// teacher's mapping of the 200 small training images within seconds.
+const TAUGHT_ALONE: [&str; 11] = [
+    "--distill-weight",
+    "1",
+    "--epochs",
+    "20",
+    "--ema-decay",
+    "0",
+    "--optimizer",
+    "adamw",
+    "--lr",
+    "0.002",
+    "--no-test",
+];
+
+/// The class the served-network record at `record` predicts for each of `samples`.
+fn predictions(record: &Path, samples: &[Sample]) -> Vec<usize> {
+    let (net, _) = model::load_model(record, &Backend::default().device()).unwrap();
+    let pixels = train::batcher::CifarBatcher::new(None, 0).pixels(samples);
+    Inference::new(net, Backend::default())
+        .unwrap()
+        .probabilities(&pixels)
+        .chunks_exact(NUM_CLASSES)
+        .map(|p| model::explain::target(None, p))
+        .collect()
+}
+
+/// The student at `student` gives the classes its teacher taught (`taught`, one per sample)
+/// far more often than the samples' labels: it learned from the teacher, not the labels.
+fn assert_learned_the_teacher(student: &Path, samples: &[Sample], taught: &[usize]) {
+    let learned = predictions(student, samples);
+    let agree = taught.iter().zip(&learned).filter(|(a, b)| a == b).count();
+    let labelled = samples
+        .iter()
+        .zip(&learned)
+        .filter(|(s, l)| usize::from(s.label) == **l)
+        .count();
+    println!(
+        "{agree} of {} training images get the teacher's class, {labelled} their label",
+        samples.len()
+    );
+    assert!(
+        agree > 3 * labelled && agree * 3 > samples.len(),
+        "{agree} agree with the teacher, {labelled} with the label, of {}",
+        samples.len()
+    );
+}
+
+fn training_split(data: &Path) -> Vec<Sample> {
     dataset::detect(data)
         .unwrap()
         .train(OnCorrupt::Fail)
@@ -60,26 +109,7 @@ fn a_student_learns_what_its_teacher_says_not_the_labels() {
         .save(&file)
         .unwrap();
     let run = data.join("run");
-    let log = ok(&student(
-        data,
-        &run,
-        &file,
-        &[
-            "--distill-weight",
-            "1",
-            "--epochs",
-            "20",
-            "--ema-decay",
-            "0",
-            "--optimizer",
-            "adamw",
-            "--lr",
-            "0.002",
-            "--no-test",
-        ],
-    )
-    .output()
-    .unwrap());
+    let log = ok(&student(data, &run, &file, &TAUGHT_ALONE).output().unwrap());
     assert!(log.contains("distilling from"), "{log}");
     let recipe: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
@@ -88,30 +118,11 @@ fn a_student_learns_what_its_teacher_says_not_the_labels() {
         recipe["label_smoothing"], 0.0,
         "no label smoothing when distilling"
     );
-
-    let device = Backend::default().device();
-    let (net, _) = model::load_model(&run.join("model.safetensors"), &device).unwrap();
-    let student = Inference::new(net, Backend::default()).unwrap();
-    let pixels = train::batcher::CifarBatcher::new(None, 0).pixels(&samples);
-    let (mut taught, mut labelled) = (0, 0);
-    for (probs, sample) in student
-        .probabilities(&pixels)
-        .chunks_exact(NUM_CLASSES)
-        .zip(&samples)
-    {
-        let predicted = model::explain::target(None, probs);
-        taught += usize::from(predicted == (usize::from(sample.label) + 1) % NUM_CLASSES);
-        labelled += usize::from(predicted == usize::from(sample.label));
-    }
-    println!(
-        "{taught} of {} training images get the teacher's class, {labelled} their label",
-        samples.len()
-    );
-    assert!(
-        taught > 3 * labelled && taught * 3 > samples.len(),
-        "{taught} taught, {labelled} labelled of {}",
-        samples.len()
-    );
+    let taught: Vec<usize> = samples
+        .iter()
+        .map(|s| (usize::from(s.label) + 1) % NUM_CLASSES)
+        .collect();
+    assert_learned_the_teacher(&run.join("model.safetensors"), &samples, &taught);
 }
 
 #[test]
@@ -345,18 +356,8 @@ fn a_live_teacher_with_mixup_teaches_what_it_says() {
         "--teacher",
         teacher.to_str().unwrap(),
         "--mixup",
-        "--distill-weight",
-        "1",
-        "--epochs",
-        "20",
-        "--ema-decay",
-        "0",
-        "--optimizer",
-        "adamw",
-        "--lr",
-        "0.002",
-        "--no-test",
     ])
+    .args(TAUGHT_ALONE)
     .output()
     .unwrap());
     assert!(log.contains("run on every batch, mixup"), "{log}");
@@ -367,33 +368,8 @@ fn a_live_teacher_with_mixup_teaches_what_it_says() {
     assert_eq!(recipe["label_smoothing"], 0.0);
 
     let samples = training_split(data);
-    let pixels = train::batcher::CifarBatcher::new(None, 0).pixels(&samples);
-    let answer = |record: &Path| {
-        let (net, _) = model::load_model(record, &Backend::default().device()).unwrap();
-        let probabilities = Inference::new(net, Backend::default())
-            .unwrap()
-            .probabilities(&pixels);
-        probabilities
-            .chunks_exact(NUM_CLASSES)
-            .map(|p| model::explain::target(None, p))
-            .collect::<Vec<_>>()
-    };
-    let (said, learned) = (answer(&teacher), answer(&run.join("model.safetensors")));
-    let agree = said.iter().zip(&learned).filter(|(a, b)| a == b).count();
-    let labelled = samples
-        .iter()
-        .zip(&learned)
-        .filter(|(s, l)| usize::from(s.label) == **l)
-        .count();
-    println!(
-        "{agree} of {} training images get the teacher's class, {labelled} their label",
-        samples.len()
-    );
-    assert!(
-        agree > 3 * labelled && agree * 3 > samples.len(),
-        "{agree} agree with the teacher, {labelled} with the label, of {}",
-        samples.len()
-    );
+    let taught = predictions(&teacher, &samples);
+    assert_learned_the_teacher(&run.join("model.safetensors"), &samples, &taught);
 }
 
 /// Distillation settings that cannot go together are refused before any training.
