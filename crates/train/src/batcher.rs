@@ -268,9 +268,11 @@ pub fn augment(src: &RgbImage, pad: u32, rng: &mut impl Rng) -> RgbImage {
 mod tests {
     use super::*;
 
-    /// `n` made-up images, each unlike the others and unlike its own shifted views (hashed
-    /// pixels), with a blue channel of 40 × its number and that number as its label.
-    fn samples(n: u32) -> Vec<Sample> {
+    /// `n` (at most 7) made-up images, each unlike the others and unlike its own shifted views
+    /// (hashed pixels), labelled with their number. Their blue channels are flat and far apart
+    /// (40 × the number) so that a blend's weight can be read back from one blue pixel.
+    fn made_up(n: u32) -> Vec<Sample> {
+        assert!(n <= 7, "blue 40 × n fits a byte");
         (0..n)
             .map(|i| Sample {
                 image: RgbImage::from_fn(32, 32, |x, y| {
@@ -339,7 +341,7 @@ mod tests {
     /// made-up teacher whose answer names its image and view, checked against the pixels.
     #[test]
     fn each_image_comes_with_the_teachers_answer_for_its_own_view() {
-        let samples = samples(6);
+        let samples = made_up(6);
         let views = View::count(2);
         let mut answers = vec![-25.0f32; samples.len() * views * NUM_CLASSES];
         for code in 0..samples.len() * views {
@@ -392,7 +394,7 @@ mod tests {
     /// weight, and the teacher's answer for exactly the blended pixels the student is shown.
     #[test]
     fn a_live_teacher_answers_for_the_mixed_pixels_the_student_sees() {
-        let samples = samples(5);
+        let samples = made_up(5);
         let plain = CifarBatcher::new(None, 0).pixels(&samples);
         let batcher = CifarBatcher::new(None, 5).with_live_teacher(Box::new(PixelTeacher), true);
         let device = model::Backend::default().device();

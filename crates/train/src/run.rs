@@ -51,7 +51,8 @@ pub const TEST_FILE: &str = "test.json";
 pub const CHECKPOINT_DIR: &str = "checkpoint";
 
 /// Where a distilling run's teacher answers come from: one or the other, never both
-/// ([`TrainConfig::check_distillation`]).
+/// ([`TrainConfig::check_distillation`]). The batcher keeps its own copy of this choice, with
+/// a live teacher behind the lock its loader workers share.
 enum Distiller {
     /// Answers `train teach` stored for every view of every training image.
     Stored(Arc<TeacherLogits>),
@@ -59,13 +60,15 @@ enum Distiller {
     Live(Box<dyn Answers>),
 }
 
-/// The teacher `config` names, if any, loaded: stored answers checked against `train` (the
-/// whole training split, before the hold-out is drawn: the answers are keyed by position in
-/// it) and the recipe's crop padding; live records on the inference engine.
-fn load_teacher(config: &TrainConfig, train: &[Sample]) -> Result<Option<Distiller>> {
+/// The teacher `config` names, if any, loaded: stored answers checked against
+/// `training_split` (the whole split, before the hold-out is drawn: the answers are keyed by
+/// position in it) and the recipe's crop padding; live records on the inference engine.
+/// `config` has passed [`TrainConfig::check_distillation`], so it names one kind at most.
+fn load_teacher(config: &TrainConfig, training_split: &[Sample]) -> Result<Option<Distiller>> {
     if let Some(path) = &config.teacher_logits {
+        debug_assert!(config.live_teacher.is_empty(), "checked: one teacher");
         let answers = TeacherLogits::load(path)?;
-        answers.check(path, train, config.crop_padding)?;
+        answers.check(path, training_split, config.crop_padding)?;
         println!(
             "distilling from {} ({} images)",
             path.display(),
@@ -90,8 +93,8 @@ fn load_teacher(config: &TrainConfig, train: &[Sample]) -> Result<Option<Distill
     Ok(Some(Distiller::Live(Box::new(Mean(members)))))
 }
 
-/// The training batches' maker by `config`'s recipe: its augmentation and seed, and the
-/// teacher's answers, stored or live (with mixup when asked).
+/// The training batches' maker by `config`'s recipe (its augmentation and seed) with
+/// `teacher`'s answers ([`load_teacher`]): stored, or live with mixup when the recipe asks.
 fn training_batcher(config: &TrainConfig, teacher: Option<Distiller>) -> CifarBatcher {
     let augment = config.augment.then_some(config.crop_padding);
     let batcher = CifarBatcher::new(augment, config.seed);
