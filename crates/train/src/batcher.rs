@@ -268,6 +268,11 @@ pub fn augment(src: &RgbImage, pad: u32, rng: &mut impl Rng) -> RgbImage {
 mod tests {
     use super::*;
 
+    /// A batch tensor's values, in order.
+    fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
+        tensor.into_data().try_to_vec::<f32>().unwrap()
+    }
+
     /// `n` (at most 7) made-up images, each unlike the others and unlike its own shifted views
     /// (hashed pixels), labelled with their number. Their blue channels are flat and far apart
     /// (40 × the number) so that a blend's weight can be read back from one blue pixel.
@@ -355,13 +360,8 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..20 {
             let batch = batcher.batch(numbered(samples.clone()), &device);
-            let images = batch.images.into_data().try_to_vec::<f32>().unwrap();
-            let taught = batch
-                .teacher
-                .unwrap()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap();
+            let images = floats(batch.images);
+            let taught = floats(batch.teacher.unwrap());
             for (i, sample) in samples.iter().enumerate() {
                 let code = (-taught[i * NUM_CLASSES] * 16.0).round() as usize;
                 let (image, view) = (code / views, all[code % views]);
@@ -401,7 +401,7 @@ mod tests {
         let mut weights = Vec::new();
         for _ in 0..4 {
             let batch = batcher.batch(numbered(samples.clone()), &device);
-            let images = batch.images.into_data().try_to_vec::<f32>().unwrap();
+            let images = floats(batch.images);
             // The one weight that blends image 0 with image 4 (their blue channels differ).
             let blue = 2 * 64 * 64;
             let (a, b) = (plain[blue], plain[4 * IMAGE_FLOATS + blue]);
@@ -411,12 +411,7 @@ mod tests {
             for (got, want) in images.iter().zip(&expected) {
                 assert!((got - want).abs() < 1e-4, "{got} vs {want}");
             }
-            let taught = batch
-                .teacher
-                .unwrap()
-                .into_data()
-                .try_to_vec::<f32>()
-                .unwrap();
+            let taught = floats(batch.teacher.unwrap());
             let answers = PixelTeacher.probabilities(&images);
             for (t, p) in taught.iter().zip(&answers) {
                 assert!((t - p.ln().max(LOWEST)).abs() < 1e-5, "{t} vs {p}");

@@ -17,18 +17,22 @@ use train::teacher::{Answers, TeacherLogits, WideTeacher};
 
 use crate::train::{kill_after_a_checkpoint, ok, resume, small_folders, train};
 
-/// `train --data DATA --out RUN --teacher-logits TEACHER MORE...` (with `train`'s test flags).
-fn student(data: &Path, run: &Path, teacher: &Path, more: &[&str]) -> Command {
+/// `train --data DATA --out RUN TEACHER...` (with `train`'s test flags): a student of the
+/// teacher that `teacher` names, stored (`--teacher-logits`) or live (`--teacher`).
+fn student(data: &Path, run: &Path, teacher: &[&str]) -> Command {
     let mut command = train(&[
         "--data",
         data.to_str().unwrap(),
         "--out",
         run.to_str().unwrap(),
-        "--teacher-logits",
-        teacher.to_str().unwrap(),
     ]);
-    command.args(more);
+    command.args(teacher);
     command
+}
+
+/// The recipe a run folder's `config.json` records (what `--resume` reads).
+fn recipe(run: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap()
 }
 
 /// A recipe on which a student taught by its teacher alone (distillation weight 1) learns that
@@ -113,10 +117,14 @@ fn a_student_learns_what_its_teacher_says_not_the_labels() {
         .save(&file)
         .unwrap();
     let run = data.join("run");
-    let log = ok(&student(data, &run, &file, TAUGHT_ALONE).output().unwrap());
+    let log = ok(
+        &student(data, &run, &["--teacher-logits", file.to_str().unwrap()])
+            .args(TAUGHT_ALONE)
+            .output()
+            .unwrap(),
+    );
     assert!(log.contains("distilling from"), "{log}");
-    let recipe: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let recipe = recipe(&run);
     assert_eq!(recipe["teacher_logits"], file.to_str().unwrap());
     assert_eq!(
         recipe["label_smoothing"], 0.0,
@@ -191,7 +199,8 @@ fn a_teacher_for_other_data_or_a_damaged_one_is_refused_before_training() {
         (&data.join("missing.bin"), "No such file"),
     ] {
         let run = data.join("run");
-        let out = student(data, &run, file, &["--epochs", "1"])
+        let out = student(data, &run, &["--teacher-logits", file.to_str().unwrap()])
+            .args(["--epochs", "1"])
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -348,21 +357,16 @@ fn a_live_teacher_with_mixup_teaches_what_it_says() {
     let teacher = data.join("next-class.safetensors");
     next_class_teacher(&teacher);
     let run = data.join("run");
-    let log = ok(&train(&[
-        "--data",
-        data.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-        "--teacher",
-        teacher.to_str().unwrap(),
-        "--mixup",
-    ])
+    let log = ok(&student(
+        data,
+        &run,
+        &["--teacher", teacher.to_str().unwrap(), "--mixup"],
+    )
     .args(TAUGHT_ALONE)
     .output()
     .unwrap());
     assert!(log.contains("run on every batch, mixup"), "{log}");
-    let recipe: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    let recipe = recipe(&run);
     assert_eq!(recipe["live_teacher"][0], teacher.to_str().unwrap());
     assert_eq!(recipe["mixup"], true);
     assert_eq!(recipe["label_smoothing"], 0.0);
