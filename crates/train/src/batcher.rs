@@ -7,7 +7,7 @@
 //! [`crate::teacher`]): read from its stored answers, or from a live teacher run on the batch's
 //! own pixels, which may then be mixed (mixup) first.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::prelude::*;
@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 
 use model::dataset::Sample;
 
-use crate::teacher::{Answers, LOWEST, TeacherLogits};
+use crate::teacher::{Answers, TeacherLogits, log_answer};
 
 /// A training or validation image with its position in the data set's training split: the key
 /// of the teacher's stored answers.
@@ -102,11 +102,9 @@ impl CifarBatcher {
         self
     }
 
-    /// The generator, whatever a panicking holder left: its state is still a valid one.
-    fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
-        self.rng
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// The generator, whatever a panicking holder left ([`locked`]).
+    fn rng(&self) -> MutexGuard<'_, StdRng> {
+        locked(&self.rng)
     }
 
     /// The view each image is shown in: a random one when augmenting, else the image itself.
@@ -155,12 +153,10 @@ impl Batcher<Item, CifarBatch> for CifarBatcher {
                     }
                     answers
                 }
-                Teacher::Live(live) => live
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                Teacher::Live(live) => locked(live)
                     .probabilities(&floats)
                     .into_iter()
-                    .map(|p| p.ln().max(LOWEST))
+                    .map(log_answer)
                     .collect(),
             };
             Tensor::<2>::from_data(TensorData::new(answers, [n, NUM_CLASSES]), device)
@@ -174,6 +170,12 @@ impl Batcher<Item, CifarBatch> for CifarBatcher {
             teacher,
         }
     }
+}
+
+/// `mutex`'s guard even when a holder panicked: what the batcher shares (the generator, a
+/// teacher network) holds no half-made state, and a lost batch must not stop the loader.
+fn locked<T: ?Sized>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Mixup over a batch of preprocessed images: image `i` becomes `weight · image i + (1 − weight)
@@ -267,6 +269,7 @@ pub fn augment(src: &RgbImage, pad: u32, rng: &mut impl Rng) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::teacher::LOWEST;
 
     /// A batch tensor's values, in order.
     fn floats<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {

@@ -1,7 +1,7 @@
 //! `train`: train the CIFAR-10 CNN and write a run folder.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -134,6 +134,12 @@ struct Args {
 }
 
 /// A finite number above 0.
+/// A teacher's path as the recipe keeps it: absolute, so that `--resume` finds it from any
+/// directory (as given when it cannot be made absolute).
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -278,18 +284,8 @@ fn run(args: &Args) -> Result<()> {
                 .with_seed(args.seed)
                 .with_valid_seed(args.valid_seed)
                 .with_workers(args.workers)
-                // Absolute, so that `--resume` finds it from any directory.
-                .with_teacher_logits(
-                    args.teacher_logits
-                        .as_ref()
-                        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone())),
-                )
-                .with_live_teacher(
-                    args.teacher
-                        .iter()
-                        .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
-                        .collect(),
-                )
+                .with_teacher_logits(args.teacher_logits.as_deref().map(absolute))
+                .with_live_teacher(args.teacher.iter().map(|f| absolute(f)).collect())
                 .with_mixup(args.mixup)
                 .with_distill_temperature(args.distill_temperature)
                 .with_distill_weight(args.distill_weight);

@@ -39,6 +39,12 @@ const HEADER_BYTES: usize = 8 + 4 * 5 + 8;
 /// (and 0 · -inf is NaN in the loss); e^-30 is far below anything a softmax at a distillation
 /// temperature can see.
 pub(crate) const LOWEST: f32 = -30.0;
+
+/// A teacher's probability as its answer is kept and read by the loss: its log, floored at
+/// [`LOWEST`].
+pub(crate) fn log_answer(p: f32) -> f32 {
+    p.ln().max(LOWEST)
+}
 /// Images per teacher forward pass (× the views of each).
 const IMAGES_PER_PASS: usize = 8;
 
@@ -205,7 +211,7 @@ impl TeacherLogits {
                 teachers
                     .probabilities(pixels)
                     .iter()
-                    .map(|m| f16::from_f32(m.ln().max(LOWEST))),
+                    .map(|&m| f16::from_f32(log_answer(m))),
             );
             progress((done * IMAGES_PER_PASS + chunk.len()).min(samples.len()));
         }
